@@ -1,0 +1,57 @@
+"""rheon: embedded, vectorized stream processing for Python.
+
+Build a :class:`Flow` from sources (``rh.io``), operators on :class:`Stream` objects and sinks,
+then ``flow.run()``. Expressions are Polars expressions (``rh.col``, ``rh.lit``).
+
+Examples
+--------
+>>> import rheon as rh
+>>> flow = rh.Flow("quick")
+>>> out = rh.io.Collect()
+>>> flow.source(rh.io.Records([{"x": 1}, {"x": 5}])).filter(rh.col("x") > 2).sink(out)
+>>> flow.run(); out.rows
+[{'x': 5}]
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from polars import col, lit
+
+from rheon import io
+from rheon.api.aggregations import count, count_distinct, max, mean, min, sum
+from rheon.api.flow import Flow
+from rheon.api.stream import KeyedStream, Stream, WindowedStream
+from rheon.core.errors import FlowError, RecordError, RheonError, SinkError, SourceError
+from rheon.runtime.stats import RunStats
+from rheon.time.windows import session, sliding, tumbling
+
+try:
+    __version__ = version("rheon")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Flow",
+    "FlowError",
+    "KeyedStream",
+    "RecordError",
+    "RheonError",
+    "RunStats",
+    "SinkError",
+    "SourceError",
+    "Stream",
+    "WindowedStream",
+    "__version__",
+    "col",
+    "count",
+    "count_distinct",
+    "io",
+    "lit",
+    "max",
+    "mean",
+    "min",
+    "session",
+    "sliding",
+    "sum",
+    "tumbling",
+]

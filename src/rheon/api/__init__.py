@@ -1,0 +1,1 @@
+"""API layer: Flow, Stream, KeyedStream, WindowedStream and the aggregation functions."""

@@ -1,0 +1,274 @@
+"""``rh.Flow``: a stream processing job, built from sources, operators and sinks, then run."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from rheon.api.stream import Stream
+from rheon.core.deadletters import DEAD_LETTER_SCHEMA
+from rheon.core.durations import Duration, to_ms
+from rheon.core.errors import FlowError, columns_hint, did_you_mean
+from rheon.core.eventtime import time_type_of
+from rheon.io.base import Source
+from rheon.runtime.executor import Executor
+from rheon.runtime.graph import Graph, Node
+from rheon.runtime.plan import make_plan
+from rheon.runtime.stats import RunStats
+from rheon.time.clock import Clock, SystemClock
+
+__all__ = ["Flow"]
+
+log = logging.getLogger(__name__)
+
+_POLICIES = ("dead_letter", "fail", "skip")
+
+
+class Flow:
+    """A stream processing job: sources, the operators on their streams, and sinks.
+
+    Parameters
+    ----------
+    name
+        Names the flow in logs, metrics and errors.
+    on_error
+        What happens to a record that fails at run time (an exception in a user function, a
+        missing event time, an undecodable line): ``"dead_letter"`` (default) sends it to
+        :meth:`dead_letters` and counts it, ``"fail"`` stops the run with
+        :class:`~rheon.RecordError`, ``"skip"`` only counts it.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"card": "a", "amount": 1200, "ts": 0}, {"card": "a", "amount": 30, "ts": 500},
+    ...         {"card": "b", "amount": 2500, "ts": 61_000}]
+    >>> flow = rh.Flow("payments")
+    >>> tx = flow.source(rh.io.Records(rows), time="ts", max_delay="2s")
+    >>> out = rh.io.Collect()
+    >>> tx.key_by("card").window(rh.tumbling("1m")).agg(n=rh.count(), total=rh.sum("amount")).sink(out)
+    >>> flow.run()
+    >>> flow.metrics().records_in
+    3
+    >>> out.rows
+    [{'card': 'a', 'window_start': 0, 'window_end': 60000, 'n': 2, 'total': 1230}, {'card': 'b', 'window_start': 60000, 'window_end': 120000, 'n': 1, 'total': 2500}]
+    """
+
+    def __init__(self, name: str = "flow", *, on_error: str = "dead_letter") -> None:
+        if on_error not in _POLICIES:
+            msg = f"Flow '{name}': on_error must be one of {', '.join(_POLICIES)} (got {on_error!r})"
+            raise FlowError(msg)
+        self.name = name
+        self.on_error = on_error
+        self.graph = Graph(name)
+        self._dead_node: Node | None = None
+        self._executor: Executor | None = None
+        self._stop = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r}, {len(self.graph.nodes)} operators)"
+
+    def source(
+        self,
+        source: Source,
+        *,
+        time: str | None = None,
+        max_delay: Duration = "0s",
+        idle_timeout: Duration | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Add a source and return its stream.
+
+        Parameters
+        ----------
+        source
+            A source config, e.g. ``rh.io.Records(rows)`` or ``rh.io.Generator(fn, rate=100)``.
+        time
+            The event-time column: int64 epoch milliseconds or a Polars Datetime. Needed by
+            windows.
+        max_delay
+            How far out of order events may arrive. The watermark is the largest event time
+            seen so far minus ``max_delay``.
+        idle_timeout
+            After this long without data the source stops holding back the watermark of the
+            streams it is merged with; it counts again once data arrives.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("s")
+        >>> flow.source(rh.io.Records([{"ts": 0}]), time="tz")
+        Traceback (most recent call last):
+        ...
+        rheon.core.errors.FlowError: source 'source_1': unknown time column 'tz' (columns: ts). Did you mean 'ts'?
+        """
+        if not isinstance(source, Source):
+            msg = f"source: expected a source such as rh.io.Records(rows) (got {source!r})"
+            raise FlowError(msg)
+        op_name = self.graph.name_for("source", name)
+        where = f"source '{op_name}'"
+        schema = source.schema()
+        time_type = None
+        if time is not None:
+            if not isinstance(time, str):
+                msg = f"{where}: time must be a column name (got {time!r})"
+                raise FlowError(msg)
+            if schema is not None:
+                if time not in schema:
+                    names = schema.names()
+                    msg = f"{where}: unknown time column '{time}' {columns_hint(names)}.{did_you_mean(time, names)}"
+                    raise FlowError(msg)
+                time_type = time_type_of(schema[time], column=time, where=where)
+        delay_ms = to_ms(max_delay, what=f"{where}: max_delay")
+        if time is None and delay_ms:
+            msg = f'{where}: max_delay needs an event-time column; add time="..."'
+            raise FlowError(msg)
+        idle_ms = to_ms(idle_timeout, what=f"{where}: idle_timeout") if idle_timeout is not None else None
+        node = Node(
+            "source",
+            op_name,
+            schema=schema,
+            time=time,
+            time_type=time_type,
+            source=source,
+            max_delay_ms=delay_ms,
+            idle_timeout_ms=idle_ms,
+        )
+        self.graph.add(node)
+        return Stream(self, node)
+
+    def dead_letters(self) -> Stream:
+        """The stream of records that failed anywhere in the flow.
+
+        Each row has ``operator`` (which step failed), ``reason`` and ``payload`` (the
+        original record as JSON).
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("d"); bad = rh.io.Collect()
+        >>> flow.source(rh.io.Records([{"x": 0}, {"x": 2}])).map(lambda r: {"y": 1 / r["x"]}, name="inv").sink(rh.io.Collect())
+        >>> flow.dead_letters().sink(bad)
+        >>> flow.run(); bad.rows
+        [{'operator': "map 'inv'", 'reason': 'ZeroDivisionError: division by zero', 'payload': '{"x": 0}'}]
+        """
+        if self._dead_node is None:
+            self._dead_node = self.graph.add(
+                Node("dead_letters", self.graph.name_for("dead_letters", None), schema=DEAD_LETTER_SCHEMA)
+            )
+        return Stream(self, self._dead_node)
+
+    def explain(self) -> str:
+        """The plan the flow would run, one operator per line (Python steps in a row are fused).
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("e")
+        >>> s = flow.source(rh.io.Records([{"x": 1}]), name="in")
+        >>> s.filter(lambda r: r["x"] > 0, name="pos").map(lambda r: r, name="same").sink(print, name="out")
+        >>> print(flow.explain())
+        flow 'e'
+          source 'in' time=None
+          chain 'pos+same' <- in
+          sink 'out' <- same
+        """
+        return make_plan(self.graph).describe()
+
+    def run(
+        self,
+        *,
+        duration: Duration | None = None,
+        drain: bool = False,
+        clock: Clock | None = None,
+        handle_signals: bool = True,
+        on_start: Callable[[Executor], None] | None = None,
+    ) -> None:
+        """Run the flow until it ends; :meth:`metrics` then tells what happened.
+
+        It ends when every source is exhausted (bounded sources), when ``duration`` has
+        passed, or on :meth:`stop`, Ctrl-C or SIGTERM. At the end of bounded sources the
+        watermark moves to +infinity, so every open window fires. When stopped early, open
+        windows are dropped unless ``drain=True``, which fires them as if the input had ended.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("r"); out = rh.io.Collect()
+        >>> flow.source(rh.io.Generator(lambda i: {"i": i}, rate=1000)).sink(out)
+        >>> flow.run(duration="50ms")
+        >>> 10 < len(out) < 200, flow.metrics().running
+        (True, False)
+        """
+        plan = make_plan(self.graph)
+        duration_ms = to_ms(duration, what="run: duration") if duration is not None else None
+        self._stop = threading.Event()
+        executor = Executor(
+            plan,
+            clock=clock or SystemClock(),
+            on_error=self.on_error,
+            stop=self._stop,
+            duration_ms=duration_ms,
+            drain=drain,
+        )
+        self._executor = executor
+        restore = _install_signal_handlers(self._stop) if handle_signals else None
+        try:
+            executor.run(on_start)
+        finally:
+            if restore is not None:
+                restore()
+
+    def stop(self) -> None:
+        """Ask a running flow to stop after the current batch (safe from any thread or handler).
+
+        Examples
+        --------
+        >>> import rheon as rh, threading
+        >>> flow = rh.Flow("s")
+        >>> flow.source(rh.io.Generator(lambda i: {"i": i}, rate=100)).sink(rh.io.Collect())
+        >>> threading.Timer(0.05, flow.stop).start()
+        >>> flow.run()
+        >>> flow.metrics().running
+        False
+        """
+        self._stop.set()
+
+    def metrics(self) -> RunStats | None:
+        """Metrics of the current (or last) run, or ``None`` before the first run.
+
+        Safe to call from another thread while the flow runs.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("m")
+        >>> flow.source(rh.io.Records([{"x": 1}, {"x": 2}])).sink(rh.io.Collect())
+        >>> flow.metrics() is None
+        True
+        >>> flow.run(); flow.metrics().records_in
+        2
+        """
+        return self._executor.stats() if self._executor is not None else None
+
+
+def _install_signal_handlers(stop: threading.Event) -> Callable[[], None] | None:
+    """SIGINT/SIGTERM stop the flow cleanly; a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("stop_requested signal=%s", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore

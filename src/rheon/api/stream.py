@@ -1,0 +1,613 @@
+"""Streams and the operators on them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from rheon.api._schema import infer
+from rheon.core.durations import Duration, to_ms
+from rheon.core.errors import FlowError, columns_hint, did_you_mean
+from rheon.core.eventtime import TimeType
+from rheon.io.base import Sink
+from rheon.io.callback import Callback
+from rheon.operators.aggregations import Aggregation
+from rheon.operators.reduce import Reduce
+from rheon.operators.rowfn import RowStep
+from rheon.operators.stateless import ExprFilter, Select, WithColumns
+from rheon.operators.union import Union
+from rheon.operators.window import PaneWindowOperator, SessionWindowOperator
+from rheon.runtime.graph import Edge, Node, SideOutput
+from rheon.time.windows import Session, Sliding, Tumbling
+
+if TYPE_CHECKING:
+    from rheon.api.flow import Flow
+
+__all__ = ["KeyedStream", "Stream", "WindowedStream"]
+
+Row = dict[str, Any]
+
+
+class Stream:
+    """A stream of records inside a :class:`~rheon.Flow`.
+
+    Operators return new streams; nothing runs until ``flow.run()``. A stream can feed any
+    number of operators and sinks (a graph, not a pipe).
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> flow = rh.Flow("demo")
+    >>> tx = flow.source(rh.io.Records([{"card": "a", "amount": 1500, "ts": 0}]), time="ts")
+    >>> tx.schema
+    Schema([('card', String), ('amount', Int64), ('ts', Int64)])
+    >>> tx.time
+    'ts'
+    """
+
+    def __init__(self, flow: Flow, node: Node, tag: str = "main") -> None:
+        self.flow = flow
+        self.node = node
+        self.tag = tag
+
+    # -- what is known ---------------------------------------------------------------------
+
+    @property
+    def schema(self) -> pl.Schema | None:
+        """Column names and types, when known before running (``None`` after a Python ``map``)."""
+        if self.tag == "main":
+            return self.node.schema
+        return self.node.side_outputs[self.tag].schema
+
+    @property
+    def time(self) -> str | None:
+        """The event-time column, if the stream has one."""
+        if self.tag == "main":
+            return self.node.time
+        return self.node.side_outputs[self.tag].time
+
+    @property
+    def time_type(self) -> TimeType | None:
+        if self.tag == "main":
+            return self.node.time_type
+        return self.node.side_outputs[self.tag].time_type
+
+    def __repr__(self) -> str:
+        tag = f"[{self.tag}]" if self.tag != "main" else ""
+        return f"<Stream {self.node.label}{tag} time={self.time!r}>"
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _edge(self) -> Edge:
+        return Edge(self.node, self.tag)
+
+    def _add(self, node: Node) -> Stream:
+        self.flow.graph.add(node)
+        return Stream(self.flow, node)
+
+    def _check_same_flow(self, other: Stream, where: str) -> None:
+        if not isinstance(other, Stream):
+            msg = f"{where}: expected a Stream (got {other!r})"
+            raise FlowError(msg)
+        if other.flow is not self.flow:
+            msg = f"{where}: streams belong to different flows ('{self.flow.name}' and '{other.flow.name}')"
+            raise FlowError(msg)
+
+    def _columns(self, where: str, columns: Iterable[str]) -> None:
+        schema = self.schema
+        if schema is None:
+            return
+        for column in columns:
+            if column not in schema:
+                names = schema.names()
+                msg = f"{where}: unknown column '{column}' {columns_hint(names)}.{did_you_mean(column, names)}"
+                raise FlowError(msg)
+
+    # -- stateless ---------------------------------------------------------------------------
+
+    def filter(self, predicate: pl.Expr | Callable[[Row], bool], *, name: str | None = None) -> Stream:
+        """Keep the records for which ``predicate`` holds.
+
+        ``predicate`` is a Polars expression (vectorized; null counts as false) or a Python
+        function of a record dict (flexible, slower).
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("f"); out = rh.io.Collect()
+        >>> s = flow.source(rh.io.Records([{"amount": 500}, {"amount": 1500}]))
+        >>> s.filter(rh.col("amount") > 1000).sink(out)
+        >>> s.filter(lambda r: r["amount"] < 1000).sink(out)
+        >>> flow.run(); out.rows
+        [{'amount': 1500}, {'amount': 500}]
+        """
+        graph = self.flow.graph
+        if isinstance(predicate, pl.Expr):
+            op_name = graph.name_for("filter", name)
+            where = f"filter '{op_name}'"
+            out = infer(where, self.schema, lambda lf: lf.select(predicate))
+            if out is not None and out.dtypes()[0] != pl.Boolean:
+                msg = f"{where}: the predicate gives {out.dtypes()[0]}, expected Boolean. Try a comparison such as rh.col('x') > 0."
+                raise FlowError(msg)
+            node = Node(
+                "filter",
+                op_name,
+                [self._edge()],
+                make=lambda ctx: ExprFilter(op_name, predicate),
+                schema=self.schema,
+                time=self.time,
+                time_type=self.time_type,
+            )
+            return self._add(node)
+        if callable(predicate):
+            op_name = graph.name_for("filter", name)
+            node = Node(
+                "filter",
+                op_name,
+                [self._edge()],
+                row_step=RowStep("filter", op_name, predicate),
+                schema=self.schema,
+                time=self.time,
+                time_type=self.time_type,
+            )
+            return self._add(node)
+        msg = f"filter: expected a Polars expression or a function of a record (got {predicate!r})"
+        raise FlowError(msg)
+
+    def _python_step(self, kind: str, fn: Callable[[Row], Any], name: str | None) -> Stream:
+        if not callable(fn):
+            msg = f"{kind}: expected a function of a record dict (got {fn!r})"
+            raise FlowError(msg)
+        op_name = self.flow.graph.name_for(kind, name)
+        node = Node(
+            kind,
+            op_name,
+            [self._edge()],
+            row_step=RowStep(kind, op_name, fn),
+            time=self.time,
+            time_type=self.time_type,
+        )
+        return self._add(node)
+
+    def map(self, fn: Callable[[Row], Mapping[str, Any]], *, name: str | None = None) -> Stream:
+        """Replace each record by ``fn(record)``, a dict.
+
+        If ``fn`` raises or returns something other than a dict, the record goes to the
+        dead-letter output and the flow goes on. To keep event time, keep the time column.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("m"); out = rh.io.Collect()
+        >>> flow.source(rh.io.Records([{"amount": 10}])).map(lambda r: {**r, "usd": r["amount"] * 1.1}).sink(out)
+        >>> flow.run(); out.rows
+        [{'amount': 10, 'usd': 11.0}]
+        """
+        return self._python_step("map", fn, name)
+
+    def flat_map(self, fn: Callable[[Row], Iterable[Mapping[str, Any]]], *, name: str | None = None) -> Stream:
+        """Replace each record by the records (dicts) that ``fn(record)`` returns: zero or more.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("w"); out = rh.io.Collect()
+        >>> (flow.source(rh.io.Records([{"text": "to be or"}]))
+        ...      .flat_map(lambda r: [{"w": w} for w in r["text"].split()]).sink(out))
+        >>> flow.run(); [r["w"] for r in out.rows]
+        ['to', 'be', 'or']
+        """
+        return self._python_step("flat_map", fn, name)
+
+    def with_columns(self, *exprs: pl.Expr, **named: Any) -> Stream:
+        """Add or replace columns with Polars expressions (vectorized).
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("wc"); out = rh.io.Collect()
+        >>> flow.source(rh.io.Records([{"amount": 10}])).with_columns(eur=rh.col("amount") * 0.9).sink(out)
+        >>> flow.run(); out.rows
+        [{'amount': 10, 'eur': 9.0}]
+        """
+        all_exprs = [*exprs, *(v.alias(k) if isinstance(v, pl.Expr) else pl.lit(v).alias(k) for k, v in named.items())]
+        op_name = self.flow.graph.name_for("with_columns", None)
+        where = f"with_columns '{op_name}'"
+        for e in exprs:
+            if not isinstance(e, pl.Expr):
+                msg = f"{where}: expected Polars expressions (got {e!r}). Try rh.col('x') * 2 or name=rh.lit(1)."
+                raise FlowError(msg)
+        schema = infer(where, self.schema, lambda lf: lf.with_columns(all_exprs))
+        time, time_type = self.time, self.time_type
+        if schema is not None and time is not None and self.schema is not None and schema[time] != self.schema[time]:
+            msg = (
+                f"{where}: changes the type of the event-time column '{time}' from {self.schema[time]} "
+                f"to {schema[time]}. Event time is fixed at the source; write the new value to another column."
+            )
+            raise FlowError(msg)
+        node = Node(
+            "with_columns",
+            op_name,
+            [self._edge()],
+            make=lambda ctx: WithColumns(op_name, all_exprs),
+            schema=schema,
+            time=time,
+            time_type=time_type,
+        )
+        return self._add(node)
+
+    def select(self, *columns: str | pl.Expr, name: str | None = None) -> Stream:
+        """Keep only the given columns (names or Polars expressions), in that order.
+
+        Dropping the event-time column makes a stream without event time.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("sel"); out = rh.io.Collect()
+        >>> flow.source(rh.io.Records([{"card": "a", "amount": 1, "ts": 0, "x": 1}])).select("card", "amount", "ts").sink(out)
+        >>> flow.run(); out.rows
+        [{'card': 'a', 'amount': 1, 'ts': 0}]
+        """
+        op_name = self.flow.graph.name_for("select", name)
+        where = f"select '{op_name}'"
+        if not columns:
+            msg = f"{where}: name at least one column"
+            raise FlowError(msg)
+        exprs: list[pl.Expr] = []
+        for c in columns:
+            if isinstance(c, str):
+                exprs.append(pl.col(c))
+            elif isinstance(c, pl.Expr):
+                exprs.append(c)
+            else:
+                msg = f"{where}: expected column names or Polars expressions (got {c!r})"
+                raise FlowError(msg)
+        schema = infer(where, self.schema, lambda lf: lf.select(exprs))
+        time, time_type = self.time, self.time_type
+        if (
+            time is not None
+            and schema is not None
+            and (time not in schema or (self.schema is not None and schema[time] != self.schema[time]))
+        ) or (time is not None and schema is None and time not in [c for c in columns if isinstance(c, str)]):
+            time, time_type = None, None
+        node = Node(
+            "select",
+            op_name,
+            [self._edge()],
+            make=lambda ctx: Select(op_name, exprs),
+            schema=schema,
+            time=time,
+            time_type=time_type,
+        )
+        return self._add(node)
+
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        """Merge this stream with others into one.
+
+        The result's watermark is the minimum of the inputs' (inputs that are idle or finished
+        do not hold it back). All inputs must have the same event-time column, or none.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("u"); out = rh.io.Collect()
+        >>> a = flow.source(rh.io.Records([{"x": 1}]))
+        >>> b = flow.source(rh.io.Records([{"x": 2}]))
+        >>> a.union(b).sink(out)
+        >>> flow.run(); sorted(r["x"] for r in out.rows)
+        [1, 2]
+        """
+        op_name = self.flow.graph.name_for("union", name)
+        where = f"union '{op_name}'"
+        if not others:
+            msg = f"{where}: give at least one other stream"
+            raise FlowError(msg)
+        streams = [self, *others]
+        for s in others:
+            self._check_same_flow(s, where)
+        times = {s.time for s in streams}
+        if len(times) > 1:
+            desc = ", ".join(f"{s.node.label} has {s.time!r}" for s in streams)
+            msg = (
+                f"{where}: inputs disagree on the event-time column ({desc}). "
+                "Try declaring the same time= on every source."
+            )
+            raise FlowError(msg)
+        types = {s.time_type.dtype for s in streams if s.time_type is not None}
+        if len(types) > 1:
+            msg = f"{where}: inputs have different event-time types ({', '.join(map(str, types))})"
+            raise FlowError(msg)
+        schemas = [s.schema for s in streams]
+        schema = schemas[0] if all(sc is not None and sc == schemas[0] for sc in schemas) else None
+        node = Node(
+            "union",
+            op_name,
+            [s._edge() for s in streams],
+            make=lambda ctx: Union(op_name, len(streams)),
+            schema=schema,
+            time=self.time,
+            time_type=next((s.time_type for s in streams if s.time_type is not None), None),
+        )
+        return self._add(node)
+
+    # -- keys and windows --------------------------------------------------------------------
+
+    def key_by(self, *columns: str | Iterable[str]) -> KeyedStream:
+        """Partition the stream by the values of one or more columns.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("k")
+        >>> flow.source(rh.io.Records([{"card": "a", "ts": 0}]), time="ts").key_by("card").keys
+        ('card',)
+        """
+        keys: list[str] = []
+        for c in columns:
+            if isinstance(c, str):
+                keys.append(c)
+            elif isinstance(c, Iterable):
+                keys.extend(c)
+            else:
+                msg = f"key_by: expected column names (got {c!r})"
+                raise FlowError(msg)
+        if not keys:
+            msg = 'key_by: name at least one key column, e.g. key_by("card")'
+            raise FlowError(msg)
+        if any(not isinstance(k, str) for k in keys):
+            msg = f"key_by: expected column names (got {keys!r})"
+            raise FlowError(msg)
+        self._columns("key_by", keys)
+        return KeyedStream(self, tuple(keys))
+
+    def window(
+        self,
+        assigner: Tumbling | Sliding | Session,
+        *,
+        allowed_lateness: Duration | None = None,
+        name: str | None = None,
+    ) -> WindowedStream:
+        """Window the whole stream (one global key); see :meth:`KeyedStream.window`.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("g"); out = rh.io.Collect()
+        >>> rows = [{"ts": 100}, {"ts": 900}, {"ts": 1200}]
+        >>> flow.source(rh.io.Records(rows), time="ts").window(rh.tumbling("1s")).agg(n=rh.count()).sink(out)
+        >>> flow.run(); out.rows
+        [{'window_start': 0, 'window_end': 1000, 'n': 2}, {'window_start': 1000, 'window_end': 2000, 'n': 1}]
+        """
+        return WindowedStream(self, (), assigner, allowed_lateness, name)
+
+    def late(self) -> Stream:
+        """The events that arrived after their window had closed (a window's side output).
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> rows = [{"k": 1, "ts": 500}, {"k": 1, "ts": 5000}, {"k": 1, "ts": 600}]
+        >>> flow = rh.Flow("late"); out = rh.io.Collect(); late = rh.io.Collect()
+        >>> per_k = flow.source(rh.io.Records(rows), time="ts").key_by("k").window(rh.tumbling("1s")).agg(n=rh.count())
+        >>> per_k.sink(out); per_k.late().sink(late)
+        >>> flow.run(); late.rows
+        [{'k': 1, 'ts': 600}]
+        """
+        if self.node.kind != "window" or self.tag != "main":
+            msg = (
+                f"late(): {self.node.label} is not a window aggregation; late() is defined on the "
+                "result of .window(...).agg(...)."
+            )
+            raise FlowError(msg)
+        return Stream(self.flow, self.node, "late")
+
+    # -- sinks -------------------------------------------------------------------------------
+
+    def sink(self, sink: Sink | Callable[[Row], object], *, name: str | None = None) -> None:
+        """Send the stream to a sink (``rh.io.Collect()``, ``rh.io.Console()``, ...) or a function.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("s")
+        >>> flow.source(rh.io.Records([{"x": 1}])).sink(print)
+        >>> _ = flow.run()
+        {'x': 1}
+        """
+        if not isinstance(sink, Sink):
+            if callable(sink):
+                sink = Callback(sink)
+            else:
+                msg = f"sink: expected a sink such as rh.io.Collect() or a function (got {sink!r})"
+                raise FlowError(msg)
+        op_name = self.flow.graph.name_for("sink", name)
+        self.flow.graph.add(Node("sink", op_name, [self._edge()], sink=sink))
+
+
+class KeyedStream:
+    """A stream partitioned by key columns: windows and reduce run per key.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> flow = rh.Flow("k")
+    >>> flow.source(rh.io.Records([{"a": 1, "b": 2, "ts": 0}]), time="ts").key_by("a", "b")
+    <KeyedStream by ('a', 'b')>
+    """
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
+        self.stream = stream
+        self.keys = keys
+
+    def __repr__(self) -> str:
+        return f"<KeyedStream by {self.keys}>"
+
+    def window(
+        self,
+        assigner: Tumbling | Sliding | Session,
+        *,
+        allowed_lateness: Duration | None = None,
+        name: str | None = None,
+    ) -> WindowedStream:
+        """Group each key's events into event-time windows: ``rh.tumbling``, ``rh.sliding``, ``rh.session``.
+
+        A window's result is emitted once, when the watermark passes its end. With
+        ``allowed_lateness``, the window's state is kept that much longer and each late event
+        emits an updated row; later events go to ``.late()``.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> rows = [{"k": 1, "ts": 500}, {"k": 1, "ts": 1500}, {"k": 1, "ts": 700}]
+        >>> flow = rh.Flow("w"); out = rh.io.Collect()
+        >>> (flow.source(rh.io.Records(rows), time="ts").key_by("k")
+        ...      .window(rh.tumbling("1s"), allowed_lateness="1s").agg(n=rh.count()).sink(out))
+        >>> flow.run(); [(r["window_start"], r["n"]) for r in out.rows]
+        [(0, 1), (0, 2), (1000, 1)]
+        """
+        return WindowedStream(self.stream, self.keys, assigner, allowed_lateness, name)
+
+    def reduce(self, fn: Callable[[Row, Row], Mapping[str, Any]], *, name: str | None = None) -> Stream:
+        """Keep a running value per key: ``acc = fn(acc, record)``; emit each new ``acc``.
+
+        The first record of a key is its first ``acc``. This is the streaming form of
+        map-reduce: records are shuffled by key, and each key's reduce sees them in order.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> rows = [{"card": "a", "amount": 1}, {"card": "b", "amount": 5}, {"card": "a", "amount": 2}]
+        >>> flow = rh.Flow("r"); out = rh.io.Collect()
+        >>> (flow.source(rh.io.Records(rows)).key_by("card")
+        ...      .reduce(lambda acc, r: {**r, "amount": acc["amount"] + r["amount"]}).sink(out))
+        >>> flow.run(); out.rows
+        [{'card': 'a', 'amount': 1}, {'card': 'b', 'amount': 5}, {'card': 'a', 'amount': 3}]
+        """
+        if not callable(fn):
+            msg = f"reduce: expected a function fn(acc, record) -> dict (got {fn!r})"
+            raise FlowError(msg)
+        stream = self.stream
+        op_name = stream.flow.graph.name_for("reduce", name)
+        keys = self.keys
+        node = Node(
+            "reduce",
+            op_name,
+            [stream._edge()],
+            make=lambda ctx: Reduce(op_name, keys, fn),
+            time=stream.time,
+            time_type=stream.time_type,
+        )
+        return stream._add(node)
+
+
+class WindowedStream:
+    """A keyed stream grouped into windows; ``.agg(...)`` says what to compute per window.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> flow = rh.Flow("w")
+    >>> flow.source(rh.io.Records([{"k": 1, "ts": 0}]), time="ts").key_by("k").window(rh.tumbling("1m"))
+    <WindowedStream tumbling(60000ms) by ('k',)>
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        keys: tuple[str, ...],
+        assigner: Tumbling | Sliding | Session,
+        allowed_lateness: Duration | None,
+        name: str | None,
+    ) -> None:
+        if not isinstance(assigner, Tumbling | Sliding | Session):
+            msg = f"window: expected rh.tumbling(...), rh.sliding(...) or rh.session(...) (got {assigner!r})"
+            raise FlowError(msg)
+        self.stream = stream
+        self.keys = keys
+        self.assigner = assigner
+        self.name = name
+        what = f"window '{name}'" if name else "window"
+        self.lateness_ms = (
+            to_ms(allowed_lateness, what=f"{what}: allowed_lateness") if allowed_lateness is not None else 0
+        )
+        if stream.time is None:
+            msg = (
+                f"{what}: the stream has no event-time column, so windows cannot close. "
+                'Declare one where the data comes in: flow.source(..., time="ts").'
+            )
+            raise FlowError(msg)
+
+    def __repr__(self) -> str:
+        return f"<WindowedStream {self.assigner!r} by {self.keys}>"
+
+    def agg(self, **aggs: Aggregation) -> Stream:
+        """Aggregate each window: ``agg(n=rh.count(), total=rh.sum("amount"))``.
+
+        Output rows are the key column(s), ``window_start``, ``window_end``, then the
+        aggregates in the order given. Window bounds have the time column's type. The result is
+        a stream whose event time is ``window_start``; its late events are on ``.late()``.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> rows = [{"card": "a", "amount": 5.0, "ts": 1000}, {"card": "a", "amount": 7.0, "ts": 2000}]
+        >>> flow = rh.Flow("a"); out = rh.io.Collect()
+        >>> (flow.source(rh.io.Records(rows), time="ts").key_by("card").window(rh.tumbling("1m"))
+        ...      .agg(n=rh.count(), total=rh.sum("amount"), hi=rh.max("amount"), avg=rh.mean("amount")).sink(out))
+        >>> flow.run(); out.rows
+        [{'card': 'a', 'window_start': 0, 'window_end': 60000, 'n': 2, 'total': 12.0, 'hi': 7.0, 'avg': 6.0}]
+        """
+        stream = self.stream
+        graph = stream.flow.graph
+        op_name = graph.name_for("window", self.name)
+        where = f"window '{op_name}'"
+        if not aggs:
+            msg = f"{where}: agg() needs at least one aggregation, e.g. .agg(n=rh.count())"
+            raise FlowError(msg)
+        reserved = {*self.keys, "window_start", "window_end"}
+        for field_name, agg in aggs.items():
+            if not isinstance(agg, Aggregation):
+                msg = f"{where}: aggregation '{field_name}' must be rh.count(), rh.sum(col), ... (got {agg!r})"
+                raise FlowError(msg)
+            if field_name in reserved:
+                msg = f"{where}: aggregation name '{field_name}' clashes with a key or window column; pick another name"
+                raise FlowError(msg)
+            agg.check(where, field_name, stream.schema)
+        in_schema = stream.schema
+        time = stream.time
+        assert time is not None
+        time_type = stream.time_type
+        keys, assigner, lateness = list(self.keys), self.assigner, self.lateness_ms
+        out_schema = None
+        if in_schema is not None and time_type is not None:
+            fields: dict[str, pl.DataType] = {k: in_schema[k] for k in keys}
+            fields["window_start"] = time_type.dtype
+            fields["window_end"] = time_type.dtype
+            for field_name, agg in aggs.items():
+                dtype = agg.result_dtype(in_schema[agg.column] if agg.column else None)
+                if dtype is None:
+                    fields = {}
+                    break
+                fields[field_name] = dtype
+            out_schema = pl.Schema(fields) if fields else None
+
+        def make(ctx: object) -> PaneWindowOperator | SessionWindowOperator:
+            if isinstance(assigner, Session):
+                return SessionWindowOperator(op_name, keys, time, aggs, lateness, assigner, time_type)
+            return PaneWindowOperator(op_name, keys, time, aggs, lateness, assigner, time_type)
+
+        node = Node(
+            "window",
+            op_name,
+            [stream._edge()],
+            make=make,
+            schema=out_schema,
+            time="window_start",
+            time_type=time_type,
+            uses_event_time=True,
+            side_outputs={"late": SideOutput(in_schema, time, time_type)},
+        )
+        return stream._add(node)

@@ -1,0 +1,30 @@
+"""Sources and sinks.
+
+Sources: :class:`Records`, :class:`Generator`, :class:`JsonLines`, :class:`Csv`, :class:`Parquet`.
+Sinks: :class:`Collect`, :class:`Callback`, :class:`Console`.
+Extension points: :class:`Source` / :class:`SourceLogic` and :class:`Sink` / :class:`SinkLogic`.
+"""
+
+from rheon.io.base import BuildContext, Sink, SinkLogic, Source, SourceLogic
+from rheon.io.callback import Callback
+from rheon.io.collect import Collect
+from rheon.io.console import Console
+from rheon.io.files import Csv, JsonLines, Parquet
+from rheon.io.generator import Generator
+from rheon.io.records import Records
+
+__all__ = [
+    "BuildContext",
+    "Callback",
+    "Collect",
+    "Console",
+    "Csv",
+    "Generator",
+    "JsonLines",
+    "Parquet",
+    "Records",
+    "Sink",
+    "SinkLogic",
+    "Source",
+    "SourceLogic",
+]

@@ -1,0 +1,90 @@
+"""``rh.io.Collect``: an in-memory sink for tests and notebooks."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.io.base import BuildContext, Sink, SinkLogic
+
+__all__ = ["Collect"]
+
+
+class Collect(Sink):
+    """Keep every output row in memory, in emission order.
+
+    ``rows`` is a list of dicts; ``to_polars()`` returns one DataFrame. Each run of the flow starts
+    from empty. Reading ``rows`` while the flow runs (from another thread) is safe.
+
+    Guarantee: exactly-once within one run (nothing is kept across processes).
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> flow = rh.Flow("c")
+    >>> out = rh.io.Collect()
+    >>> flow.source(rh.io.Records([{"x": 1}, {"x": 2}])).filter(rh.col("x") > 1).sink(out)
+    >>> flow.run()
+    >>> out.rows, len(out)
+    ([{'x': 2}], 1)
+    >>> out.to_polars().shape
+    (1, 1)
+    """
+
+    def __init__(self) -> None:
+        self._frames: list[pl.DataFrame] = []
+        self._rows: list[dict[str, Any]] = []
+        self._converted = 0
+        self._lock = threading.Lock()
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row received so far, as dicts, in emission order."""
+        with self._lock:
+            while self._converted < len(self._frames):
+                self._rows.extend(self._frames[self._converted].iter_rows(named=True))
+                self._converted += 1
+            return list(self._rows)
+
+    def to_polars(self) -> pl.DataFrame:
+        """Every row received so far as one DataFrame (columns unioned across batches)."""
+        with self._lock:
+            frames = list(self._frames)
+        if not frames:
+            return pl.DataFrame()
+        return pl.concat(frames, how="diagonal_relaxed")
+
+    def clear(self) -> None:
+        """Forget everything collected."""
+        with self._lock:
+            self._frames.clear()
+            self._rows.clear()
+            self._converted = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(f.height for f in self._frames)
+
+    def _append(self, frame: pl.DataFrame) -> None:
+        with self._lock:
+            self._frames.append(frame)
+
+    @override
+    def build(self, ctx: BuildContext) -> SinkLogic:
+        self.clear()
+        return _CollectLogic(self)
+
+    def __repr__(self) -> str:
+        return f"Collect({len(self)} rows)"
+
+
+class _CollectLogic(SinkLogic):
+    def __init__(self, target: Collect) -> None:
+        self.target = target
+
+    @override
+    def write(self, frame: pl.DataFrame) -> None:
+        self.target._append(frame)

@@ -1,0 +1,220 @@
+"""Aggregations for windows: what users write (``rh.sum("amount")``) and how it runs.
+
+Each aggregation is computed in three vectorized steps, so that it can be built up pane by pane
+and batch by batch:
+
+* ``partials``: Polars aggregations over raw records, giving partial columns;
+* ``merges``: Polars aggregations that combine partial rows of the same group;
+* ``final``: an expression turning merged partials into the result.
+
+Nulls are ignored like SQL: ``sum``/``min``/``max``/``mean`` of no non-null value is null,
+``count()`` counts rows and ``count(col)`` counts non-null values.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.core.errors import FlowError, columns_hint, did_you_mean
+
+__all__ = ["Aggregation", "Count", "CountDistinct", "Max", "Mean", "Min", "Sum"]
+
+
+@dataclass(frozen=True)
+class Aggregation(ABC):
+    """An aggregation of one column (or of rows, for ``count()``)."""
+
+    column: str | None = None
+
+    fn_name = "agg"
+
+    @abstractmethod
+    def partials(self, p: str) -> list[pl.Expr]:
+        """Aggregations over raw records; output columns are named ``p`` + suffix."""
+
+    @abstractmethod
+    def merges(self, p: str) -> list[pl.Expr]:
+        """Aggregations combining partial rows of one group."""
+
+    @abstractmethod
+    def final(self, p: str) -> pl.Expr:
+        """The result from merged partial columns."""
+
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        """Result type for an input column type (``None`` when unknown)."""
+        return dtype
+
+    def check(self, where: str, field_name: str, schema: pl.Schema | None) -> None:
+        """Raise :class:`FlowError` if the column is missing or has a type this cannot use."""
+        if self.column is None or schema is None:
+            return
+        if self.column not in schema:
+            msg = (
+                f"{where}: aggregation '{field_name}' = {self!r}: unknown column '{self.column}' "
+                f"{columns_hint(schema.names())}.{did_you_mean(self.column, schema.names())}"
+            )
+            raise FlowError(msg)
+        self._check_type(where, field_name, schema[self.column])
+
+    def _check_type(self, where: str, field_name: str, dtype: pl.DataType) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        arg = f"{self.column!r}" if self.column is not None else ""
+        return f"rh.{self.fn_name}({arg})"
+
+
+def _numeric(agg: Aggregation, where: str, field_name: str, dtype: pl.DataType) -> None:
+    if not (dtype.is_numeric() or dtype in (pl.Boolean, pl.Null)):
+        msg = (
+            f"{where}: aggregation '{field_name}' = {agg!r}: column '{agg.column}' has type {dtype}, "
+            "expected a number. Try casting it first, e.g. .with_columns(rh.col(...).cast(pl.Float64))."
+        )
+        raise FlowError(msg)
+
+
+@dataclass(frozen=True, repr=False)
+class Count(Aggregation):
+    """``count()`` counts rows; ``count(col)`` counts non-null values of ``col``."""
+
+    fn_name = "count"
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        expr = pl.len() if self.column is None else pl.col(self.column).count()
+        return [expr.cast(pl.Int64).alias(p)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p).sum()]
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.col(p)
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        return pl.Int64()
+
+
+@dataclass(frozen=True, repr=False)
+class Sum(Aggregation):
+    """Sum of non-null values; null when there are none."""
+
+    fn_name = "sum"
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        c = pl.col(self.column or "")
+        return [c.sum().alias(p + "_s"), c.count().cast(pl.Int64).alias(p + "_n")]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p + "_s").sum(), pl.col(p + "_n").sum()]
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.when(pl.col(p + "_n") > 0).then(pl.col(p + "_s"))
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        if dtype is None:
+            return None
+        return pl.DataFrame(schema={"x": dtype}).select(pl.col("x").sum()).schema["x"]
+
+    @override
+    def _check_type(self, where: str, field_name: str, dtype: pl.DataType) -> None:
+        _numeric(self, where, field_name, dtype)
+
+
+@dataclass(frozen=True, repr=False)
+class Min(Aggregation):
+    """Smallest non-null value."""
+
+    fn_name = "min"
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        return [pl.col(self.column or "").min().alias(p)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p).min()]
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.col(p)
+
+
+@dataclass(frozen=True, repr=False)
+class Max(Aggregation):
+    """Largest non-null value."""
+
+    fn_name = "max"
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        return [pl.col(self.column or "").max().alias(p)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p).max()]
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.col(p)
+
+
+@dataclass(frozen=True, repr=False)
+class Mean(Aggregation):
+    """Arithmetic mean of non-null values (Float64); null when there are none."""
+
+    fn_name = "mean"
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        c = pl.col(self.column or "")
+        return [c.cast(pl.Float64).sum().alias(p + "_s"), c.count().cast(pl.Int64).alias(p + "_n")]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p + "_s").sum(), pl.col(p + "_n").sum()]
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.when(pl.col(p + "_n") > 0).then(pl.col(p + "_s") / pl.col(p + "_n"))
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        return pl.Float64()
+
+    @override
+    def _check_type(self, where: str, field_name: str, dtype: pl.DataType) -> None:
+        _numeric(self, where, field_name, dtype)
+
+
+@dataclass(frozen=True, repr=False)
+class CountDistinct(Aggregation):
+    """Exact number of distinct non-null values (the set is kept per window)."""
+
+    fn_name = "count_distinct"
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        return [pl.col(self.column or "").drop_nulls().unique().alias(p)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p).list.explode(keep_nulls=False, empty_as_null=False).unique()]
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.col(p).list.len().cast(pl.Int64)
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        return pl.Int64()

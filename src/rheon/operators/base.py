@@ -1,0 +1,61 @@
+"""The operator interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import polars as pl
+
+from rheon.core.batch import Batch
+from rheon.core.deadletters import dead_letter_frame
+
+__all__ = ["DEAD", "LATE", "MAIN", "Operator", "Output"]
+
+MAIN = "main"
+LATE = "late"
+DEAD = "dead"
+
+Output = tuple[str, Batch]
+
+
+class Operator(ABC):
+    """One step of a running flow.
+
+    ``process`` is called with each batch that arrives on an input port and returns what the
+    step emits. Empty batches still carry watermark progress and must be answered (usually by an
+    empty batch with the same watermark) so that downstream windows can fire.
+    """
+
+    kind = "operator"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """How errors name this operator: ``"window 'per_card'"``."""
+        return f"{self.kind} '{self.name}'"
+
+    @abstractmethod
+    def process(self, port: int, batch: Batch) -> list[Output]:
+        """Handle one batch from input ``port``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources at the end of a run."""
+
+    def dead(self, reasons: str | Sequence[str], payloads: Sequence[str], like: Batch) -> Output:
+        """A dead-letter output naming this operator."""
+        frame = dead_letter_frame(self.label, reasons, payloads)
+        return DEAD, Batch(frame, watermark=like.watermark, ingest_ns=like.ingest_ns)
+
+    @staticmethod
+    def empty_like(batch: Batch, frame: pl.DataFrame | None = None) -> Batch:
+        """An empty batch carrying ``batch``'s progress."""
+        return Batch(
+            frame if frame is not None else pl.DataFrame(),
+            watermark=batch.watermark,
+            ingest_ns=batch.ingest_ns,
+            idle=batch.idle,
+            end=batch.end,
+        )

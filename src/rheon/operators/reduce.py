@@ -1,0 +1,92 @@
+"""Keyed running reduce: the streaming half of map-reduce."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.core.batch import WM_COL, Batch
+from rheon.core.deadletters import dead_letter_frame, payload_of
+from rheon.operators._rows import ROW_CHUNK, concat_frames, frame_to_rows, no_gc, rows_to_frame
+from rheon.operators.base import DEAD, MAIN, Operator, Output
+
+__all__ = ["Reduce"]
+
+Row = dict[str, Any]
+_MISSING = object()
+
+
+class Reduce(Operator):
+    """Fold each key's records with ``fn(acc, record) -> acc`` and emit every new ``acc``.
+
+    The first record of a key is its initial ``acc`` and is emitted as is (like Flink's
+    ``ReduceFunction`` and Kafka Streams' ``reduce``). A record whose key column is missing or
+    unhashable, or on which ``fn`` raises, goes to the dead-letter output; the key's state is
+    left as it was.
+    """
+
+    kind = "reduce"
+
+    def __init__(self, name: str, keys: Sequence[str], fn: Callable[[Row, Row], Mapping[str, Any]]) -> None:
+        super().__init__(name)
+        self.keys = list(keys)
+        self.fn = fn
+        self.state: dict[Any, Row] = {}
+
+    @override
+    def process(self, port: int, batch: Batch) -> list[Output]:
+        frame = batch.frame
+        if frame.height == 0:
+            return [(MAIN, self.empty_like(batch))]
+        dead_reasons: list[str] = []
+        dead_payloads: list[str] = []
+        with no_gc():
+            out = concat_frames(
+                [
+                    self._chunk(frame.slice(i, ROW_CHUNK), dead_reasons, dead_payloads)
+                    for i in range(0, frame.height, ROW_CHUNK)
+                ]
+            )
+        outputs: list[Output] = [(MAIN, batch.with_frame(out))]
+        if dead_reasons:
+            letters = dead_letter_frame(self.label, dead_reasons, dead_payloads)
+            outputs.append((DEAD, Batch(letters, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
+        return outputs
+
+    def _chunk(self, frame: pl.DataFrame, dead_reasons: list[str], dead_payloads: list[str]) -> pl.DataFrame:
+        rows, _ = frame_to_rows(frame)
+        key_of = itemgetter(*self.keys)
+        state, fn = self.state, self.fn
+        out: list[Row] = []
+        idx: list[int] = []
+        for i, row in enumerate(rows):
+            try:
+                key = key_of(row)
+                acc = state.get(key, _MISSING)
+            except (KeyError, TypeError) as exc:
+                dead_reasons.append(f"bad key {self.keys}: {type(exc).__name__}: {exc}")
+                dead_payloads.append(payload_of(row))
+                continue
+            if acc is _MISSING:
+                new: Any = row
+            else:
+                try:
+                    new = fn(acc, row)  # type: ignore[arg-type]
+                except Exception as exc:
+                    dead_reasons.append(f"{type(exc).__name__}: {exc}")
+                    dead_payloads.append(payload_of(row))
+                    continue
+                if not isinstance(new, Mapping):
+                    dead_reasons.append(f"{self.label} returned a {type(new).__name__}, expected a dict")
+                    dead_payloads.append(payload_of(row))
+                    continue
+            snapshot = dict(new)
+            state[key] = snapshot
+            out.append(dict(snapshot))
+            idx.append(i)
+        wms = frame.get_column(WM_COL).gather(idx).to_list() if WM_COL in frame.columns else None
+        return rows_to_frame(out, wms, frame.schema)

@@ -1,0 +1,60 @@
+"""The operator that hands batches to a sink's logic."""
+
+from __future__ import annotations
+
+from typing_extensions import override
+
+from rheon.core.batch import Batch, user_columns
+from rheon.core.errors import RheonError, SinkError
+from rheon.core.metrics import LatencyHistogram
+from rheon.io.base import SinkLogic
+from rheon.operators.base import Operator, Output
+from rheon.time.clock import Clock
+
+__all__ = ["SinkOperator"]
+
+
+class SinkOperator(Operator):
+    """Write every non-empty batch to the sink; flush when all inputs have ended.
+
+    Records end-to-end latency: from when a batch's oldest record entered the flow to when the
+    sink has written it.
+    """
+
+    kind = "sink"
+
+    def __init__(self, name: str, logic: SinkLogic, ports: int, clock: Clock, latency: LatencyHistogram) -> None:
+        super().__init__(name)
+        self.logic = logic
+        self.ended = [False] * ports
+        self.clock = clock
+        self.latency = latency
+        self.closed = False
+
+    @override
+    def process(self, port: int, batch: Batch) -> list[Output]:
+        frame = batch.frame
+        if frame.height:
+            try:
+                self.logic.write(user_columns(frame))
+            except RheonError:
+                raise
+            except Exception as exc:
+                msg = f"{self.label}: write failed: {type(exc).__name__}: {exc}"
+                raise SinkError(msg) from exc
+            if batch.ingest_ns:
+                self.latency.record((self.clock.now_ns() - batch.ingest_ns) / 1e6, frame.height)
+        if batch.end:
+            self.ended[port] = True
+            if all(self.ended):
+                self.logic.flush()
+        return []
+
+    @override
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.logic.flush()
+            finally:
+                self.logic.close()

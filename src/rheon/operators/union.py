@@ -1,0 +1,63 @@
+"""Union: several streams into one, with the watermark the minimum over the live inputs."""
+
+from __future__ import annotations
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
+from rheon.operators.base import MAIN, Operator, Output
+
+__all__ = ["Union"]
+
+
+class Union(Operator):
+    """Forward batches from every input; the output watermark is the minimum over the inputs.
+
+    An input that reports itself idle does not hold the watermark back until it sends data
+    again; an input that ended counts as +infinity. Per-record watermarks are capped by the
+    other inputs' watermarks, so a record is never judged against progress the union has not
+    made.
+    """
+
+    kind = "union"
+
+    def __init__(self, name: str, ports: int) -> None:
+        super().__init__(name)
+        self.wm = [MIN_WM] * ports
+        self.idle = [False] * ports
+        self.ended = [False] * ports
+        self.out_wm = MIN_WM
+
+    def _combined(self) -> tuple[int, bool]:
+        live = [w for w, idle in zip(self.wm, self.idle, strict=True) if not idle]
+        if not live:
+            return self.out_wm, True
+        return min(live), False
+
+    @override
+    def process(self, port: int, batch: Batch) -> list[Output]:
+        before = self.out_wm
+        self.wm[port] = max(self.wm[port], batch.watermark)
+        self.idle[port] = batch.idle and batch.frame.height == 0
+        if batch.end:
+            self.ended[port] = True
+            self.wm[port] = MAX_WM
+            self.idle[port] = False
+        combined, all_idle = self._combined()
+        self.out_wm = max(self.out_wm, combined)
+        frame = batch.frame
+        if frame.height and WM_COL in frame.columns:
+            others = [w for p, w in enumerate(self.wm) if p != port and not self.idle[p]]
+            cap = min(others) if others else MAX_WM
+            frame = frame.with_columns(
+                pl.min_horizontal(pl.col(WM_COL), pl.lit(cap, pl.Int64)).clip(lower_bound=before)
+            )
+        out = Batch(
+            frame,
+            watermark=self.out_wm,
+            ingest_ns=batch.ingest_ns,
+            idle=all_idle,
+            end=all(self.ended),
+        )
+        return [(MAIN, out)]

@@ -1,0 +1,176 @@
+"""What every window operator shares: validation, late routing, emission order, output shape.
+
+Emission order is part of the contract (same input, same output, whatever the batching), so it
+is defined per record: a window fires *before* the first record that arrives once the watermark
+has passed its end, and windows that fire at the same point come out ordered by
+``(window_end, window_start, key...)``. An allowed-lateness update comes out right after the
+late record that caused it.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.core.batch import MIN_WM, WM_COL, Batch
+from rheon.core.deadletters import payloads_of
+from rheon.core.errors import FlowError, columns_hint
+from rheon.core.eventtime import TimeType, time_type_of
+from rheon.operators.aggregations import Aggregation
+from rheon.operators.base import LATE, MAIN, Operator, Output
+
+__all__ = ["WE", "WS", "WindowOperator"]
+
+WS = "__ws"  # window start, ticks
+WE = "__we"  # window end, ticks
+
+
+class WindowOperator(Operator):
+    """Base of window operators.
+
+    Subclasses implement :meth:`_segment` (add on-time records, fire what the watermark allows)
+    and :meth:`_fire`; this class validates input, resolves the time type and assembles outputs.
+    """
+
+    kind = "window"
+
+    def __init__(
+        self,
+        name: str,
+        keys: Sequence[str],
+        time_col: str,
+        aggs: Mapping[str, Aggregation],
+        lateness_ms: int,
+        time_type: TimeType | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.keys = list(keys)
+        self.time_col = time_col
+        self.aggs = dict(aggs)
+        self.lateness_ms = lateness_ms
+        self.ttype = time_type
+        self.wm = MIN_WM
+        self.prefix = {field: f"__a{i}" for i, field in enumerate(self.aggs)}
+        self.partial_exprs = [e for f, a in self.aggs.items() for e in a.partials(self.prefix[f])]
+        self.merge_exprs = [e for f, a in self.aggs.items() for e in a.merges(self.prefix[f])]
+        self.partial_cols = [e.meta.output_name() for e in self.partial_exprs]
+        self.final_exprs = [a.final(self.prefix[f]).alias(f) for f, a in self.aggs.items()]
+        self.needed = list(dict.fromkeys([*self.keys, time_col, *(a.column for a in self.aggs.values() if a.column)]))
+        self.out_schema: pl.Schema | None = None
+        if self.ttype is not None:
+            self._resolved()
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _resolved(self) -> None:
+        """Called once the time type is known (sizes can be converted to ticks)."""
+
+    @abstractmethod
+    def _ingest(
+        self, frame: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
+    ) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
+        """Process a batch of valid records; fire up to ``hi``.
+
+        Returns the result frames in emission order and the late records (or ``None``).
+        """
+
+    @abstractmethod
+    def _fire(self, hi: int, pre: pl.Series | None) -> pl.DataFrame | None:
+        """Emit windows whose end is in ``(self.wm, hi]`` and advance ``self.wm`` to ``hi``."""
+
+    # -- shared machinery ------------------------------------------------------------------
+
+    @property
+    def ticks_lateness(self) -> int:
+        assert self.ttype is not None
+        return self.ttype.ticks(self.lateness_ms)
+
+    def _check_columns(self, frame: pl.DataFrame) -> None:
+        missing = [c for c in self.needed if c not in frame.columns]
+        if missing:
+            cols = [c for c in frame.columns if c != WM_COL]
+            msg = f"{self.label}: unknown column '{missing[0]}' in the records {columns_hint(cols)}"
+            raise FlowError(msg)
+        if self.ttype is None:
+            self.ttype = time_type_of(frame.schema[self.time_col], column=self.time_col, where=self.label)
+            self._resolved()
+
+    def finals(self, merged: pl.DataFrame) -> pl.DataFrame:
+        """Result rows ``keys, window_start, window_end, aggs..., __pos, WM`` from merged partials."""
+        assert self.ttype is not None
+        out = merged.select(
+            *[pl.col(k) for k in self.keys],
+            self.ttype.from_ticks(pl.col(WS)).alias("window_start"),
+            self.ttype.from_ticks(pl.col(WE)).alias("window_end"),
+            *self.final_exprs,
+            pl.col(WM_COL),
+        )
+        if self.out_schema is None:
+            self.out_schema = out.drop(WM_COL).schema
+        return out
+
+    tiebreak: tuple[str, ...] = (WS,)
+    """Columns that order windows ending together, before the keys (window start, unless the
+    window size is fixed and the start adds nothing)."""
+
+    def order(self, windows: pl.DataFrame, pre: pl.Series | None, lo: int) -> pl.DataFrame:
+        """Sort fired windows into emission order and give each the watermark before it.
+
+        A window fires before the first record whose watermark has passed its end (position
+        ``len(pre)`` when none has: it fires at the end). That position only grows with the
+        window's end, because watermarks only grow, so sorting by ``(end, start, keys)`` is
+        already emission order. Downstream, a result carries the watermark that held before
+        its position, as in Flink, where results precede the watermark that triggered them.
+        """
+        windows = windows.sort([WE, *self.tiebreak, *self.keys])
+        if pre is None or len(pre) == 0:
+            return windows.with_columns(pl.lit(lo, pl.Int64).alias(WM_COL))
+        positions = pre.search_sorted(windows.get_column(WE), side="left")
+        before = pre.shift(1, fill_value=lo).append(pre.tail(1))
+        return windows.with_columns(before.gather(positions).alias(WM_COL))
+
+    @override
+    def process(self, port: int, batch: Batch) -> list[Output]:
+        outputs: list[Output] = []
+        results: list[pl.DataFrame] = []
+        frame = batch.frame
+        if frame.height:
+            self._check_columns(frame)
+            assert self.ttype is not None
+            ticks = self.ttype.to_ticks(pl.col(self.time_col))
+            nulls = frame.get_column(self.time_col).is_null()
+            if nulls.any():
+                bad = frame.filter(nulls)
+                reason = f"record has no event time (column '{self.time_col}' is null)"
+                outputs.append(self.dead(reason, payloads_of(bad), batch))
+                frame = frame.filter(~nulls)
+            if frame.height:
+                tick_series = frame.select(ticks).to_series()
+                if WM_COL in frame.columns:
+                    pre = frame.get_column(WM_COL)
+                else:
+                    pre = pl.Series(WM_COL, [self.wm] * frame.height, dtype=pl.Int64)
+                    frame = frame.with_columns(pre)
+                pieces, late = self._ingest(frame, tick_series, pre, batch.watermark)
+                results.extend(pieces)
+                if late is not None and late.height:
+                    outputs.append((LATE, Batch(late, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
+        if batch.watermark > self.wm and self.ttype is not None:
+            fired = self._fire(batch.watermark, None)
+            if fired is not None:
+                results.append(fired)
+        elif batch.watermark > self.wm:
+            self.wm = batch.watermark
+        results = [r for r in results if r.height]
+        if results:
+            main = pl.concat(results, how="vertical_relaxed") if len(results) > 1 else results[0]
+        else:
+            main = pl.DataFrame(schema=self.out_schema) if self.out_schema is not None else pl.DataFrame()
+        outputs.insert(
+            0,
+            (MAIN, Batch(main, watermark=batch.watermark, ingest_ns=batch.ingest_ns, idle=batch.idle, end=batch.end)),
+        )
+        return outputs

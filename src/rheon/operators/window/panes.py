@@ -1,0 +1,184 @@
+"""Tumbling and sliding windows, computed pane by pane.
+
+Records are aggregated once into their pane (``gcd(size, every)`` wide) per key; when the
+watermark passes a window's end, the window's panes are combined into its result. State is one
+row of partial aggregates per (key, pane) that some open window still needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.core.batch import WM_COL
+from rheon.core.eventtime import TimeType
+from rheon.operators.aggregations import Aggregation
+from rheon.operators.window.common import WE, WS, WindowOperator
+from rheon.time.windows import PaneGeometry, Sliding, Tumbling
+
+__all__ = ["PaneWindowOperator"]
+
+PANE = "__pane"
+
+
+class PaneWindowOperator(WindowOperator):
+    """Keyed tumbling or sliding window aggregation.
+
+    Per record, against the watermark before it:
+
+    * if every window of the record ended more than ``allowed_lateness`` ago, the record is
+      *late*: it goes to the late output and changes nothing;
+    * otherwise it is added to its pane, so every window of it that has not fired includes it;
+    * each window of it that already fired but is within ``allowed_lateness`` is emitted again,
+      updated, right after the record.
+    """
+
+    tiebreak = ()  # windows of one size: the end fixes the start
+
+    def __init__(
+        self,
+        name: str,
+        keys: Sequence[str],
+        time_col: str,
+        aggs: Mapping[str, Aggregation],
+        lateness_ms: int,
+        assigner: Tumbling | Sliding,
+        time_type: TimeType | None = None,
+    ) -> None:
+        self.assigner = assigner
+        self.geo: PaneGeometry | None = None
+        self.panes: pl.DataFrame | None = None
+        super().__init__(name, keys, time_col, aggs, lateness_ms, time_type)
+
+    @override
+    def _resolved(self) -> None:
+        assert self.ttype is not None
+        self.geo = PaneGeometry.of(self.assigner, ticks_per_ms=self.ttype.ticks_per_ms)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _add(self, rows: pl.DataFrame) -> None:
+        if rows.height == 0:
+            return
+        group = [*self.keys, PANE]
+        part = rows.group_by(group).agg(self.partial_exprs)
+        state = self.panes
+        if state is None or state.height == 0:
+            self.panes = part
+            return
+        # Only panes the state already has need merging; the rest (most of a big batch) are new.
+        newest = state.get_column(PANE).max()
+        old = part.filter(pl.col(PANE) <= newest)
+        fresh = part.filter(pl.col(PANE) > newest)
+        merged = pl.concat([state, old], how="vertical_relaxed").group_by(group).agg(self.merge_exprs)
+        self.panes = pl.concat([merged, fresh], how="vertical_relaxed")
+
+    def _windows(self, panes: pl.DataFrame, lo: int, hi: int, starts: list[int] | None = None) -> pl.DataFrame:
+        """Merged partials of the windows ending in ``(lo, hi]`` (restricted to ``starts``)."""
+        g = self.geo
+        assert g is not None
+        if g.pane == g.size:
+            wins = panes.with_columns(pl.col(PANE).alias(WS), (pl.col(PANE) + g.size).alias(WE))
+            wins = wins.filter((pl.col(WE) > lo) & (pl.col(WE) <= hi))
+            if starts is not None:
+                wins = wins.filter(pl.col(WS).is_in(starts))
+            return wins.drop(PANE)
+        wins = panes.with_columns(pl.int_ranges(0, g.windows_per_pane).alias("__k")).explode("__k")
+        wins = wins.with_columns((g.last_start(pl.col(PANE)) - pl.col("__k") * g.every).alias(WS))
+        wins = wins.with_columns((pl.col(WS) + g.size).alias(WE))
+        wins = wins.filter((pl.col(WE) > pl.col(PANE)) & (pl.col(WE) > lo) & (pl.col(WE) <= hi))
+        if starts is not None:
+            wins = wins.filter(pl.col(WS).is_in(starts))
+        return wins.group_by([*self.keys, WS, WE]).agg(self.merge_exprs)
+
+    @override
+    def _fire(self, hi: int, pre: pl.Series | None) -> pl.DataFrame | None:
+        lo = self.wm
+        if hi <= lo:
+            return None
+        self.wm = hi
+        g = self.geo
+        panes = self.panes
+        if g is None or panes is None or panes.height == 0:
+            return None
+        near = panes.filter((pl.col(PANE) < hi) & (pl.col(PANE) >= lo - g.size))
+        out = None
+        if near.height:
+            wins = self._windows(near, lo, hi)
+            if wins.height:
+                out = self.finals(self.order(wins, pre, lo))
+        keep_until = g.last_start(pl.col(PANE)) + g.size + self.ticks_lateness
+        self.panes = panes.filter(keep_until > hi)
+        return out
+
+    # -- records ---------------------------------------------------------------------------
+
+    @override
+    def _ingest(
+        self, frame: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
+    ) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
+        g = self.geo
+        assert g is not None
+        lateness = self.ticks_lateness
+        assert self.ttype is not None
+        work = frame.with_columns(g.pane_start(self.ttype.to_ticks(pl.col(self.time_col))).alias(PANE))
+        first_end = g.first_start(pl.col(PANE)) + g.size
+        slack = work.select((first_end - pl.col(WM_COL)).min()).item()
+        late = None
+        special_idx: list[int] = []
+        if slack is not None and slack <= 0:
+            last_end = g.last_start(pl.col(PANE)) + g.size
+            flags = work.select(
+                ((last_end + lateness) <= pl.col(WM_COL)).alias("late"),
+                (first_end <= pl.col(WM_COL)).alias("touched"),
+            )
+            late_mask = flags.get_column("late")
+            if late_mask.any():
+                late = frame.filter(late_mask)
+                work = work.filter(~late_mask)
+                flags = flags.filter(~late_mask)
+            special_idx = flags.get_column("touched").arg_true().to_list()
+        pieces: list[pl.DataFrame] = []
+        start = 0
+        wm_col = work.get_column(WM_COL)
+        for i in special_idx:
+            seg = work.slice(start, i - start)
+            self._add(seg)
+            pre_i = int(wm_col[i])
+            fired = self._fire(pre_i, seg.get_column(WM_COL))
+            if fired is not None:
+                pieces.append(fired)
+            updated = self._touch(work.slice(i, 1), pre_i)
+            if updated is not None:
+                pieces.append(updated)
+            start = i + 1
+        tail = work.slice(start)
+        self._add(tail)
+        fired = self._fire(hi, tail.get_column(WM_COL))
+        if fired is not None:
+            pieces.append(fired)
+        return pieces, late
+
+    def _touch(self, row: pl.DataFrame, pre_i: int) -> pl.DataFrame | None:
+        """Add a record some of whose windows already fired; emit allowed-lateness updates."""
+        self._add(row)
+        lateness = self.ticks_lateness
+        g = self.geo
+        if lateness == 0 or g is None or self.panes is None:
+            return None
+        first = int(row.select(g.first_start(pl.col(PANE))).item())
+        last = int(row.select(g.last_start(pl.col(PANE))).item())
+        starts = [s for s in range(first, last + 1, g.every) if pre_i - lateness < s + g.size <= pre_i]
+        if not starts:
+            return None
+        panes = self.panes
+        for k in self.keys:
+            panes = panes.filter(pl.col(k).eq_missing(row.get_column(k)[0]))
+        panes = panes.filter((pl.col(PANE) >= min(starts)) & (pl.col(PANE) < max(starts) + g.size))
+        wins = self._windows(panes, pre_i - lateness, pre_i, starts)
+        if wins.height == 0:
+            return None
+        wins = wins.with_columns(pl.lit(pre_i, pl.Int64).alias(WM_COL)).sort([WE, WS])
+        return self.finals(wins)

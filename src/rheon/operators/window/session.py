@@ -1,0 +1,186 @@
+"""Session windows: per key, events less than ``gap`` apart belong to one session.
+
+State is one row per session: ``[start, last event + gap)`` and its partial aggregates.
+
+Records are processed in vectorized runs. The one thing that cannot be vectorized is a record
+that arrives *behind* the watermark (its time is below the watermark before it): it may land in
+a session that already fired, or bridge one, and the answer depends on exactly when it came. Such
+records are handled one at a time, in order. A record at or ahead of the watermark can never
+touch a session that has fired (that session ended at or before the watermark, so before the
+record), which is why everything else can be merged in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.core.batch import WM_COL
+from rheon.core.eventtime import TimeType
+from rheon.operators.aggregations import Aggregation
+from rheon.operators.window.common import WE, WS, WindowOperator
+from rheon.time.windows import Session
+
+__all__ = ["SessionWindowOperator"]
+
+T = "__t"
+FIRED = "__fired"
+GROUP = "__g"
+
+
+class SessionWindowOperator(WindowOperator):
+    """Keyed session window aggregation.
+
+    A session fires when the watermark passes its end (last event + gap). With
+    ``allowed_lateness``, a fired session is kept that much longer: a late record that falls in
+    it (or within ``gap`` of it) updates it and the updated row is emitted at once. A record that
+    touches no kept session and whose own session would already have ended more than
+    ``allowed_lateness`` ago is late.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        keys: Sequence[str],
+        time_col: str,
+        aggs: Mapping[str, Aggregation],
+        lateness_ms: int,
+        assigner: Session,
+        time_type: TimeType | None = None,
+    ) -> None:
+        self.assigner = assigner
+        self.gap = 0
+        self.sessions: pl.DataFrame | None = None
+        super().__init__(name, keys, time_col, aggs, lateness_ms, time_type)
+
+    @override
+    def _resolved(self) -> None:
+        assert self.ttype is not None
+        self.gap = self.ttype.ticks(self.assigner.gap_ms)
+
+    def _events(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """One single-event session per (key, time): ``keys, WS, WE, partials``."""
+        part = rows.group_by([*self.keys, T]).agg(self.partial_exprs)
+        return part.select(
+            *[pl.col(k) for k in self.keys],
+            pl.col(T).alias(WS),
+            (pl.col(T) + self.gap).alias(WE),
+            *[pl.col(c) for c in self.partial_cols],
+        )
+
+    def _merge(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Merge overlapping sessions of the same key."""
+        frame = frame.sort([*self.keys, WS])
+        prev_end = pl.col(WE).cum_max().shift(1)
+        if self.keys:
+            prev_end = prev_end.over(self.keys)
+        starts_new = prev_end.is_null() | (pl.col(WS) >= prev_end)
+        frame = frame.with_columns(starts_new.cum_sum().alias(GROUP))
+        return (
+            frame.group_by(GROUP)
+            .agg(
+                *[pl.col(k).first() for k in self.keys],
+                pl.col(WS).min(),
+                pl.col(WE).max(),
+                *self.merge_exprs,
+            )
+            .drop(GROUP)
+        )
+
+    def _split_state(self) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+        if self.sessions is None or self.sessions.height == 0:
+            return None, None
+        fired = self.sessions.filter(pl.col(FIRED))
+        open_ = self.sessions.filter(~pl.col(FIRED)).drop(FIRED)
+        return (open_ if open_.height else None), (fired if fired.height else None)
+
+    def _add_run(self, rows: pl.DataFrame) -> None:
+        if rows.height == 0:
+            return
+        events = self._events(rows)
+        open_, fired = self._split_state()
+        merged = self._merge(pl.concat([open_, events], how="vertical_relaxed") if open_ is not None else events)
+        merged = merged.with_columns(pl.lit(False).alias(FIRED))
+        self.sessions = pl.concat([fired, merged], how="vertical_relaxed") if fired is not None else merged
+
+    @override
+    def _fire(self, hi: int, pre: pl.Series | None) -> pl.DataFrame | None:
+        lo = self.wm
+        if hi <= lo:
+            return None
+        self.wm = hi
+        if self.sessions is None or self.sessions.height == 0:
+            return None
+        due = (~pl.col(FIRED)) & (pl.col(WE) <= hi)
+        ready = self.sessions.filter(due)
+        out = self.finals(self.order(ready.drop(FIRED), pre, lo)) if ready.height else None
+        lateness = self.ticks_lateness
+        state = self.sessions.with_columns((pl.col(FIRED) | due).alias(FIRED))
+        self.sessions = state.filter(~(pl.col(FIRED) & (pl.col(WE) + lateness <= hi)))
+        return out
+
+    @override
+    def _ingest(
+        self, frame: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
+    ) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
+        work = frame.with_columns(ticks.alias(T))
+        behind = (ticks < pre).arg_true().to_list()
+        pieces: list[pl.DataFrame] = []
+        late: list[pl.DataFrame] = []
+        start = 0
+        for i in behind:
+            run = work.slice(start, i - start)
+            self._add_run(run)
+            pre_i = int(pre[i])
+            fired = self._fire(pre_i, run.get_column(WM_COL))
+            if fired is not None:
+                pieces.append(fired)
+            row = work.slice(i, 1)
+            updated = self._behind(row, pre_i)
+            if updated is None:
+                pass
+            elif updated.height == 0:
+                late.append(frame.slice(i, 1))
+            else:
+                pieces.append(updated)
+            start = i + 1
+        tail = work.slice(start)
+        self._add_run(tail)
+        fired = self._fire(hi, tail.get_column(WM_COL))
+        if fired is not None:
+            pieces.append(fired)
+        return pieces, (pl.concat(late) if late else None)
+
+    def _behind(self, row: pl.DataFrame, pre_i: int) -> pl.DataFrame | None:
+        """Handle one record behind the watermark.
+
+        Returns ``None`` if it was absorbed into an open session, an empty frame if it is late,
+        or the updated session row if it updated a fired one.
+        """
+        t = int(row.get_column(T)[0])
+        event = self._events(row)
+        state = self.sessions
+        overlap = None
+        if state is not None and state.height:
+            same = pl.lit(True)
+            for k in self.keys:
+                same = same & pl.col(k).eq_missing(row.get_column(k)[0])
+            overlap = same & (pl.col(WS) < t + self.gap) & (pl.col(WE) > t)
+            touching = state.filter(overlap)
+        else:
+            touching = None
+        if touching is None or touching.height == 0:
+            if t + self.gap + self.ticks_lateness <= pre_i:
+                return row.clear()
+            merged = event
+        else:
+            merged = self._merge(pl.concat([touching.drop(FIRED), event], how="vertical_relaxed"))
+        done = bool(merged.get_column(WE)[0] <= pre_i)
+        merged = merged.with_columns(pl.lit(done).alias(FIRED))
+        rest = state.filter(~overlap) if state is not None and overlap is not None else None
+        self.sessions = pl.concat([rest, merged], how="vertical_relaxed") if rest is not None else merged
+        if not done:
+            return None
+        return self.finals(merged.drop(FIRED).with_columns(pl.lit(pre_i, pl.Int64).alias(WM_COL)))

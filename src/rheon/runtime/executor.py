@@ -1,0 +1,384 @@
+"""The run loop: poll sources, push batches through the operators, stop cleanly.
+
+One thread runs the whole flow. Each turn of the loop asks every live source for what it has
+now and pushes each batch depth-first through the plan, so a record reaches its sinks before the
+next batch is read (no queues, no hidden buffering). When no source has data the loop sleeps for
+as long as the sources say (capped), which keeps latency low at low rates without spinning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
+from rheon.core.deadletters import dead_letter_frame, payloads_of
+from rheon.core.errors import FlowError, RecordError
+from rheon.core.eventtime import TimeType, time_type_of
+from rheon.core.metrics import LatencyHistogram, OperatorStats
+from rheon.io.base import BuildContext, SourceLogic
+from rheon.operators.base import DEAD, LATE, Operator
+from rheon.operators.rowfn import RowFnChain, RowStep
+from rheon.operators.sink import SinkOperator
+from rheon.runtime.graph import Node
+from rheon.runtime.plan import OpGroup, Plan
+from rheon.runtime.stats import RunStats
+from rheon.time.clock import Clock
+from rheon.time.watermarks import WatermarkTracker
+
+__all__ = ["Executor"]
+
+log = logging.getLogger(__name__)
+
+_MAX_SLEEP_S = 0.05
+_UNKNOWN_WAIT_S = 0.002
+_KEEP_DEAD = 1_000
+
+
+@dataclass(eq=False)
+class _SourceTask:
+    node: Node
+    logic: SourceLogic
+    stats: OperatorStats
+    tracker: WatermarkTracker | None
+    needs_wm: bool
+    time_type: TimeType | None = None
+    last_data_ns: int = 0
+    idle: bool = False
+    ended: bool = False
+
+
+class _PassThrough(Operator):
+    """The dead-letter stream's own node: forwards what it is given."""
+
+    kind = "dead_letters"
+
+    def process(self, port: int, batch: Batch) -> list[tuple[str, Batch]]:
+        return [("main", batch)]
+
+
+class Executor:
+    """Runs one plan once."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        clock: Clock,
+        on_error: str,
+        stop: threading.Event,
+        duration_ms: int | None = None,
+        drain: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.clock = clock
+        self.on_error = on_error
+        self.stop_event = stop
+        self.duration_ms = duration_ms
+        self.drain = drain
+        self.latency = LatencyHistogram()
+        self.started_ns = 0
+        self.finished_ns = 0
+        self.running = False
+        self.unhandled: deque[dict[str, Any]] = deque(maxlen=_KEEP_DEAD)
+        self.dead_total = 0
+        self.late_total = 0
+        self.sources: list[_SourceTask] = []
+        self.ops: list[Operator] = []
+        self.op_stats: list[OperatorStats] = []
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _ctx(self, node: Node) -> BuildContext:
+        return BuildContext(flow=self.plan.graph.name, operator=node.name, clock=self.clock, stop=self.stop_event)
+
+    def _build_group(self, group: OpGroup) -> Operator:
+        head = group.head
+        if len(group.nodes) > 1 or head.row_step is not None:
+            steps: list[RowStep] = [n.row_step for n in group.nodes if n.row_step is not None]
+            return RowFnChain(steps)
+        if head.kind == "sink":
+            assert head.sink is not None
+            logic = head.sink.build(self._ctx(head))
+            return SinkOperator(head.name, logic, len(head.inputs), self.clock, self.latency)
+        if head.kind == "dead_letters":
+            return _PassThrough(head.name)
+        assert head.make is not None, head
+        return head.make(self._ctx(head))
+
+    def _build(self) -> None:
+        for node in self.plan.sources:
+            assert node.source is not None
+            logic = node.source.build(self._ctx(node))
+            tracker = None
+            if node.time is not None:
+                tracker = WatermarkTracker(0)
+            self.sources.append(
+                _SourceTask(
+                    node,
+                    logic,
+                    OperatorStats(node.label),
+                    tracker,
+                    needs_wm=node.id in self.plan.needs_wm,
+                    time_type=node.time_type,
+                )
+            )
+            if node.time_type is not None and tracker is not None:
+                tracker.max_delay = node.time_type.ticks(node.max_delay_ms)
+        for group in self.plan.groups:
+            self.ops.append(self._build_group(group))
+            self.op_stats.append(OperatorStats(group.label))
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _push(self, node_id: int, tag: str, batch: Batch) -> None:
+        for index, port in self.plan.routes.get((node_id, tag), ()):
+            self._deliver(index, port, batch)
+
+    def _deliver(self, index: int, port: int, batch: Batch) -> None:
+        op = self.ops[index]
+        stats = self.op_stats[index]
+        stats.rows_in += batch.frame.height
+        stats.batches += 1
+        t0 = time.perf_counter_ns()
+        outputs = op.process(port, batch)
+        stats.busy_ns += time.perf_counter_ns() - t0
+        tail_id = self.plan.groups[index].tail.id
+        for tag, out in outputs:
+            if tag == DEAD:
+                stats.dead_letters += out.frame.height
+                self._dead(out)
+                continue
+            if tag == LATE:
+                stats.late_rows += out.frame.height
+                self.late_total += out.frame.height
+            else:
+                stats.rows_out += out.frame.height
+            self._push(tail_id, tag, out)
+
+    def _dead(self, batch: Batch) -> None:
+        frame = batch.frame
+        if frame.height == 0:
+            return
+        self.dead_total += frame.height
+        if self.on_error == "fail":
+            operator, reason, payload = frame.row(0)
+            msg = f"{operator}: {reason} (record: {payload})"
+            raise RecordError(msg, operator=operator, payload=payload)
+        if self.on_error == "skip":
+            return
+        if self.plan.dead_letter_groups:
+            for index in self.plan.dead_letter_groups:
+                self._deliver(index, 0, Batch(frame, watermark=MIN_WM, ingest_ns=batch.ingest_ns))
+            return
+        rows = frame.to_dicts()
+        if len(self.unhandled) < 3:
+            for row in rows[: 3 - len(self.unhandled)]:
+                log.warning(
+                    "dead_letter operator=%s reason=%r payload=%.200s (consume flow.dead_letters() to keep them all)",
+                    row["operator"],
+                    row["reason"],
+                    row["payload"],
+                )
+        self.unhandled.extend(rows)
+
+    # -- sources ----------------------------------------------------------------------------
+
+    def _resolve_time(self, task: _SourceTask, frame: pl.DataFrame) -> pl.DataFrame:
+        node = task.node
+        column = node.time
+        assert column is not None
+        assert task.tracker is not None
+        dtype = frame.schema[column]
+        if task.time_type is None:
+            task.time_type = time_type_of(dtype, column=column, where=node.label)
+            task.tracker.max_delay = task.time_type.ticks(node.max_delay_ms)
+        elif dtype != task.time_type.dtype:
+            expected = task.time_type.dtype
+            if dtype.is_integer() and expected == pl.Int64:
+                return frame.with_columns(pl.col(column).cast(pl.Int64))
+            if dtype == pl.Null:
+                return frame.with_columns(pl.col(column).cast(expected))
+            msg = (
+                f"{node.label}: time column '{column}' changed type from {expected} to {dtype} "
+                "between batches. Try giving every record the same time type."
+            )
+            raise FlowError(msg)
+        if dtype.is_integer() and dtype != pl.Int64:
+            frame = frame.with_columns(pl.col(column).cast(pl.Int64))
+        return frame
+
+    def _source_batch(self, task: _SourceTask, frame: pl.DataFrame, now_ns: int) -> None:
+        node = task.node
+        task.stats.rows_in += frame.height
+        task.stats.batches += 1
+        column = node.time
+        if column is not None and task.tracker is not None and frame.height:
+            if column not in frame.columns:
+                reason = f"record has no event time (column '{column}' is missing)"
+                self._dead(Batch(dead_letter_frame(node.label, reason, payloads_of(frame))))
+                task.stats.dead_letters += frame.height
+                frame = frame.clear()
+            else:
+                frame = self._resolve_time(task, frame)
+                nulls = frame.get_column(column).is_null()
+                if nulls.any():
+                    reason = f"record has no event time (column '{column}' is null)"
+                    bad = frame.filter(nulls)
+                    self._dead(Batch(dead_letter_frame(node.label, reason, payloads_of(bad))))
+                    task.stats.dead_letters += bad.height
+                    frame = frame.filter(~nulls)
+                ticks = frame.get_column(column).cast(pl.Int64)
+                if task.needs_wm:
+                    frame = frame.with_columns(task.tracker.assign(ticks).alias(WM_COL))
+                else:
+                    task.tracker.observe(ticks)
+        watermark = task.tracker.watermark if task.tracker is not None else MIN_WM
+        ingest = task.logic.last_ingest_ns or now_ns
+        task.logic.last_ingest_ns = None
+        task.stats.rows_out += frame.height
+        self._push(node.id, "main", Batch(frame, watermark=watermark, ingest_ns=ingest))
+
+    def _source_dead(self, task: _SourceTask) -> None:
+        letters = task.logic.take_dead_letters()
+        if letters:
+            task.stats.dead_letters += len(letters)
+            frame = dead_letter_frame(task.node.label, [r for r, _ in letters], [p for _, p in letters])
+            self._dead(Batch(frame))
+
+    def _end_source(self, task: _SourceTask) -> None:
+        task.ended = True
+        self._push(task.node.id, "main", Batch(pl.DataFrame(), watermark=MAX_WM, end=True))
+
+    def _check_idle(self, task: _SourceTask, now_ns: int) -> None:
+        timeout = task.node.idle_timeout_ms
+        if timeout is None or task.idle or task.tracker is None:
+            return
+        if now_ns - task.last_data_ns >= timeout * 1_000_000:
+            task.idle = True
+            log.info("source_idle source=%s idle_ms=%d", task.node.name, timeout)
+            self._push(task.node.id, "main", Batch(pl.DataFrame(), watermark=task.tracker.watermark, idle=True))
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _deadline_ns(self) -> int | None:
+        if self.duration_ms is None:
+            return None
+        return self.started_ns + self.duration_ms * 1_000_000
+
+    def run(self, on_start: Callable[[Executor], None] | None = None) -> RunStats:
+        """Run until every source is exhausted, the duration passes, or stop is requested."""
+        self._build()
+        self.started_ns = self.clock.now_ns()
+        for task in self.sources:
+            task.last_data_ns = self.started_ns
+        self.running = True
+        if on_start is not None:
+            on_start(self)
+        deadline = self._deadline_ns()
+        try:
+            while True:
+                progressed = False
+                waits: list[float] = []
+                for task in self.sources:
+                    if task.ended:
+                        continue
+                    frame = task.logic.next_batch()
+                    self._source_dead(task)
+                    now = self.clock.now_ns()
+                    if frame is not None:
+                        progressed = True
+                        if frame.height:
+                            task.last_data_ns = now
+                            task.idle = False
+                        self._source_batch(task, frame, now)
+                    elif task.logic.done():
+                        self._end_source(task)
+                        progressed = True
+                    else:
+                        self._check_idle(task, now)
+                        hint = task.logic.wait_hint_s()
+                        waits.append(_UNKNOWN_WAIT_S if hint is None else hint)
+                if all(t.ended for t in self.sources):
+                    self._end_dead_letters()
+                    break
+                if self.stop_event.is_set() or (deadline is not None and self.clock.now_ns() >= deadline):
+                    if self.drain:
+                        for task in self.sources:
+                            if not task.ended:
+                                self._end_source(task)
+                        self._end_dead_letters()
+                    break
+                if not progressed:
+                    wait = min(waits) if waits else _UNKNOWN_WAIT_S
+                    if deadline is not None:
+                        wait = min(wait, max(0.0, (deadline - self.clock.now_ns()) / 1e9))
+                    for task in self.sources:
+                        if task.node.idle_timeout_ms is not None and not task.idle:
+                            left = task.last_data_ns + task.node.idle_timeout_ms * 1_000_000 - self.clock.now_ns()
+                            wait = min(wait, max(0.0, left / 1e9))
+                    self.clock.sleep(min(wait, _MAX_SLEEP_S), self.stop_event)
+        finally:
+            self.running = False
+            self.finished_ns = self.clock.now_ns()
+            self._close()
+        return self.stats()
+
+    def _end_dead_letters(self) -> None:
+        for index in self.plan.dead_letter_groups:
+            self._deliver(index, 0, Batch(pl.DataFrame(), watermark=MAX_WM, end=True))
+
+    def _close(self) -> None:
+        errors: list[BaseException] = []
+        for op in self.ops:
+            try:
+                op.close()
+            except Exception as exc:
+                errors.append(exc)
+        for task in self.sources:
+            try:
+                task.logic.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def stats(self) -> RunStats:
+        """A snapshot of the run's metrics (callable from another thread while running)."""
+        end = self.clock.now_ns() if self.running else self.finished_ns
+        sink_out = sum(
+            s.rows_in for g, s in zip(self.plan.groups, self.op_stats, strict=False) if g.head.kind == "sink"
+        )
+        wms = [
+            t.time_type.to_ms(t.tracker.watermark)
+            for t in self.sources
+            if t.tracker is not None
+            and t.time_type is not None
+            and not t.idle
+            and not t.ended
+            and t.tracker.watermark > MIN_WM
+        ]
+        lat = self.latency
+        return RunStats(
+            flow=self.plan.graph.name,
+            running=self.running,
+            elapsed_s=max(end - self.started_ns, 0) / 1e9,
+            records_in=sum(t.stats.rows_in for t in self.sources),
+            records_out=sink_out,
+            late_rows=self.late_total,
+            dead_letters=self.dead_total,
+            latency_p50_ms=lat.quantile(0.5) if lat.count else None,
+            latency_p99_ms=lat.quantile(0.99) if lat.count else None,
+            watermark_ms=min(wms) if wms else None,
+            operators=[t.stats.as_dict() for t in self.sources] + [s.as_dict() for s in self.op_stats],
+            unhandled_dead_letters=list(self.unhandled),
+        )

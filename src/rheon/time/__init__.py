@@ -1,0 +1,1 @@
+"""Time layer: watermarks, window assigners and clocks."""

@@ -1,0 +1,107 @@
+"""Window results against the plain-Python reference, at several batch sizes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.reference import reference, run_engine
+
+AGGS = {
+    "n": ("count", None),
+    "nv": ("count", "v"),
+    "total": ("sum", "v"),
+    "lo": ("min", "v"),
+    "hi": ("max", "v"),
+    "avg": ("mean", "v"),
+    "users": ("count_distinct", "u"),
+}
+
+
+def _events(n: int, seed: int, *, keys: int = 3, spread: int = 200, jitter: int = 60, nulls: bool = True) -> list[dict]:
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        ts = i * spread // 10 + rnd.randint(-jitter, jitter)
+        rows.append(
+            {
+                "k": rnd.randrange(keys),
+                "ts": max(ts, 0),
+                "v": None if nulls and rnd.random() < 0.1 else rnd.randint(-50, 50),
+                "u": rnd.choice("abcde"),
+            }
+        )
+    return rows
+
+
+WINDOWS = [
+    ("tumbling", 100, 100),
+    ("sliding", 100, 20),
+    ("sliding", 90, 60),
+    ("session", 25, 0),
+]
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
+@pytest.mark.parametrize("lateness", [0, 50])
+def test_matches_reference(window, lateness, batch_size):
+    rows = _events(400, seed=7)
+    expected = reference(rows, keys=["k"], time="ts", window=window, aggs=AGGS, max_delay=30, lateness=lateness)
+    got = run_engine(rows, keys=["k"], window=window, aggs=AGGS, max_delay=30, lateness=lateness, batch_size=batch_size)
+    assert got[0] == expected[0]
+    assert got[1] == expected[1]
+    behind, top = 0, -1
+    for r in rows:
+        behind += r["ts"] < top - 30
+        top = max(top, r["ts"])
+    assert behind > 20, "the data must reach behind the watermark, or this test checks less than it claims"
+    if window[0] == "tumbling" and lateness == 0:
+        assert expected[1], "tumbling windows over this data must see late events"
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
+def test_global_window_and_two_keys(window, batch_size):
+    rows = _events(300, seed=3)
+    for keys in ([], ["k", "u"]):
+        expected = reference(rows, keys=keys, time="ts", window=window, aggs={"n": ("count", None)}, max_delay=40)
+        got = run_engine(
+            rows, keys=keys, window=window, aggs={"n": ("count", None)}, max_delay=40, batch_size=batch_size
+        )
+        assert got == expected
+
+
+event = st.fixed_dictionaries(
+    {
+        "k": st.integers(0, 2),
+        "ts": st.integers(0, 400),
+        "v": st.one_of(st.none(), st.integers(-5, 5)),
+        "u": st.sampled_from("xyz"),
+    }
+)
+window_spec = st.one_of(
+    st.integers(1, 80).map(lambda s: ("tumbling", s, s)),
+    st.tuples(st.integers(1, 20), st.integers(1, 5)).map(lambda p: ("sliding", p[0] * p[1], p[0])),
+    st.integers(1, 60).map(lambda g: ("session", g, 0)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(event, max_size=60),
+    window=window_spec,
+    max_delay=st.integers(0, 50),
+    lateness=st.sampled_from([0, 0, 10, 40]),
+    batches=st.lists(st.integers(1, 25), min_size=2, max_size=2),
+)
+def test_property_any_batching_gives_reference_output(rows, window, max_delay, lateness, batches):
+    """Random events, windows, delays and lateness: every batch size gives the reference's rows."""
+    aggs = {"n": ("count", None), "total": ("sum", "v"), "hi": ("max", "v"), "d": ("count_distinct", "u")}
+    expected = reference(rows, keys=["k"], time="ts", window=window, aggs=aggs, max_delay=max_delay, lateness=lateness)
+    for b in batches:
+        got = run_engine(
+            rows, keys=["k"], window=window, aggs=aggs, max_delay=max_delay, lateness=lateness, batch_size=b
+        )
+        assert got == expected
