@@ -22,6 +22,7 @@ from rheon.api.aggregations import count, count_distinct, max, mean, min, sum
 from rheon.api.flow import Flow
 from rheon.api.stream import KeyedStream, Stream, WindowedStream
 from rheon.core.errors import FlowError, RecordError, RheonError, SinkError, SourceError
+from rheon.core.logs import configure_logging
 from rheon.runtime.stats import RunStats
 from rheon.time.windows import session, sliding, tumbling
 
@@ -43,6 +44,7 @@ __all__ = [
     "WindowedStream",
     "__version__",
     "col",
+    "configure_logging",
     "count",
     "count_distinct",
     "io",
