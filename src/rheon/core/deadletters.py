@@ -37,8 +37,10 @@ def payloads_of(frame: pl.DataFrame) -> list[str]:
     return [payload_of(row) for row in user_columns(frame).iter_rows(named=True)]
 
 
-def dead_letter_frame(operator: str, reasons: str | Sequence[str], payloads: Sequence[str]) -> pl.DataFrame:
-    """Build dead-letter rows; one reason for all rows or one per row.
+def dead_letter_frame(
+    operator: str | Sequence[str], reasons: str | Sequence[str], payloads: Sequence[str]
+) -> pl.DataFrame:
+    """Build dead-letter rows; one operator and reason for all rows, or one per row.
 
     Examples
     --------
@@ -47,7 +49,8 @@ def dead_letter_frame(operator: str, reasons: str | Sequence[str], payloads: Seq
     """
     n = len(payloads)
     reason_list = [reasons] * n if isinstance(reasons, str) else list(reasons)
+    operator_list = [operator] * n if isinstance(operator, str) else list(operator)
     return pl.DataFrame(
-        {"operator": [operator] * n, "reason": reason_list, "payload": list(payloads)},
+        {"operator": operator_list, "reason": reason_list, "payload": list(payloads)},
         schema=DEAD_LETTER_SCHEMA,
     )

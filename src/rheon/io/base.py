@@ -20,7 +20,15 @@ __all__ = ["BuildContext", "Sink", "SinkLogic", "Source", "SourceLogic"]
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a source or sink learns about its place in the flow when it is built."""
+    """What a source or sink learns about its place in the flow when it is built.
+
+    Examples
+    --------
+    >>> from rheon.time.clock import ManualClock
+    >>> ctx = BuildContext(flow="f", operator="src", clock=ManualClock(start_ms=0))
+    >>> ctx.operator, ctx.clock.now_ns()
+    ('src', 0)
+    """
 
     flow: str
     operator: str
@@ -34,6 +42,26 @@ class SourceLogic(ABC):
     ``last_ingest_ns`` may be set by ``next_batch`` to the wall-clock time (epoch ns) at which its
     oldest record became available; the runtime measures end-to-end latency from it. Sources that
     leave it ``None`` are measured from the moment they were polled.
+
+    Examples
+    --------
+    A source whose logic hands out ``n`` rows, two at a time:
+
+    >>> import polars as pl, rheon as rh
+    >>> class CountdownLogic(rh.io.SourceLogic):
+    ...     def __init__(self, n):
+    ...         self.left = n
+    ...     def next_batch(self):
+    ...         if self.left == 0:
+    ...             return None
+    ...         rows = list(range(self.left, max(self.left - 2, 0), -1))
+    ...         self.left -= len(rows)
+    ...         return pl.DataFrame({"n": rows})
+    ...     def done(self):
+    ...         return self.left == 0
+    >>> logic = CountdownLogic(3)
+    >>> logic.next_batch()["n"].to_list(), logic.next_batch()["n"].to_list(), logic.done()
+    ([3, 2], [1], True)
     """
 
     last_ingest_ns: int | None = None
@@ -63,7 +91,22 @@ class SourceLogic(ABC):
 
 
 class Source(ABC):
-    """A source's config. Subclasses document their delivery guarantee."""
+    """A source's config. Subclasses document their delivery guarantee.
+
+    Examples
+    --------
+    >>> import polars as pl, rheon as rh
+    >>> class Numbers(rh.io.Source):
+    ...     \"\"\"0..n-1 in one batch. Guarantee: exactly-once (replayable).\"\"\"
+    ...     def __init__(self, n):
+    ...         self.n = n
+    ...     def build(self, ctx):
+    ...         return rh.io.Records(pl.DataFrame({"i": range(self.n)})).build(ctx)
+    >>> flow = rh.Flow("n"); out = rh.io.Collect()
+    >>> flow.source(Numbers(3)).sink(out)
+    >>> flow.run(); [r["i"] for r in out.rows]
+    [0, 1, 2]
+    """
 
     @abstractmethod
     def build(self, ctx: BuildContext) -> SourceLogic:
@@ -75,7 +118,19 @@ class Source(ABC):
 
 
 class SinkLogic(ABC):
-    """The running side of a sink."""
+    """The running side of a sink.
+
+    Examples
+    --------
+    >>> import polars as pl, rheon as rh
+    >>> class CountLogic(rh.io.SinkLogic):
+    ...     def __init__(self):
+    ...         self.count = 0
+    ...     def write(self, frame):
+    ...         self.count += frame.height
+    >>> logic = CountLogic(); logic.write(pl.DataFrame({"a": [1, 2]})); logic.count
+    2
+    """
 
     @abstractmethod
     def write(self, frame: pl.DataFrame) -> None:
@@ -89,7 +144,26 @@ class SinkLogic(ABC):
 
 
 class Sink(ABC):
-    """A sink's config. Subclasses document their delivery guarantee."""
+    """A sink's config. Subclasses document their delivery guarantee.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> class Total(rh.io.Sink):
+    ...     \"\"\"Sum a column. Guarantee: at-least-once.\"\"\"
+    ...     def __init__(self, column):
+    ...         self.column, self.value = column, 0
+    ...     def build(self, ctx):
+    ...         sink = self
+    ...         class Logic(rh.io.SinkLogic):
+    ...             def write(self, frame):
+    ...                 sink.value += frame[sink.column].sum()
+    ...         return Logic()
+    >>> flow = rh.Flow("t"); total = Total("x")
+    >>> flow.source(rh.io.Records([{"x": 2}, {"x": 3}])).sink(total)
+    >>> flow.run(); total.value
+    5
+    """
 
     @abstractmethod
     def build(self, ctx: BuildContext) -> SinkLogic:

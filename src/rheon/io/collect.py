@@ -16,8 +16,10 @@ __all__ = ["Collect"]
 class Collect(Sink):
     """Keep every output row in memory, in emission order.
 
-    ``rows`` is a list of dicts; ``to_polars()`` returns one DataFrame. Each run of the flow starts
-    from empty. Reading ``rows`` while the flow runs (from another thread) is safe.
+    ``rows`` is a list of dicts; ``to_polars()`` returns one DataFrame. Every row has every
+    column seen in the output (``None`` where a row had none), so the result does not depend on
+    how the rows were batched. Each run of the flow starts from empty. Reading ``rows`` while
+    the flow runs (from another thread) is safe.
 
     Guarantee: exactly-once within one run (nothing is kept across processes).
 
@@ -37,32 +39,38 @@ class Collect(Sink):
     def __init__(self) -> None:
         self._frames: list[pl.DataFrame] = []
         self._rows: list[dict[str, Any]] = []
-        self._converted = 0
+        self._rows_of = -1
         self._lock = threading.Lock()
 
     @property
     def rows(self) -> list[dict[str, Any]]:
         """Every row received so far, as dicts, in emission order."""
         with self._lock:
-            while self._converted < len(self._frames):
-                self._rows.extend(self._frames[self._converted].iter_rows(named=True))
-                self._converted += 1
+            if self._rows_of != len(self._frames):
+                self._rows = self._concat(self._frames).to_dicts()
+                self._rows_of = len(self._frames)
             return list(self._rows)
 
     def to_polars(self) -> pl.DataFrame:
         """Every row received so far as one DataFrame (columns unioned across batches)."""
         with self._lock:
-            frames = list(self._frames)
+            return self._concat(self._frames)
+
+    @staticmethod
+    def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        frames = [f for f in frames if f.width]
         if not frames:
             return pl.DataFrame()
+        if all(f.schema == frames[0].schema for f in frames):
+            return pl.concat(frames, how="vertical")
         return pl.concat(frames, how="diagonal_relaxed")
 
     def clear(self) -> None:
         """Forget everything collected."""
         with self._lock:
             self._frames.clear()
-            self._rows.clear()
-            self._converted = 0
+            self._rows = []
+            self._rows_of = -1
 
     def __len__(self) -> int:
         with self._lock:

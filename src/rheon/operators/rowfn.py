@@ -25,7 +25,7 @@ from rheon.operators.base import DEAD, MAIN, Operator, Output
 __all__ = ["RowFnChain", "RowStep"]
 
 Row = dict[str, Any]
-Dead = list[tuple[str, str, str]]
+Dead = list[tuple[int, str, str, str]]  # (input row, operator, reason, payload)
 Rows = tuple[list[Row], list[int]]
 
 
@@ -66,7 +66,7 @@ def _run_filter(step: RowStep, rows: list[Row], idx: list[int], dead: Dead) -> R
                 out.append(row)
                 out_idx.append(i)
         except Exception as exc:
-            dead.append((step.label, _reason(exc), payload_of(row)))
+            dead.append((i, step.label, _reason(exc), payload_of(row)))
     return out, out_idx
 
 
@@ -84,11 +84,11 @@ def _run_map(step: RowStep, rows: list[Row], idx: list[int], dead: Dead) -> Rows
         try:
             value = fn(row)
         except Exception as exc:
-            dead.append((step.label, _reason(exc), payload_of(row)))
+            dead.append((i, step.label, _reason(exc), payload_of(row)))
             continue
         if type(value) is not dict:
             if not isinstance(value, Mapping):
-                dead.append((step.label, _not_a_dict(step, value), payload_of(row)))
+                dead.append((i, step.label, _not_a_dict(step, value), payload_of(row)))
                 continue
             value = dict(value)
         out.append(value)
@@ -104,12 +104,12 @@ def _run_flat_map(step: RowStep, rows: list[Row], idx: list[int], dead: Dead) ->
         try:
             produced = list(fn(row) or ())
         except Exception as exc:
-            dead.append((step.label, _reason(exc), payload_of(row)))
+            dead.append((i, step.label, _reason(exc), payload_of(row)))
             continue
         for value in produced:
             if type(value) is not dict:
                 if not isinstance(value, Mapping):
-                    dead.append((step.label, _not_a_dict(step, value), payload_of(row)))
+                    dead.append((i, step.label, _not_a_dict(step, value), payload_of(row)))
                     continue
                 value = dict(value)
             out.append(value)
@@ -145,28 +145,29 @@ class RowFnChain(Operator):
         dead: Dead = []
         with no_gc():
             if frame.height <= ROW_CHUNK:
-                out = self._chunk(frame, dead)
+                out = self._chunk(frame, 0, dead)
             else:
                 out = concat_frames(
-                    [self._chunk(frame.slice(i, ROW_CHUNK), dead) for i in range(0, frame.height, ROW_CHUNK)]
+                    [self._chunk(frame.slice(i, ROW_CHUNK), i, dead) for i in range(0, frame.height, ROW_CHUNK)]
                 )
                 if self.filters_only and out.width == 0:
                     out = frame.clear()
         outputs: list[Output] = [(MAIN, batch.with_frame(out))]
-        for label in sorted({label for label, _, _ in dead}):
-            picked = [(reason, payload) for lab, reason, payload in dead if lab == label]
-            letters = dead_letter_frame(label, [r for r, _ in picked], [p for _, p in picked])
+        if dead:
+            dead.sort(key=lambda d: d[0])  # in input order, whichever step failed
+            letters = dead_letter_frame([d[1] for d in dead], [d[2] for d in dead], [d[3] for d in dead])
             outputs.append((DEAD, Batch(letters, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
         return outputs
 
-    def _chunk(self, frame: pl.DataFrame, dead: Dead) -> pl.DataFrame:
+    def _chunk(self, frame: pl.DataFrame, offset: int, dead: Dead) -> pl.DataFrame:
         rows, _ = frame_to_rows(frame)
-        idx = list(range(frame.height))
+        idx = list(range(offset, offset + frame.height))
         for step in self.steps:
             rows, idx = _RUNNERS[step.kind](step, rows, idx, dead)
+        local = [i - offset for i in idx]
         if self.filters_only:
-            return frame.select(pl.all().gather(idx)) if len(idx) < frame.height else frame
+            return frame.select(pl.all().gather(local)) if len(local) < frame.height else frame
         wms = None
         if WM_COL in frame.columns:
-            wms = frame.get_column(WM_COL).gather(idx).to_list()
+            wms = frame.get_column(WM_COL).gather(local).to_list()
         return rows_to_frame(rows, wms, frame.schema)

@@ -15,7 +15,7 @@ class Union(Operator):
     """Forward batches from every input; the output watermark is the minimum over the inputs.
 
     An input that reports itself idle does not hold the watermark back until it sends data
-    again; an input that ended counts as +infinity. Per-record watermarks are capped by the
+    again (unless every input still running is idle); an input that ended counts as +infinity. Per-record watermarks are capped by the
     other inputs' watermarks, so a record is never judged against progress the union has not
     made.
     """
@@ -30,10 +30,18 @@ class Union(Operator):
         self.out_wm = MIN_WM
 
     def _combined(self) -> tuple[int, bool]:
-        live = [w for w, idle in zip(self.wm, self.idle, strict=True) if not idle]
-        if not live:
-            return self.out_wm, True
-        return min(live), False
+        """The inputs' combined watermark, and whether the output is idle.
+
+        Idle inputs are left out while some other input is active. Once every input that has
+        not ended is idle, they are all that can still send data, so their own watermark holds.
+        """
+        remaining = [p for p, ended in enumerate(self.ended) if not ended]
+        if not remaining:
+            return MAX_WM, False
+        active = [self.wm[p] for p in remaining if not self.idle[p]]
+        if active:
+            return min(active), False
+        return min(self.wm[p] for p in remaining), True
 
     @override
     def process(self, port: int, batch: Batch) -> list[Output]:
@@ -48,7 +56,7 @@ class Union(Operator):
         self.out_wm = max(self.out_wm, combined)
         frame = batch.frame
         if frame.height and WM_COL in frame.columns:
-            others = [w for p, w in enumerate(self.wm) if p != port and not self.idle[p]]
+            others = [w for p, w in enumerate(self.wm) if p != port and not self.idle[p] and not self.ended[p]]
             cap = min(others) if others else MAX_WM
             frame = frame.with_columns(
                 pl.min_horizontal(pl.col(WM_COL), pl.lit(cap, pl.Int64)).clip(lower_bound=before)

@@ -358,15 +358,10 @@ class Executor:
         sink_out = sum(
             s.rows_in for g, s in zip(self.plan.groups, self.op_stats, strict=False) if g.head.kind == "sink"
         )
-        wms = [
-            t.time_type.to_ms(t.tracker.watermark)
-            for t in self.sources
-            if t.tracker is not None
-            and t.time_type is not None
-            and not t.idle
-            and not t.ended
-            and t.tracker.watermark > MIN_WM
-        ]
+        live = [t for t in self.sources if t.tracker is not None and not t.idle and not t.ended]
+        watermark_ms = None
+        if live and all(t.time_type is not None and t.tracker is not None and t.tracker.watermark > MIN_WM for t in live):
+            watermark_ms = min(t.time_type.to_ms(t.tracker.watermark) for t in live if t.time_type and t.tracker)
         lat = self.latency
         return RunStats(
             flow=self.plan.graph.name,
@@ -378,7 +373,7 @@ class Executor:
             dead_letters=self.dead_total,
             latency_p50_ms=lat.quantile(0.5) if lat.count else None,
             latency_p99_ms=lat.quantile(0.99) if lat.count else None,
-            watermark_ms=min(wms) if wms else None,
+            watermark_ms=watermark_ms,
             operators=[t.stats.as_dict() for t in self.sources] + [s.as_dict() for s in self.op_stats],
             unhandled_dead_letters=list(self.unhandled),
         )

@@ -1,0 +1,31 @@
+"""Every script in examples/ runs (examples that never run go stale)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ARGS = {"live_sensors.py": ["6s"]}
+EXPECT = {
+    "quickstart.py": "late events",
+    "clickstream_sessions.py": "sessions, longest",
+    "word_count.py": "top words: [('to', 4)",
+    "live_sensors.py": "avg {",
+}
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_example_runs(script):
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *ARGS.get(script, [])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert EXPECT[script] in proc.stdout, proc.stdout

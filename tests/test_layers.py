@@ -1,0 +1,52 @@
+"""Each layer imports only from the layers below it (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "rheon"
+
+# Bottom to top. Modules directly under rheon/ (the front door, testing) may import anything.
+LAYERS = ["core", "time", "io", "state", "operators", "runtime", "cep", "sql", "api", "apps", "cli", "web"]
+RANK = {name: i for i, name in enumerate(LAYERS)}
+RANK.update({"cep": RANK["runtime"] + 1, "sql": RANK["runtime"] + 1, "apps": RANK["api"] + 1, "web": RANK["api"] + 1})
+# apps sits below cli and web, which present it.
+RANK["cli"] = RANK["web"] = RANK["apps"] + 1
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "rheon" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in RANK else None
+
+
+def test_no_upward_imports():
+    violations = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        own = _layer(".".join(rel.parts))
+        if own is None:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module]
+                if node.module == "rheon":
+                    targets = [f"rheon.{a.name}" for a in node.names]
+            for target in targets:
+                layer = _layer(target)
+                if layer is not None and RANK[layer] > RANK[own]:
+                    violations.append(f"{rel}: imports {target} ({own} -> {layer})")
+                if target == "rheon" and own != "apps" and own != "cli":
+                    violations.append(f"{rel}: imports the front door 'rheon' from inside a layer")
+    assert violations == []
+
+
+def test_layers_exist_as_folders():
+    present = {p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    assert {"core", "time", "io", "operators", "runtime", "api"} <= present

@@ -1,0 +1,37 @@
+"""The front doors: ``rheon`` and ``rheon.io`` export exactly the public API, documented."""
+
+from __future__ import annotations
+
+import inspect
+
+import rheon as rh
+import rheon.testing
+
+EXPECTED_RHEON = [
+    "Flow", "FlowError", "KeyedStream", "RecordError", "RheonError", "RunStats", "SinkError", "SourceError",
+    "Stream", "WindowedStream", "__version__", "col", "configure_logging", "count", "count_distinct", "io", "lit",
+    "max", "mean", "min", "session", "sliding", "sum", "tumbling",
+]  # fmt: skip
+EXPECTED_IO = [
+    "BuildContext", "Callback", "Collect", "Console", "Csv", "Generator", "JsonLines", "Parquet", "Records",
+    "Sink", "SinkLogic", "Source", "SourceLogic",
+]  # fmt: skip
+
+
+def test_all_is_exact_and_sorted():
+    assert rh.__all__ == EXPECTED_RHEON
+    assert rh.io.__all__ == EXPECTED_IO
+    assert sorted(rheon.testing.__all__) == rheon.testing.__all__
+
+
+def test_every_public_name_has_a_docstring_with_an_example():
+    names = [(rh, n) for n in rh.__all__ if n not in ("__version__", "io", "col", "lit")]
+    names += [(rh.io, n) for n in rh.io.__all__]
+    names += [(rheon.testing, n) for n in rheon.testing.__all__]
+    missing = []
+    for module, name in names:
+        obj = getattr(module, name)
+        doc = inspect.getdoc(obj) or ""
+        if ">>>" not in doc:
+            missing.append(f"{module.__name__}.{name}")
+    assert missing == []
