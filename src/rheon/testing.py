@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
-
 from datetime import timedelta
+from typing import Any
 
 import polars as pl
 from typing_extensions import override

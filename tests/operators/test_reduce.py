@@ -41,10 +41,16 @@ def test_acc_mutated_in_place_does_not_rewrite_earlier_output():
 def test_failing_reduce_leaves_state_and_dead_letters_the_record():
     rows = [{"k": "a", "v": 1}, {"k": "a", "v": None}, {"k": "a", "v": 2}]
     flow = rh.Flow("bad")
-    out = collect(flow.source(rh.io.Records(rows)).key_by("k").reduce(lambda acc, r: {**r, "v": acc["v"] + r["v"]}, name="sum"))
+    out = collect(
+        flow.source(rh.io.Records(rows)).key_by("k").reduce(lambda acc, r: {**r, "v": acc["v"] + r["v"]}, name="sum")
+    )
     bad = collect(flow.dead_letters())
     flow.run()
     assert [r["v"] for r in out.rows] == [1, 3]
     assert bad.rows == [
-        {"operator": "reduce 'sum'", "reason": "TypeError: unsupported operand type(s) for +: 'int' and 'NoneType'", "payload": '{"k": "a", "v": null}'}
+        {
+            "operator": "reduce 'sum'",
+            "reason": "TypeError: unsupported operand type(s) for +: 'int' and 'NoneType'",
+            "payload": '{"k": "a", "v": null}',
+        }
     ]

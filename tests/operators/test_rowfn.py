@@ -52,7 +52,9 @@ def test_map_output_columns_take_the_type_that_holds_every_value():
 
 
 def test_datetime_survives_python_functions_with_its_unit():
-    frame = pl.DataFrame({"ts": [datetime(2026, 1, 1, tzinfo=UTC)]}).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC")))
+    frame = pl.DataFrame({"ts": [datetime(2026, 1, 1, tzinfo=UTC)]}).with_columns(
+        pl.col("ts").cast(pl.Datetime("ms", "UTC"))
+    )
     flow = rh.Flow("dt")
     out = collect(flow.source(rh.io.Records(frame), time="ts").map(lambda r: {**r, "y": 1}))
     flow.run()
@@ -61,7 +63,9 @@ def test_datetime_survives_python_functions_with_its_unit():
 
 def test_big_batches_are_processed_in_chunks_in_order():
     rows = [{"i": i} for i in range(3 * ROW_CHUNK + 7)]
-    out, _ = _run(rows, lambda s: s.filter(lambda r: r["i"] % 3 == 0).map(lambda r: {"j": r["i"] // 3}), batch_size=10**6)
+    out, _ = _run(
+        rows, lambda s: s.filter(lambda r: r["i"] % 3 == 0).map(lambda r: {"j": r["i"] // 3}), batch_size=10**6
+    )
     assert [r["j"] for r in out] == list(range(len(rows) // 3 + 1))
 
 

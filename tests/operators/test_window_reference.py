@@ -105,3 +105,21 @@ def test_property_any_batching_gives_reference_output(rows, window, max_delay, l
             rows, keys=["k"], window=window, aggs=aggs, max_delay=max_delay, lateness=lateness, batch_size=b
         )
         assert got == expected
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
+def test_float_aggregates_agree_across_batch_sizes_up_to_rounding(window):
+    """Float sums are pre-aggregated per batch, so their last bits may depend on batching;
+    everything else, and the floats to 1e-12, must not."""
+    from rheon.testing import assert_rows_equal
+
+    rnd = random.Random(11)
+    rows = [{"k": rnd.randrange(3), "ts": i * 7 + rnd.randint(-30, 30), "v": rnd.random() * 100} for i in range(500)]
+    for r in rows:
+        r["ts"] = max(r["ts"], 0)
+    aggs = {"total": ("sum", "v"), "avg": ("mean", "v"), "hi": ("max", "v"), "n": ("count", None)}
+    expected = reference(rows, keys=["k"], time="ts", window=window, aggs=aggs, max_delay=20, lateness=25)
+    for b in (1, 7, 1000):
+        got = run_engine(rows, keys=["k"], window=window, aggs=aggs, max_delay=20, lateness=25, batch_size=b)
+        assert_rows_equal(got[0], expected[0], rel_tol=1e-12)
+        assert got[1] == expected[1]

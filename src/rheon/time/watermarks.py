@@ -7,6 +7,7 @@ batched. ``assign`` computes that per-record watermark for a whole batch in one 
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from rheon.core.batch import MAX_WM, MIN_WM
