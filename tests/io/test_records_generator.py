@@ -64,7 +64,9 @@ def test_console_prints_json_lines():
 def test_callback_per_batch():
     frames = []
     flow = rh.Flow("cb")
-    flow.source(rh.io.Records([{"a": i} for i in range(5)], batch_size=2)).sink(rh.io.Callback(frames.append, batch=True))
+    flow.source(rh.io.Records([{"a": i} for i in range(5)], batch_size=2)).sink(
+        rh.io.Callback(frames.append, batch=True)
+    )
     flow.run()
     assert [f.height for f in frames] == [2, 2, 1]
 

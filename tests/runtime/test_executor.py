@@ -191,7 +191,13 @@ def test_on_error_policies():
     flow, good, bad = build("dead_letter")
     flow.run()
     assert good.rows == [{"y": 10}, {"y": 5}]
-    assert bad.rows == [{"operator": "map 'div'", "reason": "ZeroDivisionError: integer division or modulo by zero", "payload": '{"x": 0}'}]
+    assert bad.rows == [
+        {
+            "operator": "map 'div'",
+            "reason": "ZeroDivisionError: integer division or modulo by zero",
+            "payload": '{"x": 0}',
+        }
+    ]
 
     flow, good, bad = build("skip")
     flow.run()
@@ -200,7 +206,10 @@ def test_on_error_policies():
     assert flow.metrics().dead_letters == 1
 
     flow, good, bad = build("fail")
-    with pytest.raises(rh.RecordError, match=r"map 'div': ZeroDivisionError: integer division or modulo by zero \(record: \{\"x\": 0\}\)") as info:
+    with pytest.raises(
+        rh.RecordError,
+        match=r"map 'div': ZeroDivisionError: integer division or modulo by zero \(record: \{\"x\": 0\}\)",
+    ) as info:
         flow.run()
     assert info.value.operator == "map 'div'"
 
@@ -262,13 +271,21 @@ def test_integer_time_columns_of_any_width():
     flow = rh.Flow("i32")
     out = collect(flow.source(rh.io.Records(frame), time="ts").window(rh.tumbling("1s")).agg(n=rh.count()))
     flow.run()
-    assert out.rows == [{"window_start": 0, "window_end": 1000, "n": 1}, {"window_start": 1000, "window_end": 2000, "n": 1}]
+    assert out.rows == [
+        {"window_start": 0, "window_end": 1000, "n": 1},
+        {"window_start": 1000, "window_end": 2000, "n": 1},
+    ]
 
 
 def test_windows_of_windows_use_window_start_as_event_time(batch_size):
     rows = [{"k": 1, "ts": t} for t in range(0, 10_000, 250)]
     flow = rh.Flow("cascade")
-    per_second = flow.source(rh.io.Records(rows, batch_size=batch_size), time="ts").key_by("k").window(rh.tumbling("1s")).agg(n=rh.count())
+    per_second = (
+        flow.source(rh.io.Records(rows, batch_size=batch_size), time="ts")
+        .key_by("k")
+        .window(rh.tumbling("1s"))
+        .agg(n=rh.count())
+    )
     per_five = per_second.key_by("k").window(rh.tumbling("5s")).agg(windows=rh.count(), n=rh.sum("n"))
     out, late = collect(per_five), collect(per_five.late())
     flow.run()
@@ -282,7 +299,9 @@ def test_windows_of_windows_use_window_start_as_event_time(batch_size):
 def test_explain_shows_fused_python_steps():
     flow = rh.Flow("plan")
     src = flow.source(rh.io.Records([{"x": 1, "ts": 0}]), time="ts", name="in")
-    src.filter(lambda r: True, name="a").map(lambda r: r, name="b").filter(rh.col("x") > 0, name="c").sink(print, name="out")
+    src.filter(lambda r: True, name="a").map(lambda r: r, name="b").filter(rh.col("x") > 0, name="c").sink(
+        print, name="out"
+    )
     assert flow.explain().splitlines() == [
         "flow 'plan'",
         "  source 'in' time='ts'",

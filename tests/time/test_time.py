@@ -18,7 +18,16 @@ from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("250ms", 250), ("2s", 2000), ("1m", 60_000), ("1h", 3_600_000), ("1d", 86_400_000), ("1m30s", 90_000), ("1.5s", 1500), ("0s", 0)],
+    [
+        ("250ms", 250),
+        ("2s", 2000),
+        ("1m", 60_000),
+        ("1h", 3_600_000),
+        ("1d", 86_400_000),
+        ("1m30s", 90_000),
+        ("1.5s", 1500),
+        ("0s", 0),
+    ],
 )
 def test_durations(text, ms):
     assert to_ms(text, what="x") == ms
@@ -30,7 +39,7 @@ def test_fractional_millisecond_is_rejected():
         to_ms("1.5ms", what="x")
 
 
-@given(st.lists(st.integers(-10**6, 10**6), max_size=50), st.integers(0, 1000), st.integers(1, 10))
+@given(st.lists(st.integers(-(10**6), 10**6), max_size=50), st.integers(0, 1000), st.integers(1, 10))
 def test_per_record_watermark_matches_a_running_max(ts, delay, split):
     """Watermarks before each record: whatever the batch split, the same as a record-by-record loop."""
     tracker = WatermarkTracker(delay)
@@ -44,9 +53,7 @@ def test_per_record_watermark_matches_a_running_max(ts, delay, split):
     assert got == expected
 
 
-@given(
-    size=st.integers(1, 50), every=st.integers(1, 50), offset=st.integers(0, 49), t=st.integers(-500, 500)
-)
+@given(size=st.integers(1, 50), every=st.integers(1, 50), offset=st.integers(0, 49), t=st.integers(-500, 500))
 def test_pane_geometry_lists_exactly_the_windows_holding_a_time(size, every, offset, t):
     if every > size:
         every = size
@@ -64,7 +71,9 @@ def test_pane_geometry_lists_exactly_the_windows_holding_a_time(size, every, off
 def test_tumbling_offset_shifts_windows():
     flow = rh.Flow("offset")
     out = rh.io.Collect()
-    flow.source(rh.io.Records([{"ts": 100}, {"ts": 1_400}]), time="ts").window(rh.tumbling("1s", offset="500ms")).agg(n=rh.count()).sink(out)
+    flow.source(rh.io.Records([{"ts": 100}, {"ts": 1_400}]), time="ts").window(rh.tumbling("1s", offset="500ms")).agg(
+        n=rh.count()
+    ).sink(out)
     flow.run()
     assert [(r["window_start"], r["window_end"], r["n"]) for r in out.rows] == [(-500, 500, 1), (500, 1500, 1)]
     assert PaneGeometry.of(Tumbling(1000, 500), ticks_per_ms=1000).pane == 1_000_000

@@ -360,7 +360,9 @@ class Executor:
         )
         live = [t for t in self.sources if t.tracker is not None and not t.idle and not t.ended]
         watermark_ms = None
-        if live and all(t.time_type is not None and t.tracker is not None and t.tracker.watermark > MIN_WM for t in live):
+        if live and all(
+            t.time_type is not None and t.tracker is not None and t.tracker.watermark > MIN_WM for t in live
+        ):
             watermark_ms = min(t.time_type.to_ms(t.tracker.watermark) for t in live if t.time_type and t.tracker)
         lat = self.latency
         return RunStats(

@@ -140,15 +140,14 @@ class WindowOperator(Operator):
         if frame.height:
             self._check_columns(frame)
             assert self.ttype is not None
-            ticks = self.ttype.to_ticks(pl.col(self.time_col))
-            nulls = frame.get_column(self.time_col).is_null()
-            if nulls.any():
+            if frame.get_column(self.time_col).null_count():
+                nulls = frame.get_column(self.time_col).is_null()
                 bad = frame.filter(nulls)
                 reason = f"record has no event time (column '{self.time_col}' is null)"
                 outputs.append(self.dead(reason, payloads_of(bad), batch))
                 frame = frame.filter(~nulls)
             if frame.height:
-                tick_series = frame.select(ticks).to_series()
+                tick_series = frame.get_column(self.time_col).cast(pl.Int64)
                 if WM_COL in frame.columns:
                     pre = frame.get_column(WM_COL)
                 else:

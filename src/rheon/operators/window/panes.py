@@ -21,6 +21,7 @@ from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 __all__ = ["PaneWindowOperator"]
 
 PANE = "__pane"
+_FLUSH_ROWS = 65_536
 
 
 class PaneWindowOperator(WindowOperator):
@@ -50,6 +51,8 @@ class PaneWindowOperator(WindowOperator):
         self.assigner = assigner
         self.geo: PaneGeometry | None = None
         self.panes: pl.DataFrame | None = None
+        self.pending: list[pl.DataFrame] = []
+        self.pending_rows = 0
         super().__init__(name, keys, time_col, aggs, lateness_ms, time_type)
 
     @override
@@ -60,8 +63,24 @@ class PaneWindowOperator(WindowOperator):
     # -- state -----------------------------------------------------------------------------
 
     def _add(self, rows: pl.DataFrame) -> None:
+        """Add records to the panes: buffered until a window can fire or the buffer is big.
+
+        At low rates each record is its own batch; merging every one into the state would cost
+        a dozen Polars calls per record, most of them for nothing until a window closes.
+        """
         if rows.height == 0:
             return
+        self.pending.append(rows)
+        self.pending_rows += rows.height
+        if self.pending_rows >= _FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        rows = pl.concat(self.pending, how="vertical_relaxed") if len(self.pending) > 1 else self.pending[0]
+        self.pending = []
+        self.pending_rows = 0
         group = [*self.keys, PANE]
         part = rows.group_by(group).agg(self.partial_exprs)
         state = self.panes
@@ -93,12 +112,23 @@ class PaneWindowOperator(WindowOperator):
             wins = wins.filter(pl.col(WS).is_in(starts))
         return wins.group_by([*self.keys, WS, WE]).agg(self.merge_exprs)
 
+    def _next_end(self, after: int) -> int:
+        """The first window end (of any key) after ``after``: ends fall on one residue of ``every``."""
+        g = self.geo
+        assert g is not None
+        residue = (g.offset + g.size) % g.every
+        return after + 1 + (residue - after - 1) % g.every
+
     @override
     def _fire(self, hi: int, pre: pl.Series | None) -> pl.DataFrame | None:
         lo = self.wm
         if hi <= lo:
             return None
         self.wm = hi
+        lateness = self.ticks_lateness
+        if self._next_end(lo) > hi and self._next_end(lo - lateness) > hi - lateness:
+            return None  # no window ends, and no window's lateness runs out, in (lo, hi]
+        self._flush()
         g = self.geo
         panes = self.panes
         if g is None or panes is None or panes.height == 0:
@@ -164,6 +194,7 @@ class PaneWindowOperator(WindowOperator):
     def _touch(self, row: pl.DataFrame, pre_i: int) -> pl.DataFrame | None:
         """Add a record some of whose windows already fired; emit allowed-lateness updates."""
         self._add(row)
+        self._flush()
         lateness = self.ticks_lateness
         g = self.geo
         if lateness == 0 or g is None or self.panes is None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import polars as pl
 from typing_extensions import override
 
-from rheon.core.batch import WM_COL
+from rheon.core.batch import MAX_WM, WM_COL
 from rheon.core.eventtime import TimeType
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.window.common import WE, WS, WindowOperator
@@ -28,6 +28,7 @@ __all__ = ["SessionWindowOperator"]
 T = "__t"
 FIRED = "__fired"
 GROUP = "__g"
+_FLUSH_ROWS = 65_536
 
 
 class SessionWindowOperator(WindowOperator):
@@ -53,6 +54,14 @@ class SessionWindowOperator(WindowOperator):
         self.assigner = assigner
         self.gap = 0
         self.sessions: pl.DataFrame | None = None
+        # Records not yet merged into sessions (buffered until a session can close), and the
+        # earliest end among open sessions, buffered records and fired-but-kept sessions: they
+        # tell, without touching the state, whether a watermark step can do anything.
+        self.pending: list[pl.DataFrame] = []
+        self.pending_rows = 0
+        self.pending_min_end = MAX_WM
+        self.min_open_end = MAX_WM
+        self.min_fired_end = MAX_WM
         super().__init__(name, keys, time_col, aggs, lateness_ms, time_type)
 
     @override
@@ -99,11 +108,39 @@ class SessionWindowOperator(WindowOperator):
     def _add_run(self, rows: pl.DataFrame) -> None:
         if rows.height == 0:
             return
+        self.pending.append(rows)
+        self.pending_rows += rows.height
+        earliest = rows.get_column(T).min()
+        assert isinstance(earliest, int)
+        self.pending_min_end = min(self.pending_min_end, earliest + self.gap)
+        if self.pending_rows >= _FLUSH_ROWS:
+            self._flush()
+
+    def _refresh_bounds(self) -> None:
+        state = self.sessions
+        if state is None or state.height == 0:
+            self.min_open_end = self.min_fired_end = MAX_WM
+            return
+        open_end, fired_end = state.select(
+            pl.col(WE).filter(~pl.col(FIRED)).min().alias("open"),
+            pl.col(WE).filter(pl.col(FIRED)).min().alias("fired"),
+        ).row(0)
+        self.min_open_end = MAX_WM if open_end is None else open_end
+        self.min_fired_end = MAX_WM if fired_end is None else fired_end
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        rows = pl.concat(self.pending, how="vertical_relaxed") if len(self.pending) > 1 else self.pending[0]
+        self.pending = []
+        self.pending_rows = 0
+        self.pending_min_end = MAX_WM
         events = self._events(rows)
         open_, fired = self._split_state()
         merged = self._merge(pl.concat([open_, events], how="vertical_relaxed") if open_ is not None else events)
         merged = merged.with_columns(pl.lit(False).alias(FIRED))
         self.sessions = pl.concat([fired, merged], how="vertical_relaxed") if fired is not None else merged
+        self._refresh_bounds()
 
     @override
     def _fire(self, hi: int, pre: pl.Series | None) -> pl.DataFrame | None:
@@ -111,14 +148,18 @@ class SessionWindowOperator(WindowOperator):
         if hi <= lo:
             return None
         self.wm = hi
+        lateness = self.ticks_lateness
+        if min(self.min_open_end, self.pending_min_end) > hi and self.min_fired_end + lateness > hi:
+            return None  # nothing closes and nothing runs out of allowed lateness in (lo, hi]
+        self._flush()
         if self.sessions is None or self.sessions.height == 0:
             return None
         due = (~pl.col(FIRED)) & (pl.col(WE) <= hi)
         ready = self.sessions.filter(due)
         out = self.finals(self.order(ready.drop(FIRED), pre, lo)) if ready.height else None
-        lateness = self.ticks_lateness
         state = self.sessions.with_columns((pl.col(FIRED) | due).alias(FIRED))
         self.sessions = state.filter(~(pl.col(FIRED) & (pl.col(WE) + lateness <= hi)))
+        self._refresh_bounds()
         return out
 
     @override
@@ -159,6 +200,7 @@ class SessionWindowOperator(WindowOperator):
         Returns ``None`` if it was absorbed into an open session, an empty frame if it is late,
         or the updated session row if it updated a fired one.
         """
+        self._flush()
         t = int(row.get_column(T)[0])
         event = self._events(row)
         state = self.sessions
@@ -181,6 +223,7 @@ class SessionWindowOperator(WindowOperator):
         merged = merged.with_columns(pl.lit(done).alias(FIRED))
         rest = state.filter(~overlap) if state is not None and overlap is not None else None
         self.sessions = pl.concat([rest, merged], how="vertical_relaxed") if rest is not None else merged
+        self._refresh_bounds()
         if not done:
             return None
         return self.finals(merged.drop(FIRED).with_columns(pl.lit(pre_i, pl.Int64).alias(WM_COL)))
