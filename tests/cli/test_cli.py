@@ -243,3 +243,17 @@ def test_demo_rejects_bad_options() -> None:
     assert invoke("demo", "--speed", "0").exit_code == 2
     assert invoke("demo", "--hosts", "0").exit_code == 2
     assert invoke("demo", "--duration", "soon").exit_code == 2
+
+
+def test_run_an_example_file_with_a_module_level_flow() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "live_sensors.py"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rheon.cli", "run", str(example), "--duration", "5500ms"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert 'avg {"sensor": "s0"' in proc.stdout
+    assert "flow 'sensors':" in proc.stderr

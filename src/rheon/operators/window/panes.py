@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import polars as pl
 from typing_extensions import override
 
@@ -22,6 +23,7 @@ __all__ = ["PaneWindowOperator"]
 
 PANE = "__pane"
 _FLUSH_ROWS = 65_536
+_COMPACT_FRAMES = 64
 
 
 class PaneWindowOperator(WindowOperator):
@@ -72,6 +74,9 @@ class PaneWindowOperator(WindowOperator):
             return
         self.pending.append(rows)
         self.pending_rows += rows.height
+        if len(self.pending) >= _COMPACT_FRAMES:
+            # Many tiny frames (one per low-rate batch) make concat and group_by slow; keep few.
+            self.pending = [pl.concat(self.pending, how="vertical_relaxed", rechunk=True)]
         if self.pending_rows >= _FLUSH_ROWS:
             self._flush()
 
@@ -152,24 +157,25 @@ class PaneWindowOperator(WindowOperator):
         g = self.geo
         assert g is not None
         lateness = self.ticks_lateness
-        assert self.ttype is not None
-        work = frame.with_columns(g.pane_start(self.ttype.to_ticks(pl.col(self.time_col))).alias(PANE))
-        first_end = g.first_start(pl.col(PANE)) + g.size
-        slack = work.select((first_end - pl.col(WM_COL)).min()).item()
+        # Column arithmetic in NumPy: a handful of C loops, no query planning per batch (the
+        # per-batch cost that dominates at low rates, where a batch is one or a few records).
+        t = ticks.to_numpy()
+        pane = (t - g.offset) // g.pane * g.pane + g.offset
+        first_end = (pane - g.size - g.offset) // g.every * g.every + g.offset + g.every + g.size
+        wm = pre.to_numpy()
+        work = frame.hstack([pl.Series(PANE, pane, dtype=pl.Int64)])
         late = None
         special_idx: list[int] = []
-        if slack is not None and slack <= 0:
-            last_end = g.last_start(pl.col(PANE)) + g.size
-            flags = work.select(
-                ((last_end + lateness) <= pl.col(WM_COL)).alias("late"),
-                (first_end <= pl.col(WM_COL)).alias("touched"),
-            )
-            late_mask = flags.get_column("late")
+        if (first_end <= wm).any():
+            last_end = (pane - g.offset) // g.every * g.every + g.offset + g.size
+            late_mask = last_end + lateness <= wm
+            touched = first_end <= wm
             if late_mask.any():
-                late = frame.filter(late_mask)
-                work = work.filter(~late_mask)
-                flags = flags.filter(~late_mask)
-            special_idx = flags.get_column("touched").arg_true().to_list()
+                keep = pl.Series(~late_mask)
+                late = frame.filter(pl.Series(late_mask))
+                work = work.filter(keep)
+                touched = touched[~late_mask]
+            special_idx = np.flatnonzero(touched).tolist()
         pieces: list[pl.DataFrame] = []
         start = 0
         wm_col = work.get_column(WM_COL)

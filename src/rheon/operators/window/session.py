@@ -29,6 +29,7 @@ T = "__t"
 FIRED = "__fired"
 GROUP = "__g"
 _FLUSH_ROWS = 65_536
+_COMPACT_FRAMES = 64
 
 
 class SessionWindowOperator(WindowOperator):
@@ -110,6 +111,9 @@ class SessionWindowOperator(WindowOperator):
             return
         self.pending.append(rows)
         self.pending_rows += rows.height
+        if len(self.pending) >= _COMPACT_FRAMES:
+            # Many tiny frames (one per low-rate batch) make concat and group_by slow; keep few.
+            self.pending = [pl.concat(self.pending, how="vertical_relaxed", rechunk=True)]
         earliest = rows.get_column(T).min()
         assert isinstance(earliest, int)
         self.pending_min_end = min(self.pending_min_end, earliest + self.gap)
@@ -166,7 +170,7 @@ class SessionWindowOperator(WindowOperator):
     def _ingest(
         self, frame: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
     ) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
-        work = frame.with_columns(ticks.alias(T))
+        work = frame.hstack([ticks.alias(T)])
         behind = (ticks < pre).arg_true().to_list()
         pieces: list[pl.DataFrame] = []
         late: list[pl.DataFrame] = []
