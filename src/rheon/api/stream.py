@@ -595,9 +595,8 @@ class WindowedStream:
             out_schema = pl.Schema(fields) if fields else None
 
         def make(ctx: object) -> PaneWindowOperator | SessionWindowOperator:
-            if isinstance(assigner, Session):
-                return SessionWindowOperator(op_name, keys, time, aggs, lateness, assigner, time_type)
-            return PaneWindowOperator(op_name, keys, time, aggs, lateness, assigner, time_type)
+            kind = SessionWindowOperator if isinstance(assigner, Session) else PaneWindowOperator
+            return kind(op_name, keys, time, aggs, lateness, assigner, time_type)
 
         node = Node(
             "window",

@@ -50,6 +50,16 @@ def _not_a_dict(step: RowStep, value: object) -> str:
     return f"{step.label} returned a {type(value).__name__}, expected a dict (got {value!r:.80})"
 
 
+def _as_dict(step: RowStep, value: object, i: int, row: Row, dead: Dead) -> Row | None:
+    """``value`` as a dict, or ``None`` after dead-lettering ``row`` if it is not a mapping."""
+    if type(value) is dict:
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    dead.append((i, step.label, _not_a_dict(step, value), payload_of(row)))
+    return None
+
+
 def _run_filter(step: RowStep, rows: list[Row], idx: list[int], dead: Dead) -> Rows:
     try:
         # Fast path: the predicate runs in C's map loop, not a Python loop.
@@ -86,13 +96,10 @@ def _run_map(step: RowStep, rows: list[Row], idx: list[int], dead: Dead) -> Rows
         except Exception as exc:
             dead.append((i, step.label, _reason(exc), payload_of(row)))
             continue
-        if type(value) is not dict:
-            if not isinstance(value, Mapping):
-                dead.append((i, step.label, _not_a_dict(step, value), payload_of(row)))
-                continue
-            value = dict(value)
-        out.append(value)
-        out_idx.append(i)
+        as_dict = _as_dict(step, value, i, row, dead)
+        if as_dict is not None:
+            out.append(as_dict)
+            out_idx.append(i)
     return out, out_idx
 
 
@@ -107,13 +114,10 @@ def _run_flat_map(step: RowStep, rows: list[Row], idx: list[int], dead: Dead) ->
             dead.append((i, step.label, _reason(exc), payload_of(row)))
             continue
         for value in produced:
-            if type(value) is not dict:
-                if not isinstance(value, Mapping):
-                    dead.append((i, step.label, _not_a_dict(step, value), payload_of(row)))
-                    continue
-                value = dict(value)
-            out.append(value)
-            out_idx.append(i)
+            as_dict = _as_dict(step, value, i, row, dead)
+            if as_dict is not None:
+                out.append(as_dict)
+                out_idx.append(i)
     return out, out_idx
 
 

@@ -7,23 +7,17 @@ row of partial aggregates per (key, pane) that some open window still needs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import numpy as np
 import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import WM_COL
-from rheon.core.eventtime import TimeType
-from rheon.operators.aggregations import Aggregation
-from rheon.operators.window.common import WE, WS, WindowOperator
+from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 
 __all__ = ["PaneWindowOperator"]
 
 PANE = "__pane"
-_FLUSH_ROWS = 65_536
-_COMPACT_FRAMES = 64
 
 
 class PaneWindowOperator(WindowOperator):
@@ -40,52 +34,32 @@ class PaneWindowOperator(WindowOperator):
 
     tiebreak = ()  # windows of one size: the end fixes the start
 
-    def __init__(
-        self,
-        name: str,
-        keys: Sequence[str],
-        time_col: str,
-        aggs: Mapping[str, Aggregation],
-        lateness_ms: int,
-        assigner: Tumbling | Sliding,
-        time_type: TimeType | None = None,
-    ) -> None:
-        self.assigner = assigner
+    @override
+    def _init_state(self) -> None:
         self.geo: PaneGeometry | None = None
         self.panes: pl.DataFrame | None = None
-        self.pending: list[pl.DataFrame] = []
-        self.pending_rows = 0
-        super().__init__(name, keys, time_col, aggs, lateness_ms, time_type)
+        self.pending = RecordBuffer()
 
     @override
     def _resolved(self) -> None:
         assert self.ttype is not None
+        assert isinstance(self.assigner, Tumbling | Sliding)
         self.geo = PaneGeometry.of(self.assigner, ticks_per_ms=self.ttype.ticks_per_ms)
 
     # -- state -----------------------------------------------------------------------------
 
     def _add(self, rows: pl.DataFrame) -> None:
-        """Add records to the panes: buffered until a window can fire or the buffer is big.
-
-        At low rates each record is its own batch; merging every one into the state would cost
-        a dozen Polars calls per record, most of them for nothing until a window closes.
-        """
+        """Add records to the panes (buffered until a window can fire: :class:`RecordBuffer`)."""
         if rows.height == 0:
             return
-        self.pending.append(rows)
-        self.pending_rows += rows.height
-        if len(self.pending) >= _COMPACT_FRAMES:
-            # Many tiny frames (one per low-rate batch) make concat and group_by slow; keep few.
-            self.pending = [pl.concat(self.pending, how="vertical_relaxed", rechunk=True)]
-        if self.pending_rows >= _FLUSH_ROWS:
+        self.pending.add(rows)
+        if self.pending.full:
             self._flush()
 
     def _flush(self) -> None:
-        if not self.pending:
+        rows = self.pending.take()
+        if rows is None:
             return
-        rows = pl.concat(self.pending, how="vertical_relaxed") if len(self.pending) > 1 else self.pending[0]
-        self.pending = []
-        self.pending_rows = 0
         group = [*self.keys, PANE]
         part = rows.group_by(group).agg(self.partial_exprs)
         state = self.panes

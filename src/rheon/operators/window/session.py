@@ -12,15 +12,11 @@ record), which is why everything else can be merged in one pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, WM_COL
-from rheon.core.eventtime import TimeType
-from rheon.operators.aggregations import Aggregation
-from rheon.operators.window.common import WE, WS, WindowOperator
+from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import Session
 
 __all__ = ["SessionWindowOperator"]
@@ -28,8 +24,6 @@ __all__ = ["SessionWindowOperator"]
 T = "__t"
 FIRED = "__fired"
 GROUP = "__g"
-_FLUSH_ROWS = 65_536
-_COMPACT_FRAMES = 64
 
 
 class SessionWindowOperator(WindowOperator):
@@ -42,32 +36,22 @@ class SessionWindowOperator(WindowOperator):
     ``allowed_lateness`` ago is late.
     """
 
-    def __init__(
-        self,
-        name: str,
-        keys: Sequence[str],
-        time_col: str,
-        aggs: Mapping[str, Aggregation],
-        lateness_ms: int,
-        assigner: Session,
-        time_type: TimeType | None = None,
-    ) -> None:
-        self.assigner = assigner
+    @override
+    def _init_state(self) -> None:
         self.gap = 0
         self.sessions: pl.DataFrame | None = None
         # Records not yet merged into sessions (buffered until a session can close), and the
         # earliest end among open sessions, buffered records and fired-but-kept sessions: they
         # tell, without touching the state, whether a watermark step can do anything.
-        self.pending: list[pl.DataFrame] = []
-        self.pending_rows = 0
+        self.pending = RecordBuffer()
         self.pending_min_end = MAX_WM
         self.min_open_end = MAX_WM
         self.min_fired_end = MAX_WM
-        super().__init__(name, keys, time_col, aggs, lateness_ms, time_type)
 
     @override
     def _resolved(self) -> None:
         assert self.ttype is not None
+        assert isinstance(self.assigner, Session)
         self.gap = self.ttype.ticks(self.assigner.gap_ms)
 
     def _events(self, rows: pl.DataFrame) -> pl.DataFrame:
@@ -109,15 +93,11 @@ class SessionWindowOperator(WindowOperator):
     def _add_run(self, rows: pl.DataFrame) -> None:
         if rows.height == 0:
             return
-        self.pending.append(rows)
-        self.pending_rows += rows.height
-        if len(self.pending) >= _COMPACT_FRAMES:
-            # Many tiny frames (one per low-rate batch) make concat and group_by slow; keep few.
-            self.pending = [pl.concat(self.pending, how="vertical_relaxed", rechunk=True)]
+        self.pending.add(rows)
         earliest = rows.get_column(T).min()
         assert isinstance(earliest, int)
         self.pending_min_end = min(self.pending_min_end, earliest + self.gap)
-        if self.pending_rows >= _FLUSH_ROWS:
+        if self.pending.full:
             self._flush()
 
     def _refresh_bounds(self) -> None:
@@ -133,11 +113,9 @@ class SessionWindowOperator(WindowOperator):
         self.min_fired_end = MAX_WM if fired_end is None else fired_end
 
     def _flush(self) -> None:
-        if not self.pending:
+        rows = self.pending.take()
+        if rows is None:
             return
-        rows = pl.concat(self.pending, how="vertical_relaxed") if len(self.pending) > 1 else self.pending[0]
-        self.pending = []
-        self.pending_rows = 0
         self.pending_min_end = MAX_WM
         events = self._events(rows)
         open_, fired = self._split_state()
