@@ -177,6 +177,15 @@ class _ScriptLogic(SourceLogic):
         return self.source.end and self.step >= len(self.source.script)
 
     @override
+    def snapshot(self) -> Any:
+        return self.step
+
+    @override
+    def restore(self, position: Any) -> None:
+        self.step = int(position)
+        self.pause_until_ns = None
+
+    @override
     def wait_hint_s(self) -> float | None:
         if self.pause_until_ns is not None:
             return max(0.0, (self.pause_until_ns - self.clock.now_ns()) / 1e9)

@@ -1,7 +1,7 @@
 """Sources and sinks.
 
 Sources: :class:`Records`, :class:`Generator`, :class:`JsonLines`, :class:`Csv`, :class:`Parquet`.
-Sinks: :class:`Collect`, :class:`Callback`, :class:`Console`.
+Sinks: :class:`Collect`, :class:`Callback`, :class:`Console`, :class:`FileSink`.
 Extension points: :class:`Source` / :class:`SourceLogic` and :class:`Sink` / :class:`SinkLogic`.
 """
 
@@ -10,6 +10,7 @@ from rheon.io.callback import Callback
 from rheon.io.collect import Collect
 from rheon.io.console import Console
 from rheon.io.files import Csv, JsonLines, Parquet
+from rheon.io.filesink import FileSink
 from rheon.io.generator import Generator
 from rheon.io.records import Records
 
@@ -19,6 +20,7 @@ __all__ = [
     "Collect",
     "Console",
     "Csv",
+    "FileSink",
     "Generator",
     "JsonLines",
     "Parquet",

@@ -10,9 +10,11 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
+from rheon.core.errors import SourceError
 from rheon.time.clock import Clock, SystemClock
 
 __all__ = ["BuildContext", "Sink", "SinkLogic", "Source", "SourceLogic"]
@@ -82,6 +84,19 @@ class SourceLogic(ABC):
         """Seconds until more data is expected, if the source knows; ``None`` otherwise."""
         return None
 
+    def snapshot(self) -> Any:
+        """The read position, for a checkpoint (any picklable value).
+
+        A source that can be rewound returns where it is; :meth:`restore` goes back there.
+        Sources that cannot (the default) return ``None``.
+        """
+        return None
+
+    def restore(self, position: Any) -> None:
+        """Continue from a position returned by :meth:`snapshot`."""
+        msg = f"{type(self).__name__} cannot resume from a checkpoint position"
+        raise SourceError(msg)
+
     def take_dead_letters(self) -> list[tuple[str, str]]:
         """Records the source could not decode since the last call, as ``(reason, payload)``."""
         return []
@@ -137,7 +152,22 @@ class SinkLogic(ABC):
         """Write one batch of records (hidden columns already removed; never empty)."""
 
     def flush(self) -> None:  # noqa: B027 - optional hook
-        """Make everything written so far durable/visible."""
+        """Make everything written so far durable and visible (the end of a run without
+        checkpoints)."""
+
+    # With checkpoints, output becomes final in two phases, as in Flink's two-phase commit:
+    # pre_commit(n) when checkpoint n is taken, commit(n) once it is safely on disk. After a
+    # crash, recover(n) is called with the checkpoint the flow restarts from.
+
+    def pre_commit(self, checkpoint_id: int) -> None:
+        """Make what was written since the last checkpoint durable but not yet visible."""
+        self.flush()
+
+    def commit(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
+        """Make what was pre-committed up to ``checkpoint_id`` visible."""
+
+    def recover(self, checkpoint_id: int | None) -> None:  # noqa: B027 - optional hook
+        """At start-up: finish commits up to ``checkpoint_id`` and discard anything later."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; called once, after the last write and flush."""

@@ -56,6 +56,7 @@ class _FileLogic(SourceLogic):
         self.file_index = 0
         self.frame: pl.DataFrame | None = None
         self.offset = 0
+        self.skip = 0  # rows of the next file already emitted before a restart
         self.dead: list[tuple[str, str]] = []
 
     @override
@@ -70,8 +71,12 @@ class _FileLogic(SourceLogic):
             except (OSError, pl.exceptions.PolarsError) as exc:
                 msg = f"{self.source.kind}: cannot read '{path}': {exc}"
                 raise SourceError(msg) from exc
-            self.dead.extend(bad)
-            self.offset = 0
+            if self.skip:
+                # Resumed mid-file: its rows up to `skip`, and its bad lines, were handled.
+                self.offset, self.skip = self.skip, 0
+            else:
+                self.dead.extend(bad)
+                self.offset = 0
         out = self.frame.slice(self.offset, self.source.batch_size)
         self.offset += out.height
         return out
@@ -80,6 +85,29 @@ class _FileLogic(SourceLogic):
     def done(self) -> bool:
         exhausted_frame = self.frame is None or self.offset >= self.frame.height
         return exhausted_frame and self.file_index >= len(self.source.files)
+
+    @override
+    def snapshot(self) -> Any:
+        if self.frame is not None and self.file_index > 0:
+            current = self.file_index - 1
+            return {"file": self.source.files[current].name, "index": current, "offset": self.offset}
+        return {"file": None, "index": self.file_index, "offset": 0}
+
+    @override
+    def restore(self, position: Any) -> None:
+        names = [p.name for p in self.source.files]
+        index = int(position["index"])
+        if position["file"] is not None:
+            if position["file"] not in names:
+                msg = (
+                    f"{self.source.kind}: cannot resume: file '{position['file']}' is no longer in '{self.source.path}'"
+                )
+                raise SourceError(msg)
+            index = names.index(position["file"])
+        self.file_index = index
+        self.frame = None
+        self.offset = 0
+        self.skip = int(position["offset"])
 
     @override
     def take_dead_letters(self) -> list[tuple[str, str]]:
@@ -93,7 +121,8 @@ class JsonLines(_FileSource):
     A line that is not a JSON object goes to the dead-letter output with its line number; the
     other lines are read.
 
-    Guarantee: exactly-once within a run (files are read once, in name order).
+    Guarantee: exactly-once (files are read in name order; after a restart reading resumes at
+    the checkpointed file and row).
 
     Examples
     --------
@@ -139,7 +168,8 @@ class JsonLines(_FileSource):
 class Csv(_FileSource):
     """Read CSV files with a header row (``path`` may be a glob).
 
-    Guarantee: exactly-once within a run (files are read once, in name order).
+    Guarantee: exactly-once (files are read in name order; after a restart reading resumes at
+    the checkpointed file and row).
 
     Examples
     --------
@@ -166,7 +196,8 @@ class Csv(_FileSource):
 class Parquet(_FileSource):
     """Read Parquet files (``path`` may be a glob).
 
-    Guarantee: exactly-once within a run (files are read once, in name order).
+    Guarantee: exactly-once (files are read in name order; after a restart reading resumes at
+    the checkpointed file and row).
 
     Examples
     --------

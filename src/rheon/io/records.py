@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 from typing_extensions import override
 
-from rheon.core.errors import FlowError
+from rheon.core.errors import FlowError, SourceError
 from rheon.io.base import BuildContext, Source, SourceLogic
 
 __all__ = ["Records", "frame_from_rows"]
@@ -47,7 +47,8 @@ class Records(Source):
     is built, so column mistakes are caught before running; other iterables (generators) are read
     lazily, ``batch_size`` rows at a time, and can be consumed only once.
 
-    Guarantee: exactly-once (the data is replayable from any position).
+    Guarantee: exactly-once (lists and DataFrames resume from their position after a restart;
+    a one-shot iterable cannot resume).
 
     Examples
     --------
@@ -112,6 +113,14 @@ class _FrameLogic(SourceLogic):
     def done(self) -> bool:
         return self.offset >= self.frame.height
 
+    @override
+    def snapshot(self) -> Any:
+        return self.offset
+
+    @override
+    def restore(self, position: Any) -> None:
+        self.offset = int(position)
+
 
 class _IterLogic(SourceLogic):
     def __init__(self, rows: Iterator[Mapping[str, Any]], batch_size: int) -> None:
@@ -133,3 +142,15 @@ class _IterLogic(SourceLogic):
     @override
     def done(self) -> bool:
         return self.exhausted
+
+    @override
+    def snapshot(self) -> Any:
+        return self.count
+
+    @override
+    def restore(self, position: Any) -> None:
+        if position:
+            msg = (
+                "Records over a one-shot iterable cannot resume from a checkpoint. Try a list of dicts or a DataFrame."
+            )
+            raise SourceError(msg)

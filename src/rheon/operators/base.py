@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import polars as pl
 
 from rheon.core.batch import Batch
 from rheon.core.deadletters import dead_letter_frame
+from rheon.core.errors import FlowError
 
-__all__ = ["DEAD", "LATE", "MAIN", "Operator", "Output"]
+__all__ = ["DEAD", "LATE", "MAIN", "Operator", "Output", "State"]
 
 MAIN = "main"
 LATE = "late"
 DEAD = "dead"
 
 Output = tuple[str, Batch]
+State = tuple[dict[str, pl.DataFrame], dict[str, Any]]
 
 
 class Operator(ABC):
@@ -28,6 +31,8 @@ class Operator(ABC):
     """
 
     kind = "operator"
+    stateful = False
+    """Whether :meth:`snapshot` has state to save in checkpoints."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -43,6 +48,21 @@ class Operator(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources at the end of a run."""
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def signature(self) -> dict[str, Any]:
+        """What must stay the same for this operator's checkpointed state to be restored."""
+        return {"kind": self.kind}
+
+    def snapshot(self) -> State | None:
+        """The operator's state as ``(frames, objects)``, or ``None`` if it keeps none."""
+        return None
+
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+        """Load state written by :meth:`snapshot`."""
+        msg = f"{self.label} keeps no state and cannot restore any"
+        raise FlowError(msg)
 
     def dead(self, reasons: str | Sequence[str], payloads: Sequence[str], like: Batch) -> Output:
         """A dead-letter output naming this operator."""

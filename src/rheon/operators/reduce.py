@@ -12,7 +12,7 @@ from typing_extensions import override
 from rheon.core.batch import WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payload_of
 from rheon.operators._rows import ROW_CHUNK, concat_frames, frame_to_rows, no_gc, rows_to_frame
-from rheon.operators.base import DEAD, MAIN, Operator, Output
+from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 
 __all__ = ["Reduce"]
 
@@ -30,12 +30,25 @@ class Reduce(Operator):
     """
 
     kind = "reduce"
+    stateful = True
 
     def __init__(self, name: str, keys: Sequence[str], fn: Callable[[Row, Row], Mapping[str, Any]]) -> None:
         super().__init__(name)
         self.keys = list(keys)
         self.fn = fn
         self.state: dict[Any, Row] = {}
+
+    @override
+    def signature(self) -> dict[str, Any]:
+        return {"kind": self.kind, "keys": self.keys}
+
+    @override
+    def snapshot(self) -> State:
+        return {}, {"state": self.state}
+
+    @override
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+        self.state = dict(objects["state"])
 
     @override
     def process(self, port: int, batch: Batch) -> list[Output]:

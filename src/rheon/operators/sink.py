@@ -15,8 +15,10 @@ __all__ = ["SinkOperator"]
 
 
 class SinkOperator(Operator):
-    """Write every non-empty batch to the sink; flush when all inputs have ended.
+    """Write every non-empty batch to the sink.
 
+    The executor decides when written data becomes final: at each checkpoint
+    (``pre_commit``/``commit``) when checkpointing, else with ``flush`` when the run ends.
     Records end-to-end latency: from when a batch's oldest record entered the flow to when the
     sink has written it.
     """
@@ -46,15 +48,10 @@ class SinkOperator(Operator):
                 self.latency.record((self.clock.now_ns() - batch.ingest_ns) / 1e6, frame.height)
         if batch.end:
             self.ended[port] = True
-            if all(self.ended):
-                self.logic.flush()
         return []
 
     @override
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            try:
-                self.logic.flush()
-            finally:
-                self.logic.close()
+            self.logic.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
-from rheon.operators.base import MAIN, Operator, Output
+from rheon.operators.base import MAIN, Operator, Output, State
 
 __all__ = ["Union"]
 
@@ -21,6 +23,7 @@ class Union(Operator):
     """
 
     kind = "union"
+    stateful = True
 
     def __init__(self, name: str, ports: int) -> None:
         super().__init__(name)
@@ -28,6 +31,19 @@ class Union(Operator):
         self.idle = [False] * ports
         self.ended = [False] * ports
         self.out_wm = MIN_WM
+
+    @override
+    def signature(self) -> dict[str, Any]:
+        return {"kind": self.kind, "inputs": len(self.wm)}
+
+    @override
+    def snapshot(self) -> State:
+        return {}, {"wm": self.wm, "idle": self.idle, "ended": self.ended, "out_wm": self.out_wm}
+
+    @override
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+        self.wm, self.idle, self.ended = list(objects["wm"]), list(objects["idle"]), list(objects["ended"])
+        self.out_wm = objects["out_wm"]
 
     def _combined(self) -> tuple[int, bool]:
         """The inputs' combined watermark, and whether the output is idle.

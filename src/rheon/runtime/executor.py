@@ -27,6 +27,7 @@ from rheon.io.base import BuildContext, SourceLogic
 from rheon.operators.base import DEAD, LATE, Operator
 from rheon.operators.rowfn import RowFnChain, RowStep
 from rheon.operators.sink import SinkOperator
+from rheon.runtime.checkpointing import CheckpointCoordinator, CheckpointSettings
 from rheon.runtime.graph import Node
 from rheon.runtime.plan import OpGroup, Plan
 from rheon.runtime.stats import RunStats
@@ -76,8 +77,11 @@ class Executor:
         stop: threading.Event,
         duration_ms: int | None = None,
         drain: bool = False,
+        checkpoints: CheckpointSettings | None = None,
     ) -> None:
         self.plan = plan
+        self.checkpoint_settings = checkpoints
+        self.coordinator: CheckpointCoordinator | None = None
         self.clock = clock
         self.on_error = on_error
         self.stop_event = stop
@@ -273,9 +277,37 @@ class Executor:
             return None
         return self.started_ns + self.duration_ms * 1_000_000
 
+    # -- checkpoint support ------------------------------------------------------------------
+
+    def source_signature(self, task: _SourceTask) -> dict[str, Any]:
+        return {"kind": "source", "source": type(task.node.source).__name__, "time": task.node.time}
+
+    def snapshot_source(self, task: _SourceTask) -> dict[str, Any]:
+        return {
+            "position": task.logic.snapshot(),
+            "max_ts": task.tracker.max_ts if task.tracker is not None else None,
+            "time_type": task.time_type,
+            "ended": task.ended,
+            "stats": (task.stats.rows_in, task.stats.rows_out),
+        }
+
+    def restore_source(self, task: _SourceTask, saved: dict[str, Any]) -> None:
+        task.ended = bool(saved["ended"])
+        if not task.ended:
+            task.logic.restore(saved["position"])
+        if task.tracker is not None and saved["max_ts"] is not None:
+            task.tracker.max_ts = saved["max_ts"]
+        if saved["time_type"] is not None:
+            task.time_type = saved["time_type"]
+            if task.tracker is not None:
+                task.tracker.max_delay = task.time_type.ticks(task.node.max_delay_ms)
+
     def run(self, on_start: Callable[[Executor], None] | None = None) -> RunStats:
         """Run until every source is exhausted, the duration passes, or stop is requested."""
         self._build()
+        if self.checkpoint_settings is not None:
+            self.coordinator = CheckpointCoordinator(self.checkpoint_settings, self)
+            self.coordinator.restore()
         self.started_ns = self.clock.now_ns()
         for task in self.sources:
             task.last_data_ns = self.started_ns
@@ -283,6 +315,7 @@ class Executor:
         if on_start is not None:
             on_start(self)
         deadline = self._deadline_ns()
+        coordinator = self.coordinator
         try:
             while True:
                 progressed = False
@@ -316,6 +349,8 @@ class Executor:
                                 self._end_source(task)
                         self._end_dead_letters()
                     break
+                if coordinator is not None and coordinator.due(self.clock.now_ns()):
+                    coordinator.checkpoint()
                 if not progressed:
                     wait = min(waits) if waits else _UNKNOWN_WAIT_S
                     if deadline is not None:
@@ -324,7 +359,17 @@ class Executor:
                         if task.node.idle_timeout_ms is not None and not task.idle:
                             left = task.last_data_ns + task.node.idle_timeout_ms * 1_000_000 - self.clock.now_ns()
                             wait = min(wait, max(0.0, left / 1e9))
+                    if coordinator is not None:
+                        wait = min(wait, coordinator.seconds_until_due(self.clock.now_ns()))
                     self.clock.sleep(min(wait, _MAX_SLEEP_S), self.stop_event)
+            # The run ended normally (input exhausted, or stopped between batches): make the
+            # output final. With checkpoints, a last checkpoint lets a restart resume exactly here.
+            if coordinator is not None:
+                coordinator.checkpoint(final=all(t.ended for t in self.sources))
+            else:
+                for op in self.ops:
+                    if isinstance(op, SinkOperator):
+                        op.logic.flush()
         finally:
             self.running = False
             self.finished_ns = self.clock.now_ns()
@@ -378,4 +423,6 @@ class Executor:
             watermark_ms=watermark_ms,
             operators=[t.stats.as_dict() for t in self.sources] + [s.as_dict() for s in self.op_stats],
             unhandled_dead_letters=list(self.unhandled),
+            checkpoints=self.coordinator.count if self.coordinator is not None else 0,
+            restored_from=self.coordinator.restored_from if self.coordinator is not None else None,
         )

@@ -28,6 +28,10 @@ class RunStats:
         Per-operator counters.
     unhandled_dead_letters
         Up to 1,000 dead-letter rows kept when the flow has no ``dead_letters()`` consumer.
+    checkpoints
+        Checkpoints taken by this run.
+    restored_from
+        The checkpoint this run resumed from, if it did.
 
     Examples
     --------
@@ -52,6 +56,8 @@ class RunStats:
     watermark_ms: int | None
     operators: list[dict[str, Any]] = field(default_factory=list)
     unhandled_dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: int = 0
+    restored_from: int | None = None
 
     @property
     def events_per_s(self) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import polars as pl
 from typing_extensions import override
@@ -20,7 +21,7 @@ from rheon.core.deadletters import payloads_of
 from rheon.core.errors import FlowError, columns_hint
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators.aggregations import Aggregation
-from rheon.operators.base import LATE, MAIN, Operator, Output
+from rheon.operators.base import LATE, MAIN, Operator, Output, State
 from rheon.time.windows import WindowAssigner
 
 __all__ = ["WE", "WS", "RecordBuffer", "WindowOperator"]
@@ -84,6 +85,7 @@ class WindowOperator(Operator):
     """
 
     kind = "window"
+    stateful = True
 
     def __init__(
         self,
@@ -135,6 +137,41 @@ class WindowOperator(Operator):
     @abstractmethod
     def _fire(self, hi: int, pre: pl.Series | None) -> pl.DataFrame | None:
         """Emit windows whose end is in ``(self.wm, hi]`` and advance ``self.wm`` to ``hi``."""
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    @override
+    def signature(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "window": repr(self.assigner),
+            "keys": self.keys,
+            "time": self.time_col,
+            "aggs": {field: repr(agg) for field, agg in self.aggs.items()},
+            "allowed_lateness_ms": self.lateness_ms,
+        }
+
+    @abstractmethod
+    def _state_frames(self) -> dict[str, pl.DataFrame]:
+        """The state's frames (after merging anything buffered)."""
+
+    @abstractmethod
+    def _load_frames(self, frames: dict[str, pl.DataFrame]) -> None:
+        """Load the frames written by :meth:`_state_frames`."""
+
+    @override
+    def snapshot(self) -> State:
+        return self._state_frames(), {"wm": self.wm, "time_type": self.ttype}
+
+    @override
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+        self._init_state()
+        self.wm = objects["wm"]
+        if self.ttype is None:
+            self.ttype = objects["time_type"]
+        if self.ttype is not None:
+            self._resolved()
+        self._load_frames(frames)
 
     # -- shared machinery ------------------------------------------------------------------
 

@@ -41,6 +41,15 @@ class PaneWindowOperator(WindowOperator):
         self.pending = RecordBuffer()
 
     @override
+    def _state_frames(self) -> dict[str, pl.DataFrame]:
+        self._flush()
+        return {"panes": self.panes} if self.panes is not None else {}
+
+    @override
+    def _load_frames(self, frames: dict[str, pl.DataFrame]) -> None:
+        self.panes = frames.get("panes")
+
+    @override
     def _resolved(self) -> None:
         assert self.ttype is not None
         assert isinstance(self.assigner, Tumbling | Sliding)

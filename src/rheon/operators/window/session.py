@@ -49,6 +49,16 @@ class SessionWindowOperator(WindowOperator):
         self.min_fired_end = MAX_WM
 
     @override
+    def _state_frames(self) -> dict[str, pl.DataFrame]:
+        self._flush()
+        return {"sessions": self.sessions} if self.sessions is not None else {}
+
+    @override
+    def _load_frames(self, frames: dict[str, pl.DataFrame]) -> None:
+        self.sessions = frames.get("sessions")
+        self._refresh_bounds()
+
+    @override
     def _resolved(self) -> None:
         assert self.ttype is not None
         assert isinstance(self.assigner, Session)

@@ -1,0 +1,1 @@
+"""State layer: checkpoint storage (and, later, keyed-state backends)."""

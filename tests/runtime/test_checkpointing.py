@@ -1,0 +1,192 @@
+"""Checkpoints and recovery: a resumed run writes exactly what an uninterrupted one writes."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rheon as rh
+
+EVENTS = [
+    {"k": i % 5, "v": (i * 37) % 11, "ts": i * 40 + (i * 53) % 300} for i in range(600)
+]  # out of order by up to 300 ms
+
+
+class Crash(BaseException):
+    """Stands in for a process dying at a chosen moment."""
+
+
+def build(
+    src_rows,
+    out_dir: Path,
+    *,
+    batch_size: int,
+    stop_after: int | None = None,
+    crash_after: int | None = None,
+    flow_holder: list | None = None,
+) -> rh.Flow:
+    flow = rh.Flow("recover")
+    if flow_holder is not None:
+        flow_holder.append(flow)
+    tx = flow.source(rh.io.Records(src_rows, batch_size=batch_size), time="ts", max_delay="200ms", name="tx")
+    windows = tx.key_by("k").window(rh.tumbling("1s"), name="per_k").agg(n=rh.count(), total=rh.sum("v"))
+    sessions = tx.key_by("k").window(rh.session(gap="150ms"), name="sess").agg(n=rh.count())
+    totals = tx.key_by("k").reduce(lambda acc, r: {**r, "v": acc["v"] + r["v"]}, name="running")
+    seen = [0]
+
+    def watch(row: dict) -> None:
+        seen[0] += 1
+        if crash_after is not None and seen[0] == crash_after:
+            raise Crash
+        if stop_after is not None and seen[0] == stop_after:
+            flow.stop()
+
+    windows.with_columns(kind=rh.lit("w")).select("kind", "k", "window_start", "n", "total").union(
+        sessions.with_columns(kind=rh.lit("s"), total=rh.lit(None, pl.Int64)).select(
+            "kind", "k", "window_start", "n", "total"
+        )
+    ).sink(rh.io.FileSink(out_dir / "windows"), name="windows_out")
+    totals.sink(rh.io.FileSink(out_dir / "totals", format="csv"), name="totals_out")
+    totals.sink(watch, name="watch")
+    return flow
+
+
+def committed(out_dir: Path) -> dict[str, list[dict]]:
+    result = {}
+    for name, reader in (("windows", pl.read_ndjson), ("totals", pl.read_csv)):
+        files = sorted((out_dir / name).glob("part-*"))
+        assert not [p for p in (out_dir / name).iterdir() if p.name.startswith(".")], "in-progress files left"
+        result[name] = [row for f in files for row in reader(f).to_dicts()]
+    # The two window kinds meet in a union, whose interleaving follows batch boundaries (as in
+    # Flink); each kind's own rows are in a fixed order.
+    rows = result.pop("windows")
+    result["tumbling"] = [r for r in rows if r["kind"] == "w"]
+    result["sessions"] = [r for r in rows if r["kind"] == "s"]
+    return result
+
+
+def uninterrupted(tmp_path: Path, rows=EVENTS, batch_size: int = 50) -> dict[str, list[dict]]:
+    out = tmp_path / "reference"
+    build(rows, out, batch_size=batch_size).run()
+    return committed(out)
+
+
+def test_stop_and_resume_gives_the_uninterrupted_output(tmp_path):
+    expected = uninterrupted(tmp_path)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    holder: list = []
+    build(EVENTS, out, batch_size=50, stop_after=170, flow_holder=holder).run(checkpoint_dir=ckpt)
+    first = holder[0].metrics()
+    assert first.records_in < len(EVENTS)  # it really stopped early
+    holder.clear()
+    build(EVENTS, out, batch_size=50, flow_holder=holder).run(checkpoint_dir=ckpt)
+    second = holder[0].metrics()
+    assert second.restored_from is not None
+    assert first.records_in + second.records_in == len(EVENTS)
+    assert committed(out) == expected
+
+
+@pytest.mark.parametrize("crash_after", [1, 90, 333, 599])
+def test_crash_and_restart_gives_the_uninterrupted_output(tmp_path, crash_after):
+    expected = uninterrupted(tmp_path)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        build(EVENTS, out, batch_size=30, crash_after=crash_after).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
+    build(EVENTS, out, batch_size=30).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
+    assert committed(out) == expected
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 10_000),
+    batch_size=st.integers(3, 80),
+    crashes=st.lists(st.integers(1, 249), min_size=1, max_size=3),
+)
+def test_property_any_crashes_give_the_uninterrupted_output(tmp_path_factory, seed, batch_size, crashes):
+    rnd = random.Random(seed)
+    rows = [{"k": rnd.randrange(4), "v": rnd.randrange(10), "ts": i * 30 + rnd.randrange(250)} for i in range(250)]
+    base = tmp_path_factory.mktemp("prop")
+    expected = uninterrupted(base, rows, batch_size=batch_size)
+    out, ckpt = base / "out", base / "ckpt"
+    for crash_after in sorted(crashes):
+        with contextlib.suppress(Crash):
+            build(rows, out, batch_size=batch_size, crash_after=crash_after).run(
+                checkpoint_dir=ckpt, checkpoint_every="0ms"
+            )
+    build(rows, out, batch_size=batch_size).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
+    assert committed(out) == expected
+
+
+def test_a_finished_run_restarted_does_nothing_more(tmp_path):
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    holder: list = []
+    build(EVENTS, out, batch_size=100).run(checkpoint_dir=ckpt)
+    before = committed(out)
+    build(EVENTS, out, batch_size=100, flow_holder=holder).run(checkpoint_dir=ckpt)
+    assert holder[0].metrics().records_in == 0
+    assert committed(out) == before
+
+
+def test_incompatible_change_is_a_clear_error_naming_the_operator(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    rows = [{"k": 1, "ts": 0}]
+
+    def flow_with(window, name="per_k"):
+        flow = rh.Flow("compat")
+        src = flow.source(rh.io.Records(rows), time="ts", name="tx")
+        src.key_by("k").window(window, name=name).agg(n=rh.count()).sink(rh.io.Collect(), name="out")
+        return flow
+
+    flow_with(rh.tumbling("1m")).run(checkpoint_dir=ckpt)
+    with pytest.raises(
+        rh.FlowError,
+        match=r"window 'per_k': its state in checkpoint .*chk-00000001 was written by a different operator.*tumbling\(60000ms\).*tumbling\(30000ms\)",
+    ):
+        flow_with(rh.tumbling("30s")).run(checkpoint_dir=ckpt)
+    with pytest.raises(rh.FlowError, match=r"holds state of per_k, which the flow no longer has"):
+        flow_with(rh.tumbling("1m"), name="renamed").run(checkpoint_dir=ckpt)
+    other = rh.Flow("someone-else")
+    other.source(rh.io.Records(rows)).sink(rh.io.Collect())
+    with pytest.raises(rh.FlowError, match=r"belongs to flow 'compat'\. Use one checkpoint_dir per flow"):
+        other.run(checkpoint_dir=ckpt)
+
+
+def test_compatible_change_resumes(tmp_path):
+    """Stateless steps and sinks may change between runs; state is found by operator name."""
+    ckpt, rows = tmp_path / "ckpt", [{"k": 1, "ts": t} for t in (0, 500, 1500)]
+    first = rh.Flow("compat")
+    src = first.source(rh.io.Records(rows, batch_size=1), time="ts", name="tx")
+    seen: list = []
+
+    def stop_at_first(row):
+        seen.append(row)
+        first.stop()
+
+    src.key_by("k").reduce(lambda a, r: {**r, "n": a.get("n", 1) + 1}, name="count").sink(stop_at_first, name="out")
+    first.run(checkpoint_dir=ckpt)
+
+    second = rh.Flow("compat")
+    src = second.source(rh.io.Records(rows, batch_size=1), time="ts", name="tx")
+    out = rh.io.Collect()
+    src.filter(rh.col("ts") >= 0).key_by("k").reduce(lambda a, r: {**r, "n": a.get("n", 1) + 1}, name="count").sink(
+        out, name="new_sink"
+    )
+    second.run(checkpoint_dir=ckpt)
+    assert [r.get("n") for r in seen + out.rows] == [None, 2, 3]
+
+
+def test_file_sink_without_checkpoints_commits_at_the_end(tmp_path):
+    flow = rh.Flow("plain")
+    flow.source(rh.io.Records([{"a": 1}, {"a": 2}], batch_size=1)).sink(rh.io.FileSink(tmp_path, format="parquet"))
+    flow.run()
+    parts = list(tmp_path.glob("part-*.parquet"))
+    assert len(parts) == 1
+    assert pl.read_parquet(parts[0])["a"].to_list() == [1, 2]
