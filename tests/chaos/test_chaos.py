@@ -63,7 +63,7 @@ def committed(out: Path) -> dict[str, pl.DataFrame]:
 def chaos(tmp_path: Path, *, events: int, files: int, kills: int, seed: int) -> None:
     input_glob = make_input(tmp_path / "in", events, files, seed)
     reference = run_flow(input_glob, tmp_path / "ref", tmp_path / "ref-ckpt")
-    out, err = reference.communicate(timeout=600)
+    _, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err
     expected = committed(tmp_path / "ref")
     assert all(frame.height for frame in expected.values())
