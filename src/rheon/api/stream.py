@@ -14,6 +14,7 @@ from rheon.core.eventtime import TimeType
 from rheon.io.base import Sink
 from rheon.io.callback import Callback
 from rheon.operators.aggregations import Aggregation
+from rheon.operators.process import KeyedProcess
 from rheon.operators.reduce import Reduce
 from rheon.operators.rowfn import RowStep
 from rheon.operators.stateless import ExprFilter, Select, WithColumns
@@ -383,6 +384,34 @@ class Stream:
         """
         return WindowedStream(self, (), assigner, allowed_lateness, name)
 
+    def side_output(self, tag: str) -> Stream:
+        """The rows a process function sent with ``ctx.output(tag, row)``.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> def split(record, ctx):
+        ...     if record["amount"] < 0:
+        ...         ctx.output("refunds", record)
+        ...     else:
+        ...         ctx.emit(record)
+        >>> flow = rh.Flow("side"); out = rh.io.Collect(); refunds = rh.io.Collect()
+        >>> rows = [{"card": "a", "amount": 5}, {"card": "a", "amount": -2}]
+        >>> payments = flow.source(rh.io.Records(rows)).key_by("card").process(split)
+        >>> payments.sink(out); payments.side_output("refunds").sink(refunds)
+        >>> flow.run(); out.rows, refunds.rows
+        ([{'card': 'a', 'amount': 5}], [{'card': 'a', 'amount': -2}])
+        """
+        if self.node.kind != "process" or self.tag != "main":
+            msg = f"side_output(): {self.node.label} is not a process function; side outputs come from .process(...)"
+            raise FlowError(msg)
+        if not isinstance(tag, str) or not tag:
+            msg = f"side_output(): the tag must be a non-empty string (got {tag!r})"
+            raise FlowError(msg)
+        key = f"side:{tag}"
+        self.node.side_outputs.setdefault(key, SideOutput(None, self.time, self.time_type))
+        return Stream(self.flow, self.node, key)
+
     def late(self) -> Stream:
         """The events that arrived after their window had closed (a window's side output).
 
@@ -470,6 +499,61 @@ class KeyedStream:
         """
         return WindowedStream(self.stream, self.keys, assigner, allowed_lateness, name)
 
+    def process(self, fn: Any, *, on_timer: Any = None, name: str | None = None) -> Stream:
+        """Run ``fn(record, ctx)`` for each record, with keyed state, timers and side outputs.
+
+        ``ctx`` (:class:`~rheon.operators.process.ProcessContext`) gives the key
+        (``ctx.key``), the record's event time and watermark, keyed state
+        (``ctx.state("n", default=0)``, ``ctx.state.list(...)``, ``ctx.state.map(...)``, each
+        with an optional ``ttl="1h"``), timers (``ctx.timers.register_event_time(ts)``,
+        ``register_processing_time(ms)``), ``ctx.emit(row)`` and ``ctx.output(tag, row)``.
+        ``on_timer(timestamp, ctx)`` runs when a timer fires. ``fn`` may also be an object with
+        ``process(record, ctx)`` and ``on_timer(timestamp, ctx)`` methods (like Flink's
+        ``KeyedProcessFunction``). State and timers are checkpointed.
+
+        Examples
+        --------
+        Alert when a card spends more than 100 within 10 s of its first payment:
+
+        >>> import rheon as rh
+        >>> class Spend:
+        ...     def process(self, record, ctx):
+        ...         total = ctx.state("total", default=0)
+        ...         if total.get() == 0:
+        ...             ctx.timers.register_event_time(record["ts"] + 10_000)
+        ...         total.set(total.get() + record["amount"])
+        ...     def on_timer(self, timestamp, ctx):
+        ...         spent = ctx.state("total").get()
+        ...         if spent > 100:
+        ...             ctx.emit({"card": ctx.key, "spent": spent, "at": timestamp})
+        ...         ctx.state("total").clear()
+        >>> rows = [{"card": "a", "amount": 80, "ts": 0}, {"card": "a", "amount": 30, "ts": 4_000},
+        ...         {"card": "b", "amount": 5, "ts": 5_000}, {"card": "b", "amount": 1, "ts": 30_000}]
+        >>> flow = rh.Flow("spend"); out = rh.io.Collect()
+        >>> flow.source(rh.io.Records(rows), time="ts").key_by("card").process(Spend()).sink(out)
+        >>> flow.run(); out.rows
+        [{'card': 'a', 'spent': 110, 'at': 10000}]
+        """
+        stream = self.stream
+        op_name = stream.flow.graph.name_for("process", name)
+        where = f"process '{op_name}'"
+        process_fn, timer_fn = _process_callables(fn, on_timer, where)
+        keys, time, time_type = list(self.keys), stream.time, stream.time_type
+
+        def ttl_of(value: str) -> int:
+            return to_ms(value, what=f"{where}: ttl")
+
+        node = Node(
+            "process",
+            op_name,
+            [stream._edge()],
+            make=lambda ctx: KeyedProcess(op_name, keys, time, process_fn, timer_fn, ctx.clock, time_type, ttl_of),
+            time=time,
+            time_type=time_type,
+            uses_event_time=time is not None,
+        )
+        return stream._add(node)
+
     def reduce(self, fn: Callable[[Row, Row], Mapping[str, Any]], *, name: str | None = None) -> Stream:
         """Keep a running value per key: ``acc = fn(acc, record)``; emit each new ``acc``.
 
@@ -501,6 +585,22 @@ class KeyedStream:
             time_type=stream.time_type,
         )
         return stream._add(node)
+
+
+def _process_callables(fn: Any, on_timer: Any, where: str) -> tuple[Callable[..., None], Callable[..., None] | None]:
+    """Accept a function, or an object with ``process`` (and ``on_timer``) methods."""
+    if (not callable(fn) and callable(getattr(fn, "process", None))) or (
+        callable(getattr(fn, "process", None)) and not isinstance(fn, type)
+    ):
+        on_timer = on_timer or getattr(fn, "on_timer", None)
+        fn = fn.process
+    if not callable(fn):
+        msg = f"{where}: expected fn(record, ctx) or an object with process(record, ctx) (got {fn!r})"
+        raise FlowError(msg)
+    if on_timer is not None and not callable(on_timer):
+        msg = f"{where}: on_timer must be a function on_timer(timestamp, ctx) (got {on_timer!r})"
+        raise FlowError(msg)
+    return fn, on_timer
 
 
 class WindowedStream:

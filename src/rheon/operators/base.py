@@ -33,6 +33,8 @@ class Operator(ABC):
     kind = "operator"
     stateful = False
     """Whether :meth:`snapshot` has state to save in checkpoints."""
+    ticking = False
+    """Whether :meth:`on_tick` must be called as processing time passes."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -48,6 +50,10 @@ class Operator(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources at the end of a run."""
+
+    def on_tick(self, now_ns: int, like: Batch) -> list[Output]:
+        """Processing time has reached ``now_ns``: emit what depends on it (processing-time timers)."""
+        return []
 
     # -- checkpoints -------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _MAX_SLEEP_S = 0.05
 _UNKNOWN_WAIT_S = 0.002
 _KEEP_DEAD = 1_000
+_TICK_S = 0.01  # processing-time timers fire within ~10 ms of their time
 
 
 @dataclass(eq=False)
@@ -97,6 +98,7 @@ class Executor:
         self.sources: list[_SourceTask] = []
         self.ops: list[Operator] = []
         self.op_stats: list[OperatorStats] = []
+        self.ticking = False
 
     # -- building ---------------------------------------------------------------------------
 
@@ -139,6 +141,7 @@ class Executor:
         for group in self.plan.groups:
             self.ops.append(self._build_group(group))
             self.op_stats.append(OperatorStats(group.label))
+        self.ticking = any(op.ticking for op in self.ops)
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -154,6 +157,10 @@ class Executor:
         t0 = time.perf_counter_ns()
         outputs = op.process(port, batch)
         stats.busy_ns += time.perf_counter_ns() - t0
+        self._route(index, outputs)
+
+    def _route(self, index: int, outputs: list[tuple[str, Batch]]) -> None:
+        stats = self.op_stats[index]
         tail_id = self.plan.groups[index].tail.id
         for tag, out in outputs:
             if tag == DEAD:
@@ -166,6 +173,15 @@ class Executor:
             else:
                 stats.rows_out += out.frame.height
             self._push(tail_id, tag, out)
+
+    def _tick(self, now_ns: int) -> None:
+        """Let operators that depend on processing time (timers) act on it."""
+        for index, op in enumerate(self.ops):
+            if not op.ticking:
+                continue
+            outputs = op.on_tick(now_ns, Batch(pl.DataFrame(), watermark=MIN_WM, ingest_ns=now_ns))
+            if outputs:
+                self._route(index, outputs)
 
     def _dead(self, batch: Batch) -> None:
         frame = batch.frame
@@ -349,6 +365,8 @@ class Executor:
                                 self._end_source(task)
                         self._end_dead_letters()
                     break
+                if self.ticking:
+                    self._tick(self.clock.now_ns())
                 if coordinator is not None and coordinator.due(self.clock.now_ns()):
                     coordinator.checkpoint()
                 if not progressed:
@@ -361,6 +379,8 @@ class Executor:
                             wait = min(wait, max(0.0, left / 1e9))
                     if coordinator is not None:
                         wait = min(wait, coordinator.seconds_until_due(self.clock.now_ns()))
+                    if self.ticking:
+                        wait = min(wait, _TICK_S)
                     self.clock.sleep(min(wait, _MAX_SLEEP_S), self.stop_event)
             # The run ended normally (input exhausted, or stopped between batches): make the
             # output final. With checkpoints, a last checkpoint lets a restart resume exactly here.

@@ -1,0 +1,333 @@
+"""Keyed process functions: per-record Python with keyed state, timers and side outputs.
+
+The function runs once per record, in arrival order, with a context bound to the record's key.
+Event-time timers fire when the watermark passes them, judged per record like everything else:
+a timer fires before the first record whose watermark has reached it (in timestamp order, then
+registration order), so the output does not depend on batching. Processing-time timers fire
+when the flow's clock reaches them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from operator import itemgetter
+from typing import Any
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.core.batch import MIN_WM, WM_COL, Batch
+from rheon.core.deadletters import dead_letter_frame, payload_of
+from rheon.core.errors import FlowError
+from rheon.core.eventtime import TimeType, time_type_of
+from rheon.operators._rows import frame_to_rows, no_gc, rows_to_frame
+from rheon.operators.base import DEAD, MAIN, Operator, Output, State
+from rheon.state.keyed import ListState, MapState, ValueState
+from rheon.time.clock import Clock
+
+__all__ = ["KeyedProcess", "ProcessContext"]
+
+Row = dict[str, Any]
+ProcessFn = Callable[[Row, "ProcessContext"], None]
+TimerFn = Callable[[Any, "ProcessContext"], None]
+
+
+class _StateAccess:
+    """``ctx.state(name, default=..., ttl=...)`` for a value; ``.list(...)`` and ``.map(...)``."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: ProcessContext) -> None:
+        self._ctx = ctx
+
+    def __call__(self, name: str, default: Any = None, *, ttl: str | None = None) -> ValueState:
+        return ValueState(self._ctx._cells(), name, self._ctx._op._ttl(ttl), self._ctx._op._now_ms, default)
+
+    def value(self, name: str, default: Any = None, *, ttl: str | None = None) -> ValueState:
+        """Same as calling ``ctx.state(name, ...)``."""
+        return self(name, default, ttl=ttl)
+
+    def list(self, name: str, *, ttl: str | None = None) -> ListState:
+        """A list per key."""
+        return ListState(self._ctx._cells(), name, self._ctx._op._ttl(ttl), self._ctx._op._now_ms)
+
+    def map(self, name: str, *, ttl: str | None = None) -> MapState:
+        """A dict per key."""
+        return MapState(self._ctx._cells(), name, self._ctx._op._ttl(ttl), self._ctx._op._now_ms)
+
+
+class _Timers:
+    """``ctx.timers``: register and delete timers for the current key."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: ProcessContext) -> None:
+        self._ctx = ctx
+
+    def register_event_time(self, when: int | datetime) -> None:
+        """Call ``on_timer`` once the watermark reaches ``when`` (epoch ms, or a datetime)."""
+        op = self._ctx._op
+        op._add_timer(op.event_timers, op.event_set, op._ticks(when), self._ctx.key)
+
+    def register_processing_time(self, epoch_ms: int) -> None:
+        """Call ``on_timer`` once the flow's clock reaches ``epoch_ms``."""
+        op = self._ctx._op
+        op._add_timer(op.proc_timers, op.proc_set, int(epoch_ms), self._ctx.key)
+
+    def delete_event_time(self, when: int | datetime) -> None:
+        """Cancel an event-time timer of the current key."""
+        op = self._ctx._op
+        op.event_set.discard((op._ticks(when), self._ctx.key))
+
+    def delete_processing_time(self, epoch_ms: int) -> None:
+        """Cancel a processing-time timer of the current key."""
+        self._ctx._op.proc_set.discard((int(epoch_ms), self._ctx.key))
+
+
+class ProcessContext:
+    """What a process function sees for one record (or one timer).
+
+    Attributes
+    ----------
+    key
+        The record's key (a value, or a tuple for several key columns).
+    timestamp
+        The record's event time as it is in the record (or the timer's time in ``on_timer``).
+    watermark
+        The watermark before this record, epoch ms (``None`` before the first).
+    state
+        Keyed state: ``ctx.state("n", default=0)`` (a value), ``ctx.state.list("seen")``,
+        ``ctx.state.map("by_merchant")``; each takes ``ttl="1h"``.
+    timers
+        ``ctx.timers.register_event_time(ts)`` / ``register_processing_time(ms)`` and deletes.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> def count(record, ctx):
+    ...     n = ctx.state("n", default=0)
+    ...     n.set(n.get() + 1)
+    ...     ctx.emit({"card": ctx.key, "n": n.get()})
+    >>> flow = rh.Flow("p"); out = rh.io.Collect()
+    >>> rows = [{"card": "a", "ts": 0}, {"card": "b", "ts": 1}, {"card": "a", "ts": 2}]
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("card").process(count).sink(out)
+    >>> flow.run(); out.rows
+    [{'card': 'a', 'n': 1}, {'card': 'b', 'n': 1}, {'card': 'a', 'n': 2}]
+    """
+
+    __slots__ = ("_op", "key", "state", "timers", "timestamp", "watermark")
+
+    def __init__(self, op: KeyedProcess) -> None:
+        self._op = op
+        self.key: Any = None
+        self.timestamp: Any = None
+        self.watermark: int | None = None
+        self.state = _StateAccess(self)
+        self.timers = _Timers(self)
+
+    def _cells(self) -> dict[str, Any]:
+        return self._op.states.setdefault(self.key, {})
+
+    @property
+    def now_ms(self) -> int:
+        """Processing time (the flow's clock), epoch ms."""
+        return self._op._now_ms()
+
+    def emit(self, row: Row) -> None:
+        """Send a row (a dict) downstream."""
+        self._op._emit(None, row)
+
+    def output(self, tag: str, row: Row) -> None:
+        """Send a row to the side output ``tag`` (read it with ``.side_output(tag)``)."""
+        self._op._emit(tag, row)
+
+
+class KeyedProcess(Operator):
+    """Runs ``fn(record, ctx)`` per record and ``on_timer(timestamp, ctx)`` per timer."""
+
+    kind = "process"
+    stateful = True
+    ticking = True
+
+    def __init__(
+        self,
+        name: str,
+        keys: Sequence[str],
+        time_col: str | None,
+        fn: ProcessFn,
+        on_timer: TimerFn | None,
+        clock: Clock,
+        time_type: TimeType | None,
+        ttl_of: Callable[[str], int],
+    ) -> None:
+        super().__init__(name)
+        self.keys = list(keys)
+        self.time_col = time_col
+        self.fn = fn
+        self.on_timer = on_timer
+        self.clock = clock
+        self.ttype = time_type
+        self.ttl_of = ttl_of
+        self.states: dict[Any, dict[str, Any]] = {}
+        self.event_timers: list[tuple[int, int, Any]] = []
+        self.event_set: set[tuple[int, Any]] = set()
+        self.proc_timers: list[tuple[int, int, Any]] = []
+        self.proc_set: set[tuple[int, Any]] = set()
+        self.seq = 0
+        self.forwarded = MIN_WM
+        self.ctx = ProcessContext(self)
+        self._out: dict[str | None, tuple[list[Row], list[int]]] = {}
+        self._dead: list[tuple[str, str]] = []
+        self._current_wm = MIN_WM
+
+    # -- helpers used by the context ---------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return self.clock.now_ns() // 1_000_000
+
+    def _ttl(self, ttl: str | None) -> int | None:
+        return None if ttl is None else self.ttl_of(ttl)
+
+    def _ticks(self, when: int | datetime) -> int:
+        per_ms = self.ttype.ticks_per_ms if self.ttype is not None else 1
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                msg = f"{self.label}: timer time {when!r} has no time zone; give an aware datetime or epoch ms"
+                raise FlowError(msg)
+            return int(when.timestamp() * 1000) * per_ms
+        return int(when) * per_ms
+
+    def _from_ticks(self, ticks: int) -> Any:
+        if self.ttype is None or not isinstance(self.ttype.dtype, pl.Datetime):
+            return ticks
+        return pl.Series([ticks]).cast(self.ttype.dtype).item()
+
+    def _add_timer(self, heap: list[tuple[int, int, Any]], live: set[tuple[int, Any]], at: int, key: Any) -> None:
+        if (at, key) in live:
+            return
+        live.add((at, key))
+        self.seq += 1
+        heapq.heappush(heap, (at, self.seq, key))
+
+    def _emit(self, tag: str | None, row: Row) -> None:
+        if not isinstance(row, dict):
+            msg = f"{self.label}: emit() takes a dict (got {type(row).__name__})"
+            raise TypeError(msg)
+        rows, wms = self._out.setdefault(tag, ([], []))
+        rows.append(row)
+        wms.append(self._current_wm)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _fire(self, heap: list[tuple[int, int, Any]], live: set[tuple[int, Any]], upto: int, domain: str) -> None:
+        ctx = self.ctx
+        while heap and heap[0][0] <= upto:
+            at, _, key = heapq.heappop(heap)
+            if (at, key) not in live:
+                continue  # deleted
+            live.discard((at, key))
+            ctx.key = key
+            ctx.timestamp = self._from_ticks(at) if domain == "event" else at
+            if self.on_timer is None:
+                continue
+            try:
+                self.on_timer(ctx.timestamp, ctx)
+            except Exception as exc:
+                reason = f"on_timer: {type(exc).__name__}: {exc}"
+                self._dead.append((reason, payload_of({"timer": ctx.timestamp, "key": key, "domain": domain})))
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _outputs(self, batch: Batch) -> list[Output]:
+        outputs: list[Output] = []
+        main_rows, main_wms = self._out.pop(None, ([], []))
+        outputs.append((MAIN, batch.with_frame(rows_to_frame(main_rows, main_wms) if main_rows else pl.DataFrame())))
+        for tag, (rows, wms) in self._out.items():
+            outputs.append(
+                (f"side:{tag}", Batch(rows_to_frame(rows, wms), watermark=batch.watermark, ingest_ns=batch.ingest_ns))
+            )
+        self._out = {}
+        if self._dead:
+            letters = dead_letter_frame(self.label, [r for r, _ in self._dead], [p for _, p in self._dead])
+            outputs.append((DEAD, Batch(letters, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
+            self._dead = []
+        return outputs
+
+    @override
+    def process(self, port: int, batch: Batch) -> list[Output]:
+        frame = batch.frame
+        with no_gc():
+            if frame.height:
+                if self.ttype is None and self.time_col is not None and self.time_col in frame.columns:
+                    self.ttype = time_type_of(frame.schema[self.time_col], column=self.time_col, where=self.label)
+                self._records(frame)
+            if batch.watermark > self.forwarded:
+                self._current_wm = self.forwarded
+                self._fire(self.event_timers, self.event_set, batch.watermark, "event")
+                self.forwarded = batch.watermark
+        return self._outputs(batch)
+
+    def _records(self, frame: pl.DataFrame) -> None:
+        rows, _ = frame_to_rows(frame)
+        pre = frame.get_column(WM_COL).to_list() if WM_COL in frame.columns else [self.forwarded] * frame.height
+        key_of = itemgetter(*self.keys)
+        per_ms = self.ttype.ticks_per_ms if self.ttype is not None else 1
+        ctx, fn, time_col = self.ctx, self.fn, self.time_col
+        heap = self.event_timers
+        for row, wm in zip(rows, pre, strict=True):
+            if heap and heap[0][0] <= wm:
+                self._current_wm = self.forwarded
+                self._fire(heap, self.event_set, wm, "event")
+            self.forwarded = max(self.forwarded, wm)
+            self._current_wm = wm
+            try:
+                ctx.key = key_of(row)
+            except KeyError as exc:
+                self._dead.append((f"missing key column {exc}", payload_of(row)))
+                continue
+            ctx.timestamp = row.get(time_col) if time_col is not None else None
+            ctx.watermark = wm // per_ms if wm > MIN_WM else None
+            try:
+                fn(row, ctx)
+            except Exception as exc:
+                self._dead.append((f"{type(exc).__name__}: {exc}", payload_of(row)))
+
+    @override
+    def on_tick(self, now_ns: int, like: Batch) -> list[Output]:
+        now_ms = now_ns // 1_000_000
+        if not self.proc_timers or self.proc_timers[0][0] > now_ms:
+            return []
+        with no_gc():
+            self._current_wm = self.forwarded
+            self._fire(self.proc_timers, self.proc_set, now_ms, "processing")
+        return self._outputs(like)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @override
+    def signature(self) -> dict[str, Any]:
+        return {"kind": self.kind, "keys": self.keys, "function": getattr(self.fn, "__qualname__", repr(self.fn))}
+
+    @override
+    def snapshot(self) -> State:
+        return {}, {
+            "states": self.states,
+            "event": [(at, key) for at, _, key in sorted(self.event_timers) if (at, key) in self.event_set],
+            "processing": [(at, key) for at, _, key in sorted(self.proc_timers) if (at, key) in self.proc_set],
+            "forwarded": self.forwarded,
+            "time_type": self.ttype,
+        }
+
+    @override
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+        self.states = objects["states"]
+        self.event_timers, self.event_set, self.proc_timers, self.proc_set = [], set(), [], set()
+        for at, key in objects["event"]:
+            self._add_timer(self.event_timers, self.event_set, at, key)
+        for at, key in objects["processing"]:
+            self._add_timer(self.proc_timers, self.proc_set, at, key)
+        self.forwarded = objects["forwarded"]
+        if self.ttype is None:
+            self.ttype = objects["time_type"]
