@@ -95,7 +95,8 @@ def _rows(seed, n=300):
 def test_matches_a_record_at_a_time_model_at_any_batch_size(seed, batch_size):
     rows = _rows(seed)
     expected = reference(rows, 200)
-    assert expected[0] and expected[1]
+    assert expected[0]
+    assert expected[1]
     assert run(rows, batch_size) == expected
 
 
