@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from rheon.api._schema import infer
+from rheon.api.joins import LatestByKey, keyed_join, lookup_join
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.core.eventtime import TimeType
@@ -412,8 +414,37 @@ class Stream:
         self.node.side_outputs.setdefault(key, SideOutput(None, self.time, self.time_type))
         return Stream(self.flow, self.node, key)
 
+    def join(
+        self,
+        table: pl.DataFrame | str | Path,
+        *,
+        on: str | list[str],
+        how: str = "inner",
+        suffix: str = "_right",
+        name: str | None = None,
+    ) -> Stream:
+        """Enrich records with the rows of a static table (a DataFrame or a Parquet/CSV/JSON-lines
+        file) that share the ``on`` columns; ``how="left"`` keeps records with no match.
+
+        Right columns whose names the stream already uses get ``suffix``. For a table that
+        changes, join with a changelog stream: ``key_by(...).join(other.key_by(...).latest())``.
+
+        Examples
+        --------
+        >>> import rheon as rh, polars as pl
+        >>> merchants = pl.DataFrame({"merchant": ["m1", "m2"], "category": ["food", "books"]})
+        >>> flow = rh.Flow("enrich"); out = rh.io.Collect()
+        >>> tx = flow.source(rh.io.Records([{"merchant": "m2", "amount": 9}, {"merchant": "m9", "amount": 1}]))
+        >>> tx.join(merchants, on="merchant", how="left").sink(out)
+        >>> flow.run(); out.rows
+        [{'merchant': 'm2', 'amount': 9, 'category': 'books'}, {'merchant': 'm9', 'amount': 1, 'category': None}]
+        """
+        return lookup_join(self, table, on=on, how=how, suffix=suffix, name=name)
+
     def late(self) -> Stream:
         """The events that arrived after their window had closed (a window's side output).
+
+        On a join, the records (of either side) that arrived behind the watermark.
 
         Examples
         --------
@@ -425,10 +456,10 @@ class Stream:
         >>> flow.run(); late.rows
         [{'k': 1, 'ts': 600}]
         """
-        if self.node.kind != "window" or self.tag != "main":
+        if "late" not in self.node.side_outputs or self.tag != "main":
             msg = (
-                f"late(): {self.node.label} is not a window aggregation; late() is defined on the "
-                "result of .window(...).agg(...)."
+                f"late(): {self.node.label} is not a window aggregation or a join; late() is defined "
+                "on the result of .window(...).agg(...) and of .join(...)."
             )
             raise FlowError(msg)
         return Stream(self.flow, self.node, "late")
@@ -553,6 +584,64 @@ class KeyedStream:
             uses_event_time=time is not None,
         )
         return stream._add(node)
+
+    def join(
+        self,
+        other: KeyedStream | LatestByKey | pl.DataFrame | str | Path,
+        *,
+        between: tuple[Duration, Duration] | None = None,
+        window: Tumbling | Sliding | Session | None = None,
+        how: str = "inner",
+        suffix: str = "_right",
+        name: str | None = None,
+    ) -> Stream:
+        """Join with another keyed stream, a changelog stream's ``.latest()``, or a table.
+
+        * ``between=("-5m", "+5m")`` — **interval join**: each left record pairs with the right
+          records of its key whose time is within ``[left time - 5m, left time + 5m]``.
+        * ``window=rh.tumbling("1m")`` — **window join**: left and right records of a key pair
+          up when they fall in the same window; rows get ``window_start`` and ``window_end``.
+        * ``other.key_by(...).latest()`` — **temporal join**: each left record gets the right
+          side's latest value for its key as of the record's event time.
+        * a DataFrame or file path — **lookup join** against a static table on the key columns.
+
+        Output rows have the left columns, then the right ones (without the right keys; names
+        already used get ``suffix``). With ``how="left"`` a left record that finds nothing
+        comes out once, with nulls, when it can no longer find a match. Records behind the
+        watermark go to ``.late()``. Buffers are state: checkpointed and bounded by the
+        watermark.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("join")
+        >>> pays = flow.source(rh.io.Records([{"card": "a", "amount": 9, "ts": 60_000},
+        ...                                   {"card": "b", "amount": 1, "ts": 61_000}]), time="ts")
+        >>> logins = flow.source(rh.io.Records([{"card": "a", "city": "Oslo", "ts": 30_000}]), time="ts")
+        >>> out = rh.io.Collect()
+        >>> (pays.key_by("card").join(logins.key_by("card"), between=("-5m", "0s"), how="left")
+        ...      .sink(out))
+        >>> flow.run(); out.rows
+        [{'card': 'a', 'amount': 9, 'ts': 60000, 'city': 'Oslo', 'ts_right': 30000}, {'card': 'b', 'amount': 1, 'ts': 61000, 'city': None, 'ts_right': None}]
+        """
+        return keyed_join(self, other, between=between, window=window, how=how, suffix=suffix, name=name)
+
+    def latest(self) -> LatestByKey:
+        """This changelog stream as a table of the latest value per key, for a temporal join.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("fx"); out = rh.io.Collect()
+        >>> rates = flow.source(rh.io.Records([{"cur": "EUR", "rate": 1.10, "ts": 0},
+        ...                                    {"cur": "EUR", "rate": 1.20, "ts": 5_000}]), time="ts")
+        >>> pays = flow.source(rh.io.Records([{"cur": "EUR", "amount": 10, "ts": 3_000},
+        ...                                   {"cur": "EUR", "amount": 10, "ts": 6_000}]), time="ts")
+        >>> pays.key_by("cur").join(rates.key_by("cur").latest()).sink(out)
+        >>> flow.run(); [(r["ts"], r["rate"]) for r in out.rows]
+        [(3000, 1.1), (6000, 1.2)]
+        """
+        return LatestByKey(self)
 
     def reduce(self, fn: Callable[[Row, Row], Mapping[str, Any]], *, name: str | None = None) -> Stream:
         """Keep a running value per key: ``acc = fn(acc, record)``; emit each new ``acc``.

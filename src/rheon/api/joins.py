@@ -1,0 +1,242 @@
+"""Building joins: interval, window and temporal joins of keyed streams; lookup joins of a
+stream with a static table. ``KeyedStream.join`` and ``Stream.join`` call into here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from rheon.core.durations import Duration, to_ms
+from rheon.core.errors import FlowError, columns_hint, did_you_mean
+from rheon.operators.join import IntervalJoin, LookupJoin, TemporalJoin, WindowJoin
+from rheon.operators.join.common import right_names
+from rheon.runtime.graph import Node, SideOutput
+from rheon.time.windows import Session, Sliding, Tumbling
+
+if TYPE_CHECKING:
+    from rheon.api.stream import KeyedStream, Stream
+
+__all__ = ["LatestByKey", "keyed_join", "lookup_join", "signed_ms"]
+
+_HOW = ("inner", "left")
+
+
+class LatestByKey:
+    """A changelog stream read as a table: the latest value per key as of each event's time.
+
+    Made by :meth:`KeyedStream.latest`; join a keyed stream with it for a temporal join.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> flow = rh.Flow("t")
+    >>> rates = flow.source(rh.io.Records([{"cur": "EUR", "rate": 1.1, "ts": 0}]), time="ts")
+    >>> rates.key_by("cur").latest()
+    <LatestByKey of source 'source_1' by ('cur',)>
+    """
+
+    def __init__(self, keyed: KeyedStream) -> None:
+        self.keyed = keyed
+
+    def __repr__(self) -> str:
+        return f"<LatestByKey of {self.keyed.stream.node.label} by {self.keyed.keys}>"
+
+
+def signed_ms(value: Duration, *, what: str) -> int:
+    """A duration that may be negative: ``"-5m"``, ``"+5m"``, ``"30s"`` or a timedelta.
+
+    Examples
+    --------
+    >>> signed_ms("-5m", what="x"), signed_ms("+1s", what="x"), signed_ms(timedelta(seconds=-2), what="x")
+    (-300000, 1000, -2000)
+    """
+    if isinstance(value, timedelta):
+        sign = -1 if value < timedelta(0) else 1
+        return sign * to_ms(abs(value), what=what)
+    if isinstance(value, str):
+        text = value.strip()
+        if text[:1] in "+-" and text:
+            return (-1 if text[0] == "-" else 1) * to_ms(text[1:], what=what)
+    return to_ms(value, what=what)
+
+
+def _how(how: str, where: str) -> str:
+    if how not in _HOW:
+        msg = f"{where}: how must be 'inner' or 'left' (got {how!r})"
+        raise FlowError(msg)
+    return how
+
+
+def _output_schema(
+    left: pl.Schema | None, right: pl.Schema | None, right_keys: list[str], suffix: str
+) -> pl.Schema | None:
+    if left is None or right is None:
+        return None
+    names = right_names(left.names(), right.names(), right_keys, suffix)
+    return pl.Schema({**dict(left), **{out: right[name] for name, out in names.items()}})
+
+
+def keyed_join(
+    left: KeyedStream,
+    other: Any,
+    *,
+    between: tuple[Duration, Duration] | None,
+    window: Tumbling | Sliding | Session | None,
+    how: str,
+    suffix: str,
+    name: str | None,
+) -> Stream:
+    """Interval, window or temporal join of two keyed streams (see ``KeyedStream.join``)."""
+    from rheon.api.stream import KeyedStream
+
+    stream = left.stream
+    flow = stream.flow
+    if isinstance(other, pl.DataFrame | str | Path):
+        return lookup_join(stream, other, on=list(left.keys), how=how, suffix=suffix, name=name)
+    kind = (
+        "temporal_join"
+        if isinstance(other, LatestByKey)
+        else ("window_join" if window is not None else "interval_join")
+    )
+    op_name = flow.graph.name_for(kind, name)
+    where = f"{kind} '{op_name}'"
+    how = _how(how, where)
+    right = other.keyed if isinstance(other, LatestByKey) else other
+    if not isinstance(right, KeyedStream):
+        msg = (
+            f"{where}: join with another keyed stream (b.key_by(...)), its .latest() for a temporal "
+            f"join, or a table (DataFrame or file path) (got {other!r})"
+        )
+        raise FlowError(msg)
+    stream._check_same_flow(right.stream, where)
+    if len(right.keys) != len(left.keys):
+        msg = f"{where}: the two sides have {len(left.keys)} and {len(right.keys)} key columns; key both by as many"
+        raise FlowError(msg)
+    for side, s in (("left", stream), ("right", right.stream)):
+        if s.time is None:
+            msg = f'{where}: the {side} stream has no event-time column; joins need time="..." on its source'
+            raise FlowError(msg)
+    if (
+        stream.time_type is not None
+        and right.stream.time_type is not None
+        and stream.time_type != right.stream.time_type
+    ):
+        msg = f"{where}: the two sides' event times have different types ({stream.time_type.dtype} and {right.stream.time_type.dtype})"
+        raise FlowError(msg)
+    left_keys, right_keys = list(left.keys), list(right.keys)
+    left_time, right_time = stream.time, right.stream.time
+    assert left_time is not None
+    assert right_time is not None
+    time_type = stream.time_type or right.stream.time_type
+    schema = _output_schema(stream.schema, right.stream.schema, right_keys, suffix)
+    out_time = left_time
+    if kind == "temporal_join":
+        if between is not None or window is not None:
+            msg = f"{where}: a temporal join (with .latest()) takes neither between= nor window="
+            raise FlowError(msg)
+
+        def make(ctx: object) -> TemporalJoin:
+            return TemporalJoin(op_name, left_keys, right_keys, left_time, right_time, how, suffix, time_type)
+
+    elif (between is None) == (window is None):
+        msg = f'{where}: give exactly one of between=("-5m", "+5m") (interval join) or window=rh.tumbling("1m")'
+        raise FlowError(msg)
+    elif between is not None:
+        if not isinstance(between, tuple | list) or len(between) != 2:
+            msg = f'{where}: between must be a pair such as ("-5m", "+5m") (got {between!r})'
+            raise FlowError(msg)
+        lower = signed_ms(between[0], what=f"{where}: between[0]")
+        upper = signed_ms(between[1], what=f"{where}: between[1]")
+        if lower > upper:
+            msg = f"{where}: between starts after it ends ({between[0]!r} > {between[1]!r})"
+            raise FlowError(msg)
+
+        def make(ctx: object) -> IntervalJoin:  # type: ignore[misc]
+            return IntervalJoin(
+                op_name, left_keys, right_keys, left_time, right_time, how, suffix, time_type, lower, upper
+            )
+
+    else:
+        if not isinstance(window, Tumbling | Sliding):
+            msg = f"{where}: window joins take rh.tumbling(...) or rh.sliding(...) (got {window!r})"
+            raise FlowError(msg)
+        assigner = window
+        out_time = "window_start"
+        if schema is not None and time_type is not None:
+            schema = pl.Schema({**dict(schema), "window_start": time_type.dtype, "window_end": time_type.dtype})
+
+        def make(ctx: object) -> WindowJoin:  # type: ignore[misc]
+            return WindowJoin(op_name, left_keys, right_keys, left_time, right_time, how, suffix, time_type, assigner)
+
+    node = Node(
+        kind,
+        op_name,
+        [stream._edge(), right.stream._edge()],
+        make=make,
+        schema=schema,
+        time=out_time,
+        time_type=time_type,
+        uses_event_time=True,
+        side_outputs={"late": SideOutput(None, None, None)},
+    )
+    return stream._add(node)
+
+
+def _load_table(table: pl.DataFrame | str | Path, where: str) -> pl.DataFrame:
+    if isinstance(table, pl.DataFrame):
+        return table
+    path = Path(table)
+    if not path.is_file():
+        msg = f"{where}: no table file at '{path}'. Try a DataFrame, or a .parquet/.csv/.jsonl path."
+        raise FlowError(msg)
+    readers: dict[str, Callable[[Path], pl.DataFrame]] = {
+        ".parquet": pl.read_parquet,
+        ".csv": pl.read_csv,
+        ".jsonl": pl.read_ndjson,
+        ".ndjson": pl.read_ndjson,
+    }
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        msg = f"{where}: cannot read '{path.name}' as a table; use .parquet, .csv or .jsonl"
+        raise FlowError(msg)
+    return reader(path)
+
+
+def lookup_join(
+    stream: Stream,
+    table: pl.DataFrame | str | Path,
+    *,
+    on: str | list[str],
+    how: str,
+    suffix: str,
+    name: str | None,
+) -> Stream:
+    """Join a stream with a static table on columns ``on`` (see ``Stream.join``)."""
+    op_name = stream.flow.graph.name_for("lookup_join", name)
+    where = f"lookup_join '{op_name}'"
+    how = _how(how, where)
+    frame = _load_table(table, where)
+    keys = [on] if isinstance(on, str) else list(on)
+    if not keys:
+        msg = f"{where}: on= must name at least one column"
+        raise FlowError(msg)
+    for key in keys:
+        if key not in frame.columns:
+            msg = f"{where}: the table has no column '{key}' {columns_hint(frame.columns)}.{did_you_mean(key, frame.columns)}"
+            raise FlowError(msg)
+    stream._columns(where, keys)
+    schema = _output_schema(stream.schema, frame.schema, keys, suffix)
+    node = Node(
+        "lookup_join",
+        op_name,
+        [stream._edge()],
+        make=lambda ctx: LookupJoin(op_name, frame, keys, keys, how, suffix),
+        schema=schema,
+        time=stream.time,
+        time_type=stream.time_type,
+    )
+    return stream._add(node)
