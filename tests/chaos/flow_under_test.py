@@ -1,4 +1,5 @@
-"""The flow the chaos test kills: files in, windows and a keyed reduce, files out.
+"""The flow the chaos test kills: files in; windows, a keyed reduce, a process function with
+event-time timers and an interval join; files out.
 
 Run: python flow_under_test.py INPUT_GLOB OUT_DIR CHECKPOINT_DIR
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import rheon as rh
 import rheon.io.filesink as filesink_module
 import rheon.state.checkpoints as checkpoints_module
+from rheon.operators.process import ProcessContext
 
 
 def _install_crash_points() -> None:
@@ -49,6 +51,23 @@ def _install_crash_points() -> None:
     filesink_module._FileSinkLogic._rename = rename  # type: ignore[method-assign]
 
 
+class Bursts:
+    """Per key: count events; 2 s (event time) after a key's first event, report how many came."""
+
+    def process(self, record: dict, ctx: ProcessContext) -> None:
+        n = ctx.state("n", default=0)
+        if n.get() == 0:
+            ctx.timers.register_event_time(record["ts"] + 2_000)
+        n.set(n.get() + 1)
+        ctx.state.list("values").append(record["value"])
+
+    def on_timer(self, timestamp: int, ctx: ProcessContext) -> None:
+        values = ctx.state.list("values").get()
+        ctx.emit({"key": ctx.key, "at": timestamp, "n": ctx.state("n").get(), "top": max(values)})
+        ctx.state("n").clear()
+        ctx.state.list("values").clear()
+
+
 def build(input_glob: str, out: Path) -> rh.Flow:
     flow = rh.Flow("chaos")
     events = flow.source(rh.io.JsonLines(input_glob, batch_size=5_000), time="ts", max_delay="1s", name="events")
@@ -65,6 +84,12 @@ def build(input_glob: str, out: Path) -> rh.Flow:
     keyed.reduce(lambda acc, r: {**r, "value": acc["value"] + r["value"]}, name="running").filter(
         rh.col("ts") % 7 == 0
     ).sink(rh.io.FileSink(out / "running"), name="running_out")
+    keyed.process(Bursts(), name="bursts").sink(rh.io.FileSink(out / "bursts"), name="bursts_out")
+    views = events.filter(rh.col("kind") == "view", name="views").key_by("key")
+    buys = events.filter(rh.col("kind") == "buy", name="buys").key_by("key")
+    views.join(buys, between=("-100ms", "+100ms"), name="view_buy").filter(rh.col("key") < 10, name="some_keys").sink(
+        rh.io.FileSink(out / "joined", format="csv"), name="joined_out"
+    )
     return flow
 
 
