@@ -17,6 +17,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,9 @@ WORKLOADS: dict[str, tuple[str, Build]] = {
         lambda s: s.key_by("key").window(rh.session(gap="500ms")).agg(n=rh.count()),
     ),
 }
+WORKLOADS["Q2C"] = ("Q2 with a checkpoint every second", WORKLOADS["Q2"][1])
+WORKLOADS["Q2C100"] = ("Q2 with a checkpoint every 100 ms", WORKLOADS["Q2"][1])
+CHECKPOINT_EVERY = {"Q2C": "1s", "Q2C100": "100ms"}
 
 
 def _stateless(s: rh.Stream) -> rh.Stream:
@@ -83,9 +87,11 @@ def run_throughput(name: str, events: int, batch_size: int) -> dict[str, object]
     out = rh.io.Collect()
     source = flow.source(rh.io.Records(frame, batch_size=batch_size), time="ts", max_delay="2s")
     build(source).sink(out)
-    started = time.perf_counter()
-    flow.run()
-    seconds = time.perf_counter() - started
+    every = CHECKPOINT_EVERY.get(name)
+    with tempfile.TemporaryDirectory(prefix="rheon-bench-ckpt-") as ckpt:
+        started = time.perf_counter()
+        flow.run(checkpoint_dir=ckpt if every else None, checkpoint_every=every)
+        seconds = time.perf_counter() - started
     stats = flow.metrics()
     assert stats is not None
     return {
@@ -95,6 +101,7 @@ def run_throughput(name: str, events: int, batch_size: int) -> dict[str, object]
         "events_per_s": round(frame.height / seconds),
         "out_rows": len(out),
         "late": stats.late_rows,
+        "checkpoints": stats.checkpoints,
         "loaded_mb": round(loaded_mb),
         "peak_mb": round(_rss_mb()),
     }
@@ -177,15 +184,16 @@ def main() -> None:
         spread = f"  [{runs[0]['events_per_s']:,} .. {runs[-1]['events_per_s']:,}]" if len(runs) > 1 else ""
         if name in LATENCY:
             print(
-                f"{name:4} {LATENCY[name][0]:48} {result['events_per_s']:>12,} ev/s  "
+                f"{name:6} {LATENCY[name][0]:48} {result['events_per_s']:>12,} ev/s  "
                 f"p50 {result['latency_p50_ms']:.3f} ms  p99 {result['latency_p99_ms']:.3f} ms  "
                 f"peak {result['peak_mb']:,} MB"
             )
         else:
             print(
-                f"{name:4} {WORKLOADS[name][0]:48} {result['events_per_s']:>12,} ev/s  "
+                f"{name:6} {WORKLOADS[name][0]:48} {result['events_per_s']:>12,} ev/s  "
                 f"{result['seconds']:7.3f} s  out {result['out_rows']:>9,}  "
                 f"peak {result['peak_mb']:,} MB (data {result['loaded_mb']:,} MB){spread}"
+                + (f"  checkpoints {result['checkpoints']}" if result.get("checkpoints") else "")
             )
 
 

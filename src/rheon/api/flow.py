@@ -20,6 +20,7 @@ from rheon.runtime.executor import Executor
 from rheon.runtime.graph import Graph, Node
 from rheon.runtime.plan import make_plan
 from rheon.runtime.stats import RunStats
+from rheon.state.backends import BACKENDS
 from rheon.time.clock import Clock, SystemClock
 
 __all__ = ["Flow"]
@@ -43,6 +44,10 @@ class Flow:
         :class:`~rheon.RecordError`, ``"skip"`` only counts it.
     checkpoint_dir, checkpoint_every
         Defaults for :meth:`run`: where to keep checkpoints (none by default) and how often.
+    state_backend
+        Where keyed state of process functions and reduce lives: ``"memory"`` (default; a dict,
+        with incremental checkpoints) or ``"rocksdb"`` (on disk, for state larger than memory;
+        ``pip install 'rheon[rocksdb]'``).
 
     Examples
     --------
@@ -67,6 +72,7 @@ class Flow:
         on_error: str = "dead_letter",
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: Duration = "1s",
+        state_backend: str = "memory",
     ) -> None:
         if on_error not in _POLICIES:
             msg = f"Flow '{name}': on_error must be one of {', '.join(_POLICIES)} (got {on_error!r})"
@@ -76,6 +82,10 @@ class Flow:
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
         to_ms(checkpoint_every, what=f"Flow '{name}': checkpoint_every")
+        if state_backend not in BACKENDS:
+            msg = f"Flow '{name}': state_backend must be one of {', '.join(BACKENDS)} (got {state_backend!r})"
+            raise FlowError(msg)
+        self.state_backend = state_backend
         self.graph = Graph(name)
         self._dead_node: Node | None = None
         self._executor: Executor | None = None
@@ -240,6 +250,7 @@ class Flow:
             duration_ms=duration_ms,
             drain=drain,
             checkpoints=settings,
+            state_backend=self.state_backend,
         )
         self._executor = executor
         restore = _install_signal_handlers(self._stop) if handle_signals else None

@@ -23,6 +23,7 @@ from rheon.operators.stateless import ExprFilter, Select, WithColumns
 from rheon.operators.union import Union
 from rheon.operators.window import PaneWindowOperator, SessionWindowOperator
 from rheon.runtime.graph import Edge, Node, SideOutput
+from rheon.state.backends import make_backend
 from rheon.time.windows import Session, Sliding, Tumbling
 
 if TYPE_CHECKING:
@@ -578,7 +579,17 @@ class KeyedStream:
             "process",
             op_name,
             [stream._edge()],
-            make=lambda ctx: KeyedProcess(op_name, keys, time, process_fn, timer_fn, ctx.clock, time_type, ttl_of),
+            make=lambda ctx: KeyedProcess(
+                op_name,
+                keys,
+                time,
+                process_fn,
+                timer_fn,
+                ctx.clock,
+                time_type,
+                ttl_of,
+                make_backend(ctx.state_backend, ctx.state_dir),
+            ),
             time=time,
             time_type=time_type,
             uses_event_time=time is not None,
@@ -669,7 +680,7 @@ class KeyedStream:
             "reduce",
             op_name,
             [stream._edge()],
-            make=lambda ctx: Reduce(op_name, keys, fn),
+            make=lambda ctx: Reduce(op_name, keys, fn, make_backend(ctx.state_backend, ctx.state_dir)),
             time=stream.time,
             time_type=stream.time_type,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -36,6 +37,9 @@ class BuildContext:
     operator: str
     clock: Clock = field(default_factory=SystemClock)
     stop: threading.Event = field(default_factory=threading.Event)
+    state_backend: str = "memory"
+    state_dir: Path | None = None
+    """Where operators may keep on-disk state (under the checkpoint directory), if anywhere."""
 
 
 class SourceLogic(ABC):

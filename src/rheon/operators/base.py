@@ -11,6 +11,7 @@ import polars as pl
 from rheon.core.batch import Batch
 from rheon.core.deadletters import dead_letter_frame
 from rheon.core.errors import FlowError
+from rheon.state.shared import SharedFiles
 
 __all__ = ["DEAD", "LATE", "MAIN", "Operator", "Output", "State"]
 
@@ -61,11 +62,11 @@ class Operator(ABC):
         """What must stay the same for this operator's checkpointed state to be restored."""
         return {"kind": self.kind}
 
-    def snapshot(self) -> State | None:
+    def snapshot(self, files: SharedFiles) -> State | None:
         """The operator's state as ``(frames, objects)``, or ``None`` if it keeps none."""
         return None
 
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
         """Load state written by :meth:`snapshot`."""
         msg = f"{self.label} keeps no state and cannot restore any"
         raise FlowError(msg)

@@ -24,7 +24,9 @@ from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._rows import frame_to_rows, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
+from rheon.state.backends import KeyedStateBackend, MemoryBackend
 from rheon.state.keyed import ListState, MapState, ValueState
+from rheon.state.shared import SharedFiles
 from rheon.time.clock import Clock
 
 __all__ = ["KeyedProcess", "ProcessContext"]
@@ -117,18 +119,25 @@ class ProcessContext:
     [{'card': 'a', 'n': 1}, {'card': 'b', 'n': 1}, {'card': 'a', 'n': 2}]
     """
 
-    __slots__ = ("_op", "key", "state", "timers", "timestamp", "watermark")
+    __slots__ = ("_bound", "_op", "key", "state", "timers", "timestamp", "watermark")
 
     def __init__(self, op: KeyedProcess) -> None:
         self._op = op
+        self._bound: dict[str, Any] | None = None
         self.key: Any = None
         self.timestamp: Any = None
         self.watermark: int | None = None
         self.state = _StateAccess(self)
         self.timers = _Timers(self)
 
+    def _bind(self, key: Any) -> None:
+        self.key = key
+        self._bound = None
+
     def _cells(self) -> dict[str, Any]:
-        return self._op.states.setdefault(self.key, {})
+        if self._bound is None:
+            self._bound = self._op.backend.cells(self.key)
+        return self._bound
 
     @property
     def now_ms(self) -> int:
@@ -161,6 +170,7 @@ class KeyedProcess(Operator):
         clock: Clock,
         time_type: TimeType | None,
         ttl_of: Callable[[str], int],
+        backend: KeyedStateBackend | None = None,
     ) -> None:
         super().__init__(name)
         self.keys = list(keys)
@@ -170,7 +180,7 @@ class KeyedProcess(Operator):
         self.clock = clock
         self.ttype = time_type
         self.ttl_of = ttl_of
-        self.states: dict[Any, dict[str, Any]] = {}
+        self.backend = backend if backend is not None else MemoryBackend()
         self.event_timers: list[tuple[int, int, Any]] = []
         self.event_set: set[tuple[int, Any]] = set()
         self.proc_timers: list[tuple[int, int, Any]] = []
@@ -228,7 +238,7 @@ class KeyedProcess(Operator):
             if (at, key) not in live:
                 continue  # deleted
             live.discard((at, key))
-            ctx.key = key
+            ctx._bind(key)
             ctx.timestamp = self._from_ticks(at) if domain == "event" else at
             if self.on_timer is None:
                 continue
@@ -267,6 +277,7 @@ class KeyedProcess(Operator):
                 self._current_wm = self.forwarded
                 self._fire(self.event_timers, self.event_set, batch.watermark, "event")
                 self.forwarded = batch.watermark
+            self.backend.end_batch()
         return self._outputs(batch)
 
     def _records(self, frame: pl.DataFrame) -> None:
@@ -283,7 +294,7 @@ class KeyedProcess(Operator):
             self.forwarded = max(self.forwarded, wm)
             self._current_wm = wm
             try:
-                ctx.key = key_of(row)
+                ctx._bind(key_of(row))
             except KeyError as exc:
                 self._dead.append((f"missing key column {exc}", payload_of(row)))
                 continue
@@ -302,6 +313,7 @@ class KeyedProcess(Operator):
         with no_gc():
             self._current_wm = self.forwarded
             self._fire(self.proc_timers, self.proc_set, now_ms, "processing")
+            self.backend.end_batch()
         return self._outputs(like)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -311,9 +323,13 @@ class KeyedProcess(Operator):
         return {"kind": self.kind, "keys": self.keys, "function": getattr(self.fn, "__qualname__", repr(self.fn))}
 
     @override
-    def snapshot(self) -> State:
+    def close(self) -> None:
+        self.backend.close()
+
+    @override
+    def snapshot(self, files: SharedFiles) -> State:
         return {}, {
-            "states": self.states,
+            "state": self.backend.snapshot(files),
             "event": [(at, key) for at, _, key in sorted(self.event_timers) if (at, key) in self.event_set],
             "processing": [(at, key) for at, _, key in sorted(self.proc_timers) if (at, key) in self.proc_set],
             "forwarded": self.forwarded,
@@ -321,8 +337,8 @@ class KeyedProcess(Operator):
         }
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
-        self.states = objects["states"]
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
+        self.backend.restore(objects["state"], files)
         self.event_timers, self.event_set, self.proc_timers, self.proc_set = [], set(), [], set()
         for at, key in objects["event"]:
             self._add_timer(self.event_timers, self.event_set, at, key)

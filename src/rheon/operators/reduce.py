@@ -13,6 +13,8 @@ from rheon.core.batch import WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payload_of
 from rheon.operators._rows import ROW_CHUNK, concat_frames, frame_to_rows, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
+from rheon.state.backends import KeyedStateBackend, MemoryBackend
+from rheon.state.shared import SharedFiles
 
 __all__ = ["Reduce"]
 
@@ -32,23 +34,33 @@ class Reduce(Operator):
     kind = "reduce"
     stateful = True
 
-    def __init__(self, name: str, keys: Sequence[str], fn: Callable[[Row, Row], Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        keys: Sequence[str],
+        fn: Callable[[Row, Row], Mapping[str, Any]],
+        backend: KeyedStateBackend | None = None,
+    ) -> None:
         super().__init__(name)
         self.keys = list(keys)
         self.fn = fn
-        self.state: dict[Any, Row] = {}
+        self.backend = backend if backend is not None else MemoryBackend()
 
     @override
     def signature(self) -> dict[str, Any]:
         return {"kind": self.kind, "keys": self.keys}
 
     @override
-    def snapshot(self) -> State:
-        return {}, {"state": self.state}
+    def snapshot(self, files: SharedFiles) -> State:
+        return {}, {"state": self.backend.snapshot(files)}
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
-        self.state = dict(objects["state"])
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
+        self.backend.restore(objects["state"], files)
+
+    @override
+    def close(self) -> None:
+        self.backend.close()
 
     @override
     def process(self, port: int, batch: Batch) -> list[Output]:
@@ -64,6 +76,7 @@ class Reduce(Operator):
                     for i in range(0, frame.height, ROW_CHUNK)
                 ]
             )
+            self.backend.end_batch()
         outputs: list[Output] = [(MAIN, batch.with_frame(out))]
         if dead_reasons:
             letters = dead_letter_frame(self.label, dead_reasons, dead_payloads)
@@ -73,13 +86,13 @@ class Reduce(Operator):
     def _chunk(self, frame: pl.DataFrame, dead_reasons: list[str], dead_payloads: list[str]) -> pl.DataFrame:
         rows, _ = frame_to_rows(frame)
         key_of = itemgetter(*self.keys)
-        state, fn = self.state, self.fn
+        cells_of, fn = self.backend.cells, self.fn
         out: list[Row] = []
         idx: list[int] = []
         for i, row in enumerate(rows):
             try:
-                key = key_of(row)
-                acc = state.get(key, _MISSING)
+                cells = cells_of(key_of(row))
+                acc = cells.get("acc", _MISSING)
             except (KeyError, TypeError) as exc:
                 dead_reasons.append(f"bad key {self.keys}: {type(exc).__name__}: {exc}")
                 dead_payloads.append(payload_of(row))
@@ -88,7 +101,7 @@ class Reduce(Operator):
                 new: Any = row
             else:
                 try:
-                    new = fn(acc, row)  # type: ignore[arg-type]
+                    new = fn(acc, row)
                 except Exception as exc:
                     dead_reasons.append(f"{type(exc).__name__}: {exc}")
                     dead_payloads.append(payload_of(row))
@@ -98,7 +111,7 @@ class Reduce(Operator):
                     dead_payloads.append(payload_of(row))
                     continue
             snapshot = dict(new)
-            state[key] = snapshot
+            cells["acc"] = snapshot
             out.append(dict(snapshot))
             idx.append(i)
         wms = frame.get_column(WM_COL).gather(idx).to_list() if WM_COL in frame.columns else None

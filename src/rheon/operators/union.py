@@ -9,6 +9,7 @@ from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
 from rheon.operators.base import MAIN, Operator, Output, State
+from rheon.state.shared import SharedFiles
 
 __all__ = ["Union"]
 
@@ -37,11 +38,11 @@ class Union(Operator):
         return {"kind": self.kind, "inputs": len(self.wm)}
 
     @override
-    def snapshot(self) -> State:
+    def snapshot(self, files: SharedFiles) -> State:
         return {}, {"wm": self.wm, "idle": self.idle, "ended": self.ended, "out_wm": self.out_wm}
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
         self.wm, self.idle, self.ended = list(objects["wm"]), list(objects["idle"]), list(objects["ended"])
         self.out_wm = objects["out_wm"]
 

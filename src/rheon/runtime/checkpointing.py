@@ -63,6 +63,7 @@ class CheckpointCoordinator:
         self.count = 0
         self.restored_from: int | None = None
         self.last_duration_ms: float | None = None
+        self.restore_ms: float | None = None
 
     def _sinks(self) -> list[SinkOperator]:
         return [op for op in self.executor.ops if isinstance(op, SinkOperator)]
@@ -79,6 +80,13 @@ class CheckpointCoordinator:
 
     def restore(self) -> None:
         """Load the latest complete checkpoint, if any, into the executor's sources and operators."""
+        started = time.perf_counter()
+        try:
+            self._restore()
+        finally:
+            self.restore_ms = (time.perf_counter() - started) * 1000
+
+    def _restore(self) -> None:
         ex = self.executor
         checkpoint = self.store.latest()
         self.last_ns = ex.clock.now_ns()
@@ -111,7 +119,7 @@ class CheckpointCoordinator:
             used.add(name)
             if not op.stateful or _normal(op.signature()) != snap.signature:
                 raise self._mismatch(group.label, checkpoint.path, snap.signature, _normal(op.signature()))
-            op.restore(snap.frames, snap.objects)
+            op.restore(snap.frames, snap.objects, self.store.shared_for(name))
         unknown = sorted(set(checkpoint.operators) - used)
         if unknown:
             msg = (
@@ -148,10 +156,13 @@ class CheckpointCoordinator:
                 "source", _normal(ex.source_signature(task)), {}, ex.snapshot_source(task)
             )
         for group, op in zip(ex.plan.groups, ex.ops, strict=True):
-            state = op.snapshot() if op.stateful else None
+            files = self.store.shared_for(group.tail.name)
+            state = op.snapshot(files) if op.stateful else None
             if state is not None:
                 frames, objects = state
-                snaps[group.tail.name] = OperatorSnapshot(op.kind, _normal(op.signature()), frames, objects)
+                snaps[group.tail.name] = OperatorSnapshot(
+                    op.kind, _normal(op.signature()), frames, objects, files.referenced
+                )
         meta = {"flow": ex.plan.graph.name, "created_ms": ex.clock.now_ns() // 1_000_000, "finished": final}
         self.store.write(checkpoint_id, meta, snaps)
         for sink in sinks:

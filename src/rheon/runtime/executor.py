@@ -79,8 +79,10 @@ class Executor:
         duration_ms: int | None = None,
         drain: bool = False,
         checkpoints: CheckpointSettings | None = None,
+        state_backend: str = "memory",
     ) -> None:
         self.plan = plan
+        self.state_backend = state_backend
         self.checkpoint_settings = checkpoints
         self.coordinator: CheckpointCoordinator | None = None
         self.clock = clock
@@ -103,7 +105,17 @@ class Executor:
     # -- building ---------------------------------------------------------------------------
 
     def _ctx(self, node: Node) -> BuildContext:
-        return BuildContext(flow=self.plan.graph.name, operator=node.name, clock=self.clock, stop=self.stop_event)
+        state_dir = None
+        if self.checkpoint_settings is not None:
+            state_dir = self.checkpoint_settings.directory / "work" / node.name
+        return BuildContext(
+            flow=self.plan.graph.name,
+            operator=node.name,
+            clock=self.clock,
+            stop=self.stop_event,
+            state_backend=self.state_backend,
+            state_dir=state_dir,
+        )
 
     def _build_group(self, group: OpGroup) -> Operator:
         head = group.head
@@ -445,4 +457,6 @@ class Executor:
             unhandled_dead_letters=list(self.unhandled),
             checkpoints=self.coordinator.count if self.coordinator is not None else 0,
             restored_from=self.coordinator.restored_from if self.coordinator is not None else None,
+            checkpoint_ms=self.coordinator.last_duration_ms if self.coordinator is not None else None,
+            restore_ms=self.coordinator.restore_ms if self.coordinator is not None else None,
         )

@@ -32,6 +32,8 @@ class RunStats:
         Checkpoints taken by this run.
     restored_from
         The checkpoint this run resumed from, if it did.
+    checkpoint_ms, restore_ms
+        How long the last checkpoint took, and loading the one this run resumed from.
 
     Examples
     --------
@@ -58,6 +60,8 @@ class RunStats:
     unhandled_dead_letters: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: int = 0
     restored_from: int | None = None
+    checkpoint_ms: float | None = None
+    restore_ms: float | None = None
 
     @property
     def events_per_s(self) -> float:

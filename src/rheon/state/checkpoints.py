@@ -17,18 +17,20 @@ spoiled.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from rheon.core.errors import FlowError
+from rheon.state.shared import SharedFiles
 
 __all__ = ["Checkpoint", "CheckpointStore", "OperatorSnapshot"]
 
@@ -52,6 +54,18 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def _unpickle(data: bytes) -> Any:
+    """Unpickle with the cyclic GC paused: rebuilding a million small dicts otherwise triggers
+    hundreds of full collections (2.6 s instead of 0.5 s for 1M keys of process state)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return pickle.loads(data)
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @dataclass
 class OperatorSnapshot:
     """What one operator (or source) saved: frames and Python objects, plus its signature."""
@@ -60,6 +74,7 @@ class OperatorSnapshot:
     signature: Mapping[str, Any]
     frames: dict[str, pl.DataFrame]
     objects: dict[str, Any]
+    shared: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -143,6 +158,7 @@ class CheckpointStore:
                 "signature": snap.signature,
                 "frames": frame_files,
                 "objects": object_file,
+                "shared": snap.shared,
             }
         manifest = {"format": FORMAT_VERSION, "id": checkpoint_id, **meta, "operators": entries}
         _write_file(tmp / "manifest.json", json.dumps(manifest, indent=1, default=str).encode())
@@ -162,8 +178,8 @@ class CheckpointStore:
         operators = {}
         for name, entry in manifest.pop("operators").items():
             frames = {key: pl.read_ipc((path / file).read_bytes()) for key, file in entry["frames"].items()}
-            objects = pickle.loads((path / entry["objects"]).read_bytes()) if entry["objects"] else {}
-            operators[name] = OperatorSnapshot(entry["kind"], entry["signature"], frames, objects)
+            objects = _unpickle((path / entry["objects"]).read_bytes()) if entry["objects"] else {}
+            operators[name] = OperatorSnapshot(entry["kind"], entry["signature"], frames, objects, entry["shared"])
         return Checkpoint(checkpoint_id, path, manifest, operators)
 
     def latest(self) -> Checkpoint | None:
@@ -178,3 +194,18 @@ class CheckpointStore:
                 shutil.rmtree(entry, ignore_errors=True)
         for old in self._complete_ids()[: -self.keep]:
             shutil.rmtree(self.directory / f"{_PREFIX}{old:08d}", ignore_errors=True)
+        keep: set[str] = set()
+        for cid in self._complete_ids():
+            manifest = json.loads((self.directory / f"{_PREFIX}{cid:08d}" / "manifest.json").read_text())
+            for entry in manifest["operators"].values():
+                keep.update(entry.get("shared", []))
+        SharedFiles.collect_garbage(self.shared_dir, keep)
+
+    @property
+    def shared_dir(self) -> Path:
+        """Where operators keep state files shared between checkpoints."""
+        return self.directory / "shared"
+
+    def shared_for(self, owner: str) -> SharedFiles:
+        """A :class:`SharedFiles` for one operator's next snapshot (or its restore)."""
+        return SharedFiles(self.shared_dir, owner)

@@ -17,6 +17,7 @@ from typing_extensions import override
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators.base import MAIN, Operator, Output, State
+from rheon.state.shared import SharedFiles
 
 __all__ = ["ID", "PHASE", "POS", "T", "TwoInputJoin", "right_names"]
 
@@ -177,7 +178,7 @@ class TwoInputJoin(Operator):
         }
 
     @override
-    def snapshot(self) -> State:
+    def snapshot(self, files: SharedFiles) -> State:
         raise NotImplementedError
 
     @staticmethod

@@ -24,6 +24,7 @@ from rheon.core.batch import MIN_WM, WM_COL, Batch
 from rheon.core.eventtime import TimeType
 from rheon.operators.base import LATE, Output, State
 from rheon.operators.join.common import ID, PHASE, POS, T, TwoInputJoin
+from rheon.state.shared import SharedFiles
 
 __all__ = ["IntervalJoin"]
 
@@ -183,7 +184,7 @@ class IntervalJoin(TwoInputJoin):
         return {**super().signature(), "between_ms": [self.lower_ms, self.upper_ms]}
 
     @override
-    def snapshot(self) -> State:
+    def snapshot(self, files: SharedFiles) -> State:
         frames = {}
         if self.left_buf is not None:
             frames["left"] = self.left_buf
@@ -192,7 +193,7 @@ class IntervalJoin(TwoInputJoin):
         return frames, self._base_state()
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
         self._load_base(objects)
         self.left_buf = frames.get("left")
         self.right_buf = frames.get("right")

@@ -19,6 +19,7 @@ from rheon.core.batch import MAX_WM, WM_COL, Batch
 from rheon.core.eventtime import TimeType
 from rheon.operators.base import LATE, Output, State
 from rheon.operators.join.common import ID, T, TwoInputJoin
+from rheon.state.shared import SharedFiles
 
 __all__ = ["TemporalJoin"]
 
@@ -124,7 +125,7 @@ class TemporalJoin(TwoInputJoin):
         self.versions = pl.concat([latest.select(versions.columns), versions.filter(pl.col(RT) > horizon)])
 
     @override
-    def snapshot(self) -> State:
+    def snapshot(self, files: SharedFiles) -> State:
         frames = {}
         if self.pending is not None:
             frames["pending"] = self.pending
@@ -133,7 +134,7 @@ class TemporalJoin(TwoInputJoin):
         return frames, self._base_state()
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
         self._load_base(objects)
         self.pending = frames.get("pending")
         self.versions = frames.get("versions")

@@ -17,6 +17,7 @@ from rheon.core.batch import MIN_WM, WM_COL, Batch
 from rheon.core.eventtime import TimeType
 from rheon.operators.base import LATE, Output, State
 from rheon.operators.join.common import ID, T, TwoInputJoin
+from rheon.state.shared import SharedFiles
 from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 
 __all__ = ["WindowJoin"]
@@ -139,11 +140,11 @@ class WindowJoin(TwoInputJoin):
         return {**super().signature(), "window": repr(self.assigner)}
 
     @override
-    def snapshot(self) -> State:
+    def snapshot(self, files: SharedFiles) -> State:
         frames = {name: buf for name, buf in zip(("left", "right"), self.buffers, strict=True) if buf is not None}
         return frames, self._base_state()
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
         self._load_base(objects)
         self.buffers = [frames.get("left"), frames.get("right")]

@@ -22,6 +22,7 @@ from rheon.core.errors import FlowError, columns_hint
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
+from rheon.state.shared import SharedFiles
 from rheon.time.windows import WindowAssigner
 
 __all__ = ["WE", "WS", "RecordBuffer", "WindowOperator"]
@@ -160,11 +161,11 @@ class WindowOperator(Operator):
         """Load the frames written by :meth:`_state_frames`."""
 
     @override
-    def snapshot(self) -> State:
+    def snapshot(self, files: SharedFiles) -> State:
         return self._state_frames(), {"wm": self.wm, "time_type": self.ttype}
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
         self._init_state()
         self.wm = objects["wm"]
         if self.ttype is None:

@@ -1,0 +1,242 @@
+"""Keyed-state backends: where a keyed operator keeps each key's state.
+
+A key's state is one dict (``{state name: cell}`` for process functions, ``{"acc": ...}`` for
+reduce). Operators ask for it with :meth:`KeyedStateBackend.cells`, change it in place, and call
+:meth:`~KeyedStateBackend.end_batch` after each batch.
+
+* :class:`MemoryBackend` (the default) keeps everything in a Python dict. Its checkpoints are
+  incremental: a full *base* now and then, and in between a *delta* of the keys that changed.
+* :class:`RocksDBBackend` keeps state on disk in RocksDB (``pip install 'rheon[rocksdb]'``), with
+  a bounded in-memory cache, for state larger than memory. A checkpoint is a RocksDB checkpoint:
+  hard links to its immutable files, so it costs little whatever the state's size.
+
+Choose per flow: ``rh.Flow(name, state_backend="rocksdb")``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from rheon.core.errors import FlowError
+from rheon.state.shared import SharedFiles
+
+__all__ = ["BACKENDS", "KeyedStateBackend", "MemoryBackend", "RocksDBBackend", "make_backend"]
+
+BACKENDS = ("memory", "rocksdb")
+
+
+def _loads(data: bytes) -> Any:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return pickle.loads(data)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class KeyedStateBackend(ABC):
+    """Per-operator keyed state."""
+
+    @abstractmethod
+    def cells(self, key: Any) -> dict[str, Any]:
+        """The mutable state dict of ``key`` (empty if new); the key is marked changed."""
+
+    @abstractmethod
+    def end_batch(self) -> None:
+        """A batch is done: drop keys whose state is empty, write back what is cached."""
+
+    @abstractmethod
+    def snapshot(self, files: SharedFiles) -> dict[str, Any]:
+        """Write the state for a checkpoint (into ``files``); return what restore needs."""
+
+    @abstractmethod
+    def restore(self, saved: dict[str, Any], files: SharedFiles) -> None:
+        """Load the state a snapshot wrote."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of keys with state."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files and handles."""
+
+
+class MemoryBackend(KeyedStateBackend):
+    """State in a dict; incremental checkpoints (base + deltas of changed keys).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> backend = MemoryBackend()
+    >>> backend.cells("a")["n"] = (1, 0); backend.end_batch()
+    >>> files = SharedFiles(Path(tempfile.mkdtemp()), "op")
+    >>> saved = backend.snapshot(files)              # first checkpoint: a base
+    >>> backend.cells("b")["n"] = (2, 0); backend.end_batch()
+    >>> saved = backend.snapshot(files)              # then a delta with just "b"
+    >>> [n.split("-")[1] for n in saved["chain"]]
+    ['base', 'delta']
+    >>> again = MemoryBackend(); again.restore(saved, files); sorted(again.data)
+    ['a', 'b']
+    """
+
+    MAX_DELTAS = 8
+
+    def __init__(self) -> None:
+        self.data: dict[Any, dict[str, Any]] = {}
+        self.changed: set[Any] = set()
+        self.chain: list[str] = []
+
+    def cells(self, key: Any) -> dict[str, Any]:
+        self.changed.add(key)
+        found = self.data.get(key)
+        if found is None:
+            found = self.data[key] = {}
+        return found
+
+    def end_batch(self) -> None:
+        data = self.data
+        for key in [k for k in self.changed if not data.get(k, True)]:
+            del data[key]
+
+    def snapshot(self, files: SharedFiles) -> dict[str, Any]:
+        self.end_batch()
+        full = not self.chain or len(self.chain) > self.MAX_DELTAS or len(self.changed) * 2 > len(self.data)
+        if full:
+            self.chain = [files.write("base", _dumps(self.data))]
+        elif self.changed:
+            delta = {key: self.data.get(key) for key in self.changed}
+            self.chain.append(files.write("delta", _dumps(delta)))
+        files.refer(self.chain)
+        self.changed = set()
+        return {"chain": list(self.chain)}
+
+    def restore(self, saved: dict[str, Any], files: SharedFiles) -> None:
+        self.chain = list(saved["chain"])
+        self.data = {}
+        for i, name in enumerate(self.chain):
+            part = _loads(files.read(name))
+            if i == 0:
+                self.data = part
+                continue
+            for key, value in part.items():
+                if value is None:
+                    self.data.pop(key, None)
+                else:
+                    self.data[key] = value
+        self.changed = set()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+class RocksDBBackend(KeyedStateBackend):
+    """State on disk in RocksDB, through a bounded write-back cache of recently used keys.
+
+    Keys and state dicts are pickled. Checkpoints are RocksDB checkpoints (hard links to
+    immutable files), so they are incremental on disk and fast for any state size.
+    """
+
+    CACHE_KEYS = 100_000
+
+    def __init__(self, directory: Path | None = None) -> None:
+        try:
+            import rocksdict
+        except ImportError as exc:
+            msg = "state_backend='rocksdb' needs rocksdict. Try: pip install 'rheon[rocksdb]'"
+            raise FlowError(msg) from exc
+        self._rocksdict = rocksdict
+        self._own_dir = directory is None
+        if directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="rheon-rocksdb-"))
+        else:
+            # A working copy left by an earlier process is stale: state comes from checkpoints.
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            self.directory = directory
+        self.db: Any = self._open(self.directory)
+        self.cache: dict[Any, dict[str, Any]] = {}
+        self.changed: set[Any] = set()
+
+    def _open(self, path: Path) -> Any:
+        options = self._rocksdict.Options(raw_mode=True)
+        return self._rocksdict.Rdict(str(path), options=options)
+
+    def cells(self, key: Any) -> dict[str, Any]:
+        self.changed.add(key)
+        found = self.cache.get(key)
+        if found is None:
+            raw = self.db.get(_dumps(key))
+            found = self.cache[key] = _loads(raw) if raw is not None else {}
+        return found
+
+    def end_batch(self) -> None:
+        db = self.db
+        for key in self.changed:
+            value = self.cache.get(key)
+            if value:
+                db[_dumps(key)] = _dumps(value)
+            else:
+                db.delete(_dumps(key))
+        self.changed = set()
+        if len(self.cache) > self.CACHE_KEYS:
+            self.cache = {}
+
+    def snapshot(self, files: SharedFiles) -> dict[str, Any]:
+        self.end_batch()
+        self.db.flush()
+        name, path = files.new_dir("rocksdb")
+        self._rocksdict.Checkpoint(self.db).create_checkpoint(str(path))
+        return {"dir": name}
+
+    def restore(self, saved: dict[str, Any], files: SharedFiles) -> None:
+        self.db.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        source = files.path(saved["dir"])
+        shutil.copytree(source, self.directory, copy_function=_link_or_copy)
+        self.db = self._open(self.directory)
+        self.cache = {}
+        self.changed = set()
+
+    def __len__(self) -> int:
+        self.end_batch()
+        return sum(1 for _ in self.db.keys())  # noqa: SIM118 - an Rdict, not a dict
+
+    def close(self) -> None:
+        self.db.close()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link immutable RocksDB files (instant); copy the ones RocksDB may rewrite."""
+    name = os.path.basename(src)
+    if name.endswith(".sst"):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
+def make_backend(kind: str, directory: Path | None = None) -> KeyedStateBackend:
+    """The backend called ``kind`` ("memory" or "rocksdb")."""
+    if kind == "memory":
+        return MemoryBackend()
+    if kind == "rocksdb":
+        return RocksDBBackend(directory)
+    msg = f"state_backend must be one of {', '.join(BACKENDS)} (got {kind!r})"
+    raise FlowError(msg)
