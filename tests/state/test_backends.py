@@ -137,3 +137,29 @@ def test_rocksdb_flow_survives_crashes_like_memory(tmp_path):
     assert results["memory"] == reference
     assert results["rocksdb"] == reference
     assert len(reference["process"]) > 50
+
+
+def test_state_is_stored_per_key_group(tmp_path):
+    from rheon.state.keyed import KEY_GROUPS, key_group
+
+    memory = MemoryBackend()
+    rocks = RocksDBBackend(tmp_path / "work")
+    keys = [f"card-{i}" for i in range(500)] + list(range(500))
+    for backend in (memory, rocks):
+        for key in keys:
+            backend.cells(key)["v"] = (str(key), 0)
+        backend.end_batch()
+    files = SharedFiles(tmp_path / "shared", "op")
+    saved = memory.snapshot(files)
+    mine = set(range(0, KEY_GROUPS, 4))  # a worker owning a quarter of the key groups
+    part = MemoryBackend()
+    part.restore(saved, files, key_groups=mine)
+    assert set(part.data) == {k for k in keys if key_group(k) in mine}
+    assert 0 < len(part.data) < len(keys)
+    # RocksDB keys begin with their key group, so each group is one contiguous key range.
+    raw_keys = list(rocks.db.keys())
+    for raw in raw_keys:
+        assert 0 <= raw[0] < KEY_GROUPS
+    firsts = [raw[0] for raw in raw_keys]
+    assert firsts == sorted(firsts)
+    rocks.close()

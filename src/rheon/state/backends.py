@@ -6,6 +6,11 @@ reduce). Operators ask for it with :meth:`KeyedStateBackend.cells`, change it in
 
 * :class:`MemoryBackend` (the default) keeps everything in a Python dict. Its checkpoints are
   incremental: a full *base* now and then, and in between a *delta* of the keys that changed.
+
+State is stored per *key group* (a stable hash of the key into 128 groups, see
+:func:`~rheon.state.keyed.key_group`): checkpoint files hold one section per key group, and
+RocksDB keys start with their key group, so that a worker can restore just the key groups it
+owns.
 * :class:`RocksDBBackend` keeps state on disk in RocksDB (``pip install 'rheon[rocksdb]'``), with
   a bounded in-memory cache, for state larger than memory. A checkpoint is a RocksDB checkpoint:
   hard links to its immutable files, so it costs little whatever the state's size.
@@ -21,15 +26,18 @@ import pickle
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from rheon.core.errors import FlowError
+from rheon.state.keyed import KEY_GROUPS, key_group
 from rheon.state.shared import SharedFiles
 
 __all__ = ["BACKENDS", "KeyedStateBackend", "MemoryBackend", "RocksDBBackend", "make_backend"]
 
 BACKENDS = ("memory", "rocksdb")
+assert KEY_GROUPS <= 256, "RocksDB keys store the key group in one byte"
 
 
 def _loads(data: bytes) -> Any:
@@ -92,7 +100,7 @@ class MemoryBackend(KeyedStateBackend):
     ['a', 'b']
     """
 
-    MAX_DELTAS = 8
+    MAX_DELTAS = 16
 
     def __init__(self) -> None:
         self.data: dict[Any, dict[str, Any]] = {}
@@ -115,27 +123,28 @@ class MemoryBackend(KeyedStateBackend):
         self.end_batch()
         full = not self.chain or len(self.chain) > self.MAX_DELTAS or len(self.changed) * 2 > len(self.data)
         if full:
-            self.chain = [files.write("base", _dumps(self.data))]
+            self.chain = [files.write("base", _dumps(_by_key_group(self.data.items())))]
         elif self.changed:
-            delta = {key: self.data.get(key) for key in self.changed}
+            delta = _by_key_group((key, self.data.get(key)) for key in self.changed)
             self.chain.append(files.write("delta", _dumps(delta)))
         files.refer(self.chain)
         self.changed = set()
         return {"chain": list(self.chain)}
 
-    def restore(self, saved: dict[str, Any], files: SharedFiles) -> None:
+    def restore(self, saved: dict[str, Any], files: SharedFiles, key_groups: set[int] | None = None) -> None:
+        """Load a snapshot; with ``key_groups``, only the state of those key groups."""
         self.chain = list(saved["chain"])
         self.data = {}
-        for i, name in enumerate(self.chain):
-            part = _loads(files.read(name))
-            if i == 0:
-                self.data = part
-                continue
-            for key, value in part.items():
-                if value is None:
-                    self.data.pop(key, None)
-                else:
-                    self.data[key] = value
+        data = self.data
+        for name in self.chain:
+            for group, part in _loads(files.read(name)).items():
+                if key_groups is not None and group not in key_groups:
+                    continue
+                for key, value in part.items():
+                    if value is None:
+                        data.pop(key, None)
+                    else:
+                        data[key] = value
         self.changed = set()
 
     def __len__(self) -> int:
@@ -168,6 +177,7 @@ class RocksDBBackend(KeyedStateBackend):
             self.directory = directory
         self.db: Any = self._open(self.directory)
         self.cache: dict[Any, dict[str, Any]] = {}
+        self.db_keys: dict[Any, bytes] = {}
         self.changed: set[Any] = set()
 
     def _open(self, path: Path) -> Any:
@@ -178,21 +188,23 @@ class RocksDBBackend(KeyedStateBackend):
         self.changed.add(key)
         found = self.cache.get(key)
         if found is None:
-            raw = self.db.get(_dumps(key))
+            db_key = self.db_keys[key] = _db_key(key)
+            raw = self.db.get(db_key)
             found = self.cache[key] = _loads(raw) if raw is not None else {}
         return found
 
     def end_batch(self) -> None:
-        db = self.db
+        db, db_keys = self.db, self.db_keys
         for key in self.changed:
             value = self.cache.get(key)
             if value:
-                db[_dumps(key)] = _dumps(value)
+                db[db_keys[key]] = _dumps(value)
             else:
-                db.delete(_dumps(key))
+                db.delete(db_keys[key])
         self.changed = set()
         if len(self.cache) > self.CACHE_KEYS:
             self.cache = {}
+            self.db_keys = {}
 
     def snapshot(self, files: SharedFiles) -> dict[str, Any]:
         self.end_batch()
@@ -208,6 +220,7 @@ class RocksDBBackend(KeyedStateBackend):
         shutil.copytree(source, self.directory, copy_function=_link_or_copy)
         self.db = self._open(self.directory)
         self.cache = {}
+        self.db_keys = {}
         self.changed = set()
 
     def __len__(self) -> int:
@@ -218,6 +231,23 @@ class RocksDBBackend(KeyedStateBackend):
         self.db.close()
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _by_key_group(items: Iterable[tuple[Any, Any]]) -> dict[int, dict[Any, Any]]:
+    groups: dict[int, dict[Any, Any]] = {}
+    for key, value in items:
+        group = key_group(key)
+        section = groups.get(group)
+        if section is None:
+            section = groups[group] = {}
+        section[key] = value
+    return groups
+
+
+def _db_key(key: Any) -> bytes:
+    """A RocksDB key: the key group (one byte, so each group is one contiguous range), then the
+    pickled key."""
+    return bytes((key_group(key),)) + _dumps(key)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
