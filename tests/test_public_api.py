@@ -13,7 +13,7 @@ EXPECTED_RHEON = [
     "max", "mean", "min", "session", "sliding", "sum", "tumbling",
 ]  # fmt: skip
 EXPECTED_IO = [
-    "BuildContext", "Callback", "Collect", "Console", "Csv", "FileSink", "Generator", "JsonLines", "Parquet", "Records",
+    "BuildContext", "Callback", "Collect", "Console", "Csv", "FileSink", "Generator", "JsonLines", "Kafka", "KafkaSink", "Parquet", "Records",
     "Sink", "SinkLogic", "Source", "SourceLogic",
 ]  # fmt: skip
 

@@ -77,3 +77,34 @@ def test_tumbling_offset_shifts_windows():
     flow.run()
     assert [(r["window_start"], r["window_end"], r["n"]) for r in out.rows] == [(-500, 500, 1), (500, 1500, 1)]
     assert PaneGeometry.of(Tumbling(1000, 500), ticks_per_ms=1000).pane == 1_000_000
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 1000)), max_size=60),
+    st.integers(0, 50),
+    st.integers(1, 10),
+    st.sets(st.sampled_from("abc")),
+)
+def test_split_watermarks_match_a_record_by_record_model(events, delay, split_size, registered):
+    """Per-partition watermarks: min over splits that have data (or were registered), per record."""
+    from rheon.time.watermarks import SplitWatermarks
+
+    tracker = SplitWatermarks(delay)
+    for s in sorted(registered):
+        tracker.add(s, 0)
+    got: list[int] = []
+    for i in range(0, len(events), split_size):
+        chunk = events[i : i + split_size]
+        got += tracker.assign(
+            pl.Series([t for _, t in chunk], dtype=pl.Int64), pl.Series([s for s, _ in chunk]), 0
+        ).to_list()
+    tops: dict[str, int | None] = dict.fromkeys(registered)
+    expected = []
+    for split, t in events:
+        known = list(tops.values())
+        if not known or any(v is None for v in known):
+            expected.append(MIN_WM)
+        else:
+            expected.append(max(min(v for v in known if v is not None) - delay, MIN_WM))
+        tops[split] = t if tops.get(split) is None else max(tops[split], t)  # type: ignore[type-var]
+    assert got == expected

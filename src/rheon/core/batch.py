@@ -12,10 +12,14 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
-__all__ = ["MAX_WM", "MIN_WM", "WM_COL", "Batch", "user_columns"]
+__all__ = ["MAX_WM", "MIN_WM", "SPLIT_COL", "WM_COL", "Batch", "user_columns"]
 
 WM_COL = "__rheon_wm"
 """Hidden int64 column: the watermark before this record, in the stream's time unit."""
+
+SPLIT_COL = "__rheon_split"
+"""Hidden string column a source may add: which split (e.g. Kafka partition) a record came from.
+Watermarks are then tracked per split; the runtime removes the column."""
 
 MIN_WM = -(2**62)
 """Watermark before any event: nothing is complete. Kept far from int64 limits so that

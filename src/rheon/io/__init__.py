@@ -1,7 +1,10 @@
 """Sources and sinks.
 
-Sources: :class:`Records`, :class:`Generator`, :class:`JsonLines`, :class:`Csv`, :class:`Parquet`.
-Sinks: :class:`Collect`, :class:`Callback`, :class:`Console`, :class:`FileSink`.
+Sources: :class:`Records`, :class:`Generator`, :class:`JsonLines`, :class:`Csv`, :class:`Parquet`,
+:class:`Kafka`.
+Sinks: :class:`Collect`, :class:`Callback`, :class:`Console`, :class:`FileSink`, :class:`KafkaSink`.
+Connectors' client libraries are optional extras (``pip install 'rheon[kafka]'``) imported when
+a connector is built.
 Extension points: :class:`Source` / :class:`SourceLogic` and :class:`Sink` / :class:`SinkLogic`.
 """
 
@@ -12,6 +15,7 @@ from rheon.io.console import Console
 from rheon.io.files import Csv, JsonLines, Parquet
 from rheon.io.filesink import FileSink
 from rheon.io.generator import Generator
+from rheon.io.kafka import Kafka, KafkaSink
 from rheon.io.records import Records
 
 __all__ = [
@@ -23,6 +27,8 @@ __all__ = [
     "FileSink",
     "Generator",
     "JsonLines",
+    "Kafka",
+    "KafkaSink",
     "Parquet",
     "Records",
     "Sink",

@@ -40,6 +40,8 @@ class BuildContext:
     state_backend: str = "memory"
     state_dir: Path | None = None
     """Where operators may keep on-disk state (under the checkpoint directory), if anywhere."""
+    checkpointing: bool = False
+    """Whether the run takes checkpoints (sinks then commit per checkpoint)."""
 
 
 class SourceLogic(ABC):
@@ -87,6 +89,18 @@ class SourceLogic(ABC):
     def wait_hint_s(self) -> float | None:
         """Seconds until more data is expected, if the source knows; ``None`` otherwise."""
         return None
+
+    def splits(self) -> list[str] | None:
+        """The splits (e.g. Kafka partitions) this source currently reads, if it has splits.
+
+        Records then carry their split in the hidden ``SPLIT_COL`` column and watermarks are
+        tracked per split; a listed split with no data yet holds the watermark back until it
+        sends data or the source's ``idle_timeout`` passes.
+        """
+        return None
+
+    def checkpoint_done(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
+        """A checkpoint holding this source's position is complete (e.g. commit offsets)."""
 
     def snapshot(self) -> Any:
         """The read position, for a checkpoint (any picklable value).
@@ -172,6 +186,13 @@ class SinkLogic(ABC):
 
     def recover(self, checkpoint_id: int | None) -> None:  # noqa: B027 - optional hook
         """At start-up: finish commits up to ``checkpoint_id`` and discard anything later."""
+
+    def state(self) -> tuple[dict[str, pl.DataFrame], dict[str, Any]] | None:
+        """What the sink needs kept in checkpoints (e.g. output staged for a transaction)."""
+        return None
+
+    def load_state(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:  # noqa: B027
+        """Reload what :meth:`state` returned, before :meth:`recover`."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; called once, after the last write and flush."""

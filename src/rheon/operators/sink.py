@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import Batch, user_columns
 from rheon.core.errors import RheonError, SinkError
 from rheon.core.metrics import LatencyHistogram
 from rheon.io.base import SinkLogic
-from rheon.operators.base import Operator, Output
+from rheon.operators.base import Operator, Output, State
+from rheon.state.shared import SharedFiles
 from rheon.time.clock import Clock
 
 __all__ = ["SinkOperator"]
@@ -24,6 +28,7 @@ class SinkOperator(Operator):
     """
 
     kind = "sink"
+    stateful = True  # only sinks whose logic has state put anything in checkpoints
 
     def __init__(self, name: str, logic: SinkLogic, ports: int, clock: Clock, latency: LatencyHistogram) -> None:
         super().__init__(name)
@@ -49,6 +54,18 @@ class SinkOperator(Operator):
         if batch.end:
             self.ended[port] = True
         return []
+
+    @override
+    def signature(self) -> dict[str, Any]:
+        return {"kind": self.kind, "sink": type(self.logic).__name__}
+
+    @override
+    def snapshot(self, files: SharedFiles) -> State | None:
+        return self.logic.state()
+
+    @override
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
+        self.logic.load_state(frames, objects)
 
     @override
     def close(self) -> None:

@@ -167,6 +167,8 @@ class CheckpointCoordinator:
         self.store.write(checkpoint_id, meta, snaps)
         for sink in sinks:
             sink.logic.commit(checkpoint_id)
+        for task in ex.sources:
+            task.logic.checkpoint_done(checkpoint_id)
         self.next_id += 1
         self.count += 1
         self.last_ns = ex.clock.now_ns()

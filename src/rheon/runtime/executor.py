@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
+from rheon.core.batch import MAX_WM, MIN_WM, SPLIT_COL, WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payloads_of
 from rheon.core.errors import FlowError, RecordError
 from rheon.core.eventtime import TimeType, time_type_of
@@ -32,7 +32,7 @@ from rheon.runtime.graph import Node
 from rheon.runtime.plan import OpGroup, Plan
 from rheon.runtime.stats import RunStats
 from rheon.time.clock import Clock
-from rheon.time.watermarks import WatermarkTracker
+from rheon.time.watermarks import SplitWatermarks, WatermarkTracker
 
 __all__ = ["Executor"]
 
@@ -55,6 +55,13 @@ class _SourceTask:
     last_data_ns: int = 0
     idle: bool = False
     ended: bool = False
+    splits: SplitWatermarks | None = None
+
+    @property
+    def watermark(self) -> int:
+        if self.splits is not None:
+            return self.splits.watermark
+        return self.tracker.watermark if self.tracker is not None else MIN_WM
 
 
 class _PassThrough(Operator):
@@ -115,6 +122,7 @@ class Executor:
             stop=self.stop_event,
             state_backend=self.state_backend,
             state_dir=state_dir,
+            checkpointing=self.checkpoint_settings is not None,
         )
 
     def _build_group(self, group: OpGroup) -> Operator:
@@ -268,15 +276,36 @@ class Executor:
                     task.stats.dead_letters += bad.height
                     frame = frame.filter(~nulls)
                 ticks = frame.get_column(column).cast(pl.Int64)
-                if task.needs_wm:
+                if SPLIT_COL in frame.columns:
+                    splits = self._splits(task, now_ns)
+                    pre = splits.assign(ticks, frame.get_column(SPLIT_COL), now_ns)
+                    if task.needs_wm:
+                        frame = frame.with_columns(pre.alias(WM_COL))
+                elif task.needs_wm:
                     frame = frame.with_columns(task.tracker.assign(ticks).alias(WM_COL))
                 else:
                     task.tracker.observe(ticks)
-        watermark = task.tracker.watermark if task.tracker is not None else MIN_WM
+        if SPLIT_COL in frame.columns:
+            frame = frame.drop(SPLIT_COL)
+        watermark = task.watermark
         ingest = task.logic.last_ingest_ns or now_ns
         task.logic.last_ingest_ns = None
         task.stats.rows_out += frame.height
         self._push(node.id, "main", Batch(frame, watermark=watermark, ingest_ns=ingest))
+
+    def _splits(self, task: _SourceTask, now_ns: int) -> SplitWatermarks:
+        """The per-split watermarks of a source, registering the splits it now reads."""
+        if task.splits is None:
+            assert task.tracker is not None
+            task.splits = SplitWatermarks(task.tracker.max_delay)
+        current = task.logic.splits()
+        if current is not None:
+            known = set(task.splits.max_ts)
+            for split in current:
+                task.splits.add(split, now_ns)
+            for gone in known - set(current):
+                task.splits.remove(gone)
+        return task.splits
 
     def _source_dead(self, task: _SourceTask) -> None:
         letters = task.logic.take_dead_letters()
@@ -293,10 +322,13 @@ class Executor:
         timeout = task.node.idle_timeout_ms
         if timeout is None or task.idle or task.tracker is None:
             return
+        if task.splits is not None and task.splits.check_idle(now_ns, timeout * 1_000_000):
+            # Some partitions went quiet: the others' watermark may move on.
+            self._push(task.node.id, "main", Batch(pl.DataFrame(), watermark=task.watermark))
         if now_ns - task.last_data_ns >= timeout * 1_000_000:
             task.idle = True
             log.info("source_idle source=%s idle_ms=%d", task.node.name, timeout)
-            self._push(task.node.id, "main", Batch(pl.DataFrame(), watermark=task.tracker.watermark, idle=True))
+            self._push(task.node.id, "main", Batch(pl.DataFrame(), watermark=task.watermark, idle=True))
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -314,6 +346,7 @@ class Executor:
         return {
             "position": task.logic.snapshot(),
             "max_ts": task.tracker.max_ts if task.tracker is not None else None,
+            "split_max_ts": dict(task.splits.max_ts) if task.splits is not None else None,
             "time_type": task.time_type,
             "ended": task.ended,
             "stats": (task.stats.rows_in, task.stats.rows_out),
@@ -325,10 +358,16 @@ class Executor:
             task.logic.restore(saved["position"])
         if task.tracker is not None and saved["max_ts"] is not None:
             task.tracker.max_ts = saved["max_ts"]
+        if task.tracker is not None and saved.get("split_max_ts") is not None:
+            task.splits = SplitWatermarks(task.tracker.max_delay)
+            task.splits.max_ts = dict(saved["split_max_ts"])
+            task.splits.registered = set(task.splits.max_ts)
         if saved["time_type"] is not None:
             task.time_type = saved["time_type"]
             if task.tracker is not None:
                 task.tracker.max_delay = task.time_type.ticks(task.node.max_delay_ms)
+                if task.splits is not None:
+                    task.splits.max_delay = task.tracker.max_delay
 
     def run(self, on_start: Callable[[Executor], None] | None = None) -> RunStats:
         """Run until every source is exhausted, the duration passes, or stop is requested."""
@@ -437,10 +476,8 @@ class Executor:
         )
         live = [t for t in self.sources if t.tracker is not None and not t.idle and not t.ended]
         watermark_ms = None
-        if live and all(
-            t.time_type is not None and t.tracker is not None and t.tracker.watermark > MIN_WM for t in live
-        ):
-            watermark_ms = min(t.time_type.to_ms(t.tracker.watermark) for t in live if t.time_type and t.tracker)
+        if live and all(t.time_type is not None and t.watermark > MIN_WM for t in live):
+            watermark_ms = min(t.time_type.to_ms(t.watermark) for t in live if t.time_type)
         lat = self.latency
         return RunStats(
             flow=self.plan.graph.name,

@@ -12,7 +12,7 @@ import polars as pl
 
 from rheon.core.batch import MAX_WM, MIN_WM
 
-__all__ = ["WatermarkTracker"]
+__all__ = ["SplitWatermarks", "WatermarkTracker"]
 
 
 class WatermarkTracker:
@@ -64,3 +64,105 @@ class WatermarkTracker:
             np.clip(pre, MIN_WM, MAX_WM, out=pre)
         self.observe(ticks)
         return pl.Series("wm", pre, dtype=pl.Int64)
+
+
+class SplitWatermarks:
+    """Watermarks of a source made of independent splits (Kafka partitions, say).
+
+    Each split has its own highest event time; the source's watermark is the minimum over the
+    splits that are not idle, minus ``max_delay``. A split that has sent nothing for the idle
+    timeout stops holding the others back until it sends data again.
+
+    Examples
+    --------
+    >>> w = SplitWatermarks(max_delay=0)
+    >>> ticks = pl.Series([10, 100, 20, 200])
+    >>> splits = pl.Series(["p0", "p1", "p0", "p1"])
+    >>> w.assign(ticks, splits, now_ns=0).to_list()  # before each record: min over partitions seen
+    [-4611686018427387904, 10, 10, 20]
+    >>> w.watermark
+    20
+    """
+
+    def __init__(self, max_delay: int) -> None:
+        self.max_delay = max_delay
+        self.max_ts: dict[str, int] = {}
+        self.last_seen_ns: dict[str, int] = {}
+        self.idle: set[str] = set()
+        self.registered: set[str] = set()
+
+    def _combined(self, tops: dict[str, int]) -> int:
+        live = [ts for split, ts in tops.items() if split not in self.idle]
+        if not live:
+            # Every split is quiet: those that have sent data set the watermark; an idle split
+            # that never sent anything does not hold it back.
+            live = [ts for ts in tops.values() if ts > MIN_WM]
+            if not live:
+                return MIN_WM
+        return max(min(live) - self.max_delay, MIN_WM)
+
+    @property
+    def watermark(self) -> int:
+        """The watermark after every record seen so far."""
+        return self._combined(self.max_ts)
+
+    def assign(self, ticks: pl.Series, splits: pl.Series, now_ns: int) -> pl.Series:
+        """Per-record watermarks (the combined watermark before each record)."""
+        n = len(ticks)
+        values = ticks.cast(pl.Int64).to_numpy()
+        names = splits.cast(pl.String).to_numpy()
+        seen = list(dict.fromkeys(names.tolist()))
+        for split in seen:
+            self.idle.discard(split)
+            self.last_seen_ns[split] = now_ns
+            self.max_ts.setdefault(split, MIN_WM)
+        # Running maximum of each split's event time before each record (exclusive), then the
+        # minimum over splits: one NumPy pass per split present.
+        live = [s for s in self.max_ts if s not in self.idle]
+        lowest = np.full(n, MAX_WM, dtype=np.int64)
+        for split in live:
+            before = np.full(n, MIN_WM, dtype=np.int64)
+            mask = names == split
+            placed = np.where(mask, values, MIN_WM)
+            if n > 1:
+                np.maximum.accumulate(placed[:-1], out=before[1:])
+            np.maximum(before, self.max_ts[split], out=before)
+            if split not in seen:
+                before[:] = self.max_ts[split]
+            elif self.max_ts[split] > MIN_WM or split in self.registered:
+                pass
+            else:
+                # A split counts only once it has sent something: before its first record in
+                # this batch (and with nothing earlier) it does not hold the others back.
+                first = int(np.argmax(mask))
+                before[: first + 1] = MAX_WM
+            np.minimum(lowest, before, out=lowest)
+            top = int(values[mask].max()) if mask.any() else self.max_ts[split]
+            self.max_ts[split] = max(self.max_ts[split], top)
+        pre = np.where(lowest >= MAX_WM, MIN_WM, lowest - self.max_delay)
+        np.clip(pre, MIN_WM, MAX_WM, out=pre)
+        return pl.Series("wm", pre, dtype=pl.Int64)
+
+    def add(self, split: str, now_ns: int) -> None:
+        """Register a split before it has data (an assigned partition): it holds the watermark
+        back until it sends data or goes idle."""
+        if split not in self.max_ts:
+            self.max_ts[split] = MIN_WM
+            self.last_seen_ns[split] = now_ns
+            self.registered.add(split)
+
+    def check_idle(self, now_ns: int, timeout_ns: int) -> bool:
+        """Mark splits idle after ``timeout_ns`` without data; True if any became idle."""
+        changed = False
+        for split, seen in self.last_seen_ns.items():
+            if split not in self.idle and now_ns - seen >= timeout_ns:
+                self.idle.add(split)
+                changed = True
+        return changed
+
+    def remove(self, split: str) -> None:
+        """Forget a split (a partition this source no longer reads)."""
+        self.max_ts.pop(split, None)
+        self.last_seen_ns.pop(split, None)
+        self.idle.discard(split)
+        self.registered.discard(split)
