@@ -79,3 +79,26 @@ def test_a_failing_sink_stops_the_run_with_a_clear_error():
     flow.source(rh.io.Records([{"a": 1}])).sink(boom, name="out")
     with pytest.raises(rh.SinkError, match=r"sink 'out': write failed: OSError: disk full"):
         flow.run()
+
+
+def test_rows_a_sink_gives_up_on_become_dead_letters():
+    class Picky(rh.io.Sink):
+        def build(self, ctx):
+            class Logic(rh.io.SinkLogic):
+                def __init__(self):
+                    self.rejected = []
+
+                def write(self, frame):
+                    self.rejected += [("negative", f'{{"x": {x}}}') for x in frame["x"] if x < 0]
+
+                def take_dead_letters(self):
+                    out, self.rejected = self.rejected, []
+                    return out
+
+            return Logic()
+
+    flow = rh.Flow("picky")
+    flow.source(rh.io.Records([{"x": 1}, {"x": -2}])).sink(Picky(), name="db")
+    bad = collect(flow.dead_letters())
+    flow.run()
+    assert bad.rows == [{"operator": "sink 'db'", "reason": "negative", "payload": '{"x": -2}'}]

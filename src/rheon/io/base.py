@@ -187,6 +187,11 @@ class SinkLogic(ABC):
     def recover(self, checkpoint_id: int | None) -> None:  # noqa: B027 - optional hook
         """At start-up: finish commits up to ``checkpoint_id`` and discard anything later."""
 
+    def take_dead_letters(self) -> list[tuple[str, str]]:
+        """Rows the sink gave up on since the last call (rejected, retries exhausted), as
+        ``(reason, payload)``; they go to the flow's dead-letter output."""
+        return []
+
     def state(self) -> tuple[dict[str, pl.DataFrame], dict[str, Any]] | None:
         """What the sink needs kept in checkpoints (e.g. output staged for a transaction)."""
         return None

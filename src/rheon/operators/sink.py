@@ -53,6 +53,9 @@ class SinkOperator(Operator):
                 self.latency.record((self.clock.now_ns() - batch.ingest_ns) / 1e6, frame.height)
         if batch.end:
             self.ended[port] = True
+        letters = self.logic.take_dead_letters()
+        if letters:
+            return [self.dead([r for r, _ in letters], [p for _, p in letters], batch)]
         return []
 
     @override
