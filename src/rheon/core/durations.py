@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from rheon.core.errors import FlowError
 
-__all__ = ["Duration", "to_ms"]
+__all__ = ["Duration", "to_bytes", "to_ms"]
 
 Duration = str | timedelta
 
@@ -51,3 +51,24 @@ def to_ms(value: Duration, *, what: str) -> int:
         msg = f"{what}: duration {value!r} is finer than a millisecond; rheon counts whole ms"
         raise FlowError(msg)
     return int(ms)
+
+
+_SIZE_UNITS = {"b": 1, "kb": 1_000, "mb": 1_000_000, "gb": 1_000_000_000, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]i?b|b)$", re.IGNORECASE)
+
+
+def to_bytes(value: str | int, *, what: str) -> int:
+    """Parse a size: ``"64MB"``, ``"1GiB"``, ``"500kb"`` or a number of bytes.
+
+    Examples
+    --------
+    >>> to_bytes("64MB", what="x"), to_bytes("1KiB", what="x"), to_bytes(10, what="x")
+    (64000000, 1024, 10)
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(str(value).strip())
+    if match is None:
+        msg = f'{what}: cannot read size {value!r}. Try "64MB", "1GiB" or a number of bytes.'
+        raise FlowError(msg)
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])

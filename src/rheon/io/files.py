@@ -1,11 +1,11 @@
-"""Bounded file sources: JSON lines, CSV and Parquet, one file or a glob of files.
+"""File sources: JSON lines, CSV and Parquet, one file, a glob or a directory.
 
-Files are read in name order, each whole, and handed out ``batch_size`` rows at a time.
+Bounded (the default), files are read in name order, each whole, and handed out ``batch_size``
+rows at a time. With ``follow=True`` they are tailed as they grow (see :mod:`rheon.io._tail`).
 """
 
 from __future__ import annotations
 
-import glob as globlib
 import json
 from abc import abstractmethod
 from pathlib import Path
@@ -14,17 +14,18 @@ from typing import Any
 import polars as pl
 from typing_extensions import override
 
+from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import SourceError
+from rheon.io._tail import LineTail, NewFiles, Parsed, exists_parent, list_files
 from rheon.io.base import BuildContext, Source, SourceLogic
 
 __all__ = ["Csv", "JsonLines", "Parquet"]
 
 
-def _expand(kind: str, path: str | Path) -> list[Path]:
+def _expand(kind: str, path: str | Path, *, follow: bool) -> list[Path]:
     text = str(path)
-    matches = sorted(Path(p) for p in globlib.glob(text)) if globlib.has_magic(text) else [Path(text)]
-    files = [p for p in matches if p.is_file()]
-    if not files:
+    files = list_files(text)
+    if not files and not (follow and exists_parent(text)):
         msg = f"{kind}: no file matches '{text}'. Try an absolute path or check the glob."
         raise SourceError(msg)
     return files
@@ -33,18 +34,29 @@ def _expand(kind: str, path: str | Path) -> list[Path]:
 class _FileSource(Source):
     kind = "File"
 
-    def __init__(self, path: str | Path, *, batch_size: int = 10_000) -> None:
+    def __init__(
+        self, path: str | Path, *, batch_size: int = 10_000, follow: bool = False, poll: Duration = "200ms"
+    ) -> None:
         self.path = str(path)
         self.batch_size = batch_size
-        self.files = _expand(self.kind, path)
+        self.follow = follow
+        self.poll_ms = to_ms(poll, what=f"{self.kind}: poll")
+        self.files = _expand(self.kind, path, follow=follow)
 
     @abstractmethod
     def _read(self, path: Path) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
         """Read one whole file: the rows, and ``(reason, payload)`` for records that failed."""
 
+    def _tail(self, ctx: BuildContext) -> SourceLogic:
+        """The logic that follows growing files."""
+        return LineTail(self.kind, self.path, self._parse_chunk, header=False, poll_ms=self.poll_ms, clock=ctx.clock)
+
+    def _parse_chunk(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
+        raise NotImplementedError
+
     @override
     def build(self, ctx: BuildContext) -> SourceLogic:
-        return _FileLogic(self)
+        return self._tail(ctx) if self.follow else _FileLogic(self)
 
     def __repr__(self) -> str:
         return f"{self.kind}({self.path!r})"
@@ -119,7 +131,9 @@ class JsonLines(_FileSource):
     """Read newline-delimited JSON files (``path`` may be a glob such as ``"logs/*.jsonl"``).
 
     A line that is not a JSON object goes to the dead-letter output with its line number; the
-    other lines are read.
+    other lines are read. With ``follow=True`` the files (a path, glob or directory) are tailed:
+    lines appended later, and new files, are read as they come (checked every ``poll``); a
+    rotated or truncated file is read again from its start.
 
     Guarantee: exactly-once (files are read in name order; after a restart reading resumes at
     the checkpointed file and row).
@@ -143,23 +157,26 @@ class JsonLines(_FileSource):
 
     @override
     def _read(self, path: Path) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
-        data = path.read_bytes()
+        return self._parse_chunk(None, path.read_bytes(), path.name, 1)
+
+    @override
+    def _parse_chunk(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
         try:
-            return pl.read_ndjson(data, infer_schema_length=None), []
+            return pl.read_ndjson(chunk, infer_schema_length=None), []
         except pl.exceptions.PolarsError:
             pass
         rows: list[dict[str, Any]] = []
         bad: list[tuple[str, str]] = []
-        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        for number, line in enumerate(chunk.decode("utf-8", errors="replace").splitlines(), first_line):
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                bad.append((f"invalid JSON at {path.name}:{number}: {exc}", line))
+                bad.append((f"invalid JSON at {name}:{number}: {exc}", line))
                 continue
             if not isinstance(value, dict):
-                bad.append((f"not a JSON object at {path.name}:{number}", line))
+                bad.append((f"not a JSON object at {name}:{number}", line))
                 continue
             rows.append(value)
         return (pl.from_dicts(rows, infer_schema_length=None) if rows else pl.DataFrame()), bad
@@ -186,11 +203,23 @@ class Csv(_FileSource):
 
     @override
     def schema(self) -> pl.Schema | None:
-        return pl.scan_csv(self.files[0]).collect_schema()
+        return pl.scan_csv(self.files[0]).collect_schema() if self.files else None
 
     @override
     def _read(self, path: Path) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
         return pl.read_csv(path), []
+
+    @override
+    def _tail(self, ctx: BuildContext) -> SourceLogic:
+        return LineTail(self.kind, self.path, self._parse_chunk, header=True, poll_ms=self.poll_ms, clock=ctx.clock)
+
+    @override
+    def _parse_chunk(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
+        try:
+            return pl.read_csv((header or b"") + chunk), []
+        except pl.exceptions.PolarsError as exc:
+            reason = f"unreadable CSV at {name}:{first_line}: {str(exc).splitlines()[0]}"
+            return pl.DataFrame(), [(reason, chunk.decode("utf-8", errors="replace")[:10_000])]
 
 
 class Parquet(_FileSource):
@@ -214,8 +243,12 @@ class Parquet(_FileSource):
 
     @override
     def schema(self) -> pl.Schema | None:
-        return pl.Schema(pl.read_parquet_schema(self.files[0]))
+        return pl.Schema(pl.read_parquet_schema(self.files[0])) if self.files else None
 
     @override
     def _read(self, path: Path) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
         return pl.read_parquet(path), []
+
+    @override
+    def _tail(self, ctx: BuildContext) -> SourceLogic:
+        return NewFiles(self.kind, self.path, pl.read_parquet, poll_ms=self.poll_ms, clock=ctx.clock)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from pathlib import Path
 from typing import IO
@@ -19,6 +18,7 @@ from typing import IO
 import polars as pl
 from typing_extensions import override
 
+from rheon.core.durations import Duration, to_bytes, to_ms
 from rheon.core.errors import FlowError, SinkError
 from rheon.io.base import BuildContext, Sink, SinkLogic
 
@@ -40,6 +40,9 @@ class FileSink(Sink):
     """Write rows as JSON lines, CSV or Parquet part files in ``directory``.
 
     Committed part files are named ``part-*.<ext>``; files in progress start with ``"."``.
+    ``roll_size="128MB"`` and/or ``roll_every="1h"`` start a new file when the current one is
+    that big or that old; without them a run writes one file per checkpoint interval (or one
+    file in all, without checkpoints).
 
     Guarantee: exactly-once with checkpoints (``flow.run(checkpoint_dir=...)``): the rows of
     each checkpoint interval become visible, as new part files, when that checkpoint is
@@ -58,25 +61,43 @@ class FileSink(Sink):
     ([True], Schema([('x', Int64)]))
     """
 
-    def __init__(self, directory: str | Path, *, format: str = "jsonl") -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        format: str = "jsonl",
+        roll_size: str | int | None = None,
+        roll_every: Duration | None = None,
+    ) -> None:
         if format not in _FORMATS:
             msg = f"FileSink: format must be one of {', '.join(_FORMATS)} (got {format!r})"
             raise FlowError(msg)
         self.directory = Path(directory)
         self.format = format
+        self.roll_bytes = to_bytes(roll_size, what="FileSink: roll_size") if roll_size is not None else None
+        self.roll_ms = to_ms(roll_every, what="FileSink: roll_every") if roll_every is not None else None
 
     @override
     def build(self, ctx: BuildContext) -> SinkLogic:
-        return _FileSinkLogic(self.directory, self.format)
+        return _FileSinkLogic(self.directory, self.format, self.roll_bytes, self.roll_ms, ctx)
 
     def __repr__(self) -> str:
         return f"FileSink({str(self.directory)!r}, format={self.format!r})"
 
 
 class _FileSinkLogic(SinkLogic):
-    def __init__(self, directory: Path, fmt: str) -> None:
+    def __init__(
+        self, directory: Path, fmt: str, roll_bytes: int | None, roll_ms: int | None, ctx: BuildContext
+    ) -> None:
         self.dir = directory
         self.fmt = fmt
+        self.roll_bytes = roll_bytes
+        self.roll_ns = roll_ms * 1_000_000 if roll_ms is not None else None
+        self.clock = ctx.clock
+        self.checkpointing = ctx.checkpointing
+        self.opened_ns = 0
+        self.written = 0
+        self.rolled: list[Path] = []  # finished files waiting for the next checkpoint
         self.ext = _FORMATS[fmt]
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path: Path | None = None
@@ -89,23 +110,45 @@ class _FileSinkLogic(SinkLogic):
 
     def _open(self) -> None:
         self.path = self.dir / f".inprogress-{uuid.uuid4().hex}.{self.ext}"
+        self.opened_ns = self.clock.now_ns()
+        self.written = 0
         if self.fmt != "parquet":
             self.handle = open(self.path, "wb")  # noqa: SIM115 - kept open across writes
         self.header_written = False
 
     @override
     def write(self, frame: pl.DataFrame) -> None:
+        if self.path is not None and self._due():
+            self._roll()
         if self.path is None:
             self._open()
         if self.fmt == "parquet":
             self.parquet_frames.append(frame)
+            self.written += int(frame.estimated_size())
             return
         assert self.handle is not None
+        before = self.handle.tell()
         if self.fmt == "jsonl":
             frame.write_ndjson(self.handle)
         else:
             frame.write_csv(self.handle, include_header=not self.header_written)
             self.header_written = True
+        self.written += self.handle.tell() - before
+
+    def _due(self) -> bool:
+        """Whether the file being written should be closed and a new one started."""
+        if self.roll_bytes is not None and self.written >= self.roll_bytes:
+            return True
+        return self.roll_ns is not None and self.clock.now_ns() - self.opened_ns >= self.roll_ns
+
+    def _roll(self) -> None:
+        path = self._finish()
+        if path is None:
+            return
+        if self.checkpointing:
+            self.rolled.append(path)  # becomes visible with the next checkpoint
+        else:
+            self._publish(path)
 
     def _finish(self) -> Path | None:
         """Close the file being written, durably; return its path (``None`` if there was none)."""
@@ -140,13 +183,16 @@ class _FileSinkLogic(SinkLogic):
 
     @override
     def pre_commit(self, checkpoint_id: int) -> None:
-        path = self._finish()
-        if path is None:
+        current = self._finish()
+        paths = [*self.rolled, *([current] if current is not None else [])]
+        self.rolled = []
+        if not paths:
             return
         files = self.staged.setdefault(checkpoint_id, [])
-        target = self.dir / f".pending-{checkpoint_id:08d}-{len(files):04d}.{self.ext}"
-        self._rename(path, target)
-        files.append(target)
+        for path in paths:
+            target = self.dir / f".pending-{checkpoint_id:08d}-{len(files):04d}.{self.ext}"
+            self._rename(path, target)
+            files.append(target)
         _fsync_dir(self.dir)
 
     @override
@@ -180,12 +226,19 @@ class _FileSinkLogic(SinkLogic):
     def flush(self) -> None:
         path = self._finish()
         if path is not None:
-            stamp = f"t{time.time_ns() // 1_000_000}-{uuid.uuid4().hex[:8]}"
-            self._rename(path, self.dir / f"part-{stamp}.{self.ext}")
-            _fsync_dir(self.dir)
+            self._publish(path)
+
+    def _publish(self, path: Path) -> None:
+        """Make a finished file visible at once (runs without checkpoints)."""
+        stamp = f"t{self.clock.now_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}"
+        self._rename(path, self.dir / f"part-{stamp}.{self.ext}")
+        _fsync_dir(self.dir)
 
     @override
     def close(self) -> None:
+        for path in self.rolled:
+            path.unlink(missing_ok=True)  # finished but never covered by a checkpoint
+        self.rolled = []
         if self.handle is not None:
             self.handle.close()
             self.handle = None

@@ -1,0 +1,205 @@
+"""Following files as they grow (``follow=True`` on file sources): the tail of logs.
+
+Line-based files (JSON lines, CSV) are read by byte offset: each poll reads what was appended
+since the last one, up to the last complete line (a half-written line waits for its newline).
+New files matching the glob are picked up in name order. A file replaced by another of the same
+name (rotation) or truncated is read again from its start. Positions are byte offsets, so a
+restarted flow resumes exactly where its checkpoint says. Parquet files cannot grow; for them,
+following means reading each new file of the directory once (writers should create them
+atomically, as ``rh.io.FileSink`` does).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.core.errors import SourceError
+from rheon.io.base import SourceLogic
+from rheon.time.clock import Clock
+
+__all__ = ["LineTail", "NewFiles", "list_files"]
+
+log = logging.getLogger(__name__)
+
+Parsed = tuple[pl.DataFrame, list[tuple[str, str]]]
+ChunkParser = Callable[[bytes | None, bytes, str, int], Parsed]
+"""``parse(header, chunk, file name, number of the chunk's first line)``."""
+
+_READ_BYTES = 8 * 1024 * 1024
+
+
+def list_files(pattern: str) -> list[Path]:
+    """Files matching a path, glob or directory (hidden files, such as in-progress output
+    starting with ".", are skipped), in name order."""
+    base = Path(pattern)
+    if base.is_dir():
+        matches = list(base.iterdir())
+    elif globlib.has_magic(pattern):
+        matches = [Path(p) for p in globlib.glob(pattern)]
+    else:
+        matches = [base] if base.exists() else []
+    return sorted(p for p in matches if p.is_file() and not p.name.startswith("."))
+
+
+class _Cursor:
+    __slots__ = ("header", "inode", "line", "offset")
+
+    def __init__(self, inode: int, offset: int = 0, line: int = 1, header: bytes | None = None) -> None:
+        self.inode = inode
+        self.offset = offset
+        self.line = line
+        self.header = header
+
+
+class LineTail(SourceLogic):
+    """Follow line-based files: the logic of ``JsonLines(..., follow=True)`` and ``Csv``."""
+
+    def __init__(
+        self, kind: str, pattern: str, parse: ChunkParser, *, header: bool, poll_ms: int, clock: Clock
+    ) -> None:
+        self.kind = kind
+        self.pattern = pattern
+        self.parse = parse
+        self.has_header = header
+        self.poll_ns = poll_ms * 1_000_000
+        self.clock = clock
+        self.cursors: dict[str, _Cursor] = {}
+        self.files: list[Path] = []
+        self.next_scan_ns = 0
+        self.dead: list[tuple[str, str]] = []
+
+    def _scan(self) -> None:
+        self.files = list_files(self.pattern)
+        self.next_scan_ns = self.clock.now_ns() + self.poll_ns
+
+    @override
+    def next_batch(self) -> pl.DataFrame | None:
+        if self.clock.now_ns() >= self.next_scan_ns:
+            self._scan()
+        for path in self.files:
+            frame = self._read_new(path)
+            if frame is not None:
+                return frame
+        return None
+
+    def _read_new(self, path: Path) -> pl.DataFrame | None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        cursor = self.cursors.get(path.name)
+        if cursor is None or cursor.inode != stat.st_ino or stat.st_size < cursor.offset:
+            if cursor is not None:
+                log.info("file_restarted source=%s file=%s reason=rotated_or_truncated", self.kind, path.name)
+            cursor = self.cursors[path.name] = _Cursor(stat.st_ino)
+        if stat.st_size <= cursor.offset:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(cursor.offset)
+                data = fh.read(min(stat.st_size - cursor.offset, _READ_BYTES))
+        except OSError as exc:
+            msg = f"{self.kind}: cannot read '{path}': {exc}"
+            raise SourceError(msg) from exc
+        end = data.rfind(b"\n")
+        if end < 0:
+            return None  # no complete line yet
+        chunk = data[: end + 1]
+        cursor.offset += len(chunk)
+        first_line = cursor.line
+        cursor.line += chunk.count(b"\n")
+        if self.has_header and cursor.header is None:
+            newline = chunk.find(b"\n")
+            cursor.header = chunk[: newline + 1]
+            chunk = chunk[newline + 1 :]
+            first_line += 1
+            if not chunk:
+                return None
+        frame, bad = self.parse(cursor.header, chunk, path.name, first_line)
+        self.dead.extend(bad)
+        return frame
+
+    @override
+    def done(self) -> bool:
+        return False
+
+    @override
+    def wait_hint_s(self) -> float | None:
+        return max(0.0, (self.next_scan_ns - self.clock.now_ns()) / 1e9)
+
+    @override
+    def snapshot(self) -> Any:
+        return {name: (c.inode, c.offset, c.line, c.header) for name, c in self.cursors.items()}
+
+    @override
+    def restore(self, position: Any) -> None:
+        self.cursors = {name: _Cursor(*values) for name, values in dict(position).items()}
+
+    @override
+    def take_dead_letters(self) -> list[tuple[str, str]]:
+        out, self.dead = self.dead, []
+        return out
+
+
+class NewFiles(SourceLogic):
+    """Read each file that appears in a directory (or matches a glob) once, whole."""
+
+    def __init__(
+        self, kind: str, pattern: str, read: Callable[[Path], pl.DataFrame], *, poll_ms: int, clock: Clock
+    ) -> None:
+        self.kind = kind
+        self.pattern = pattern
+        self.read = read
+        self.poll_ns = poll_ms * 1_000_000
+        self.clock = clock
+        self.seen: set[str] = set()
+        self.queue: list[Path] = []
+        self.next_scan_ns = 0
+
+    @override
+    def next_batch(self) -> pl.DataFrame | None:
+        if not self.queue and self.clock.now_ns() >= self.next_scan_ns:
+            self.queue = [p for p in list_files(self.pattern) if p.name not in self.seen]
+            self.next_scan_ns = self.clock.now_ns() + self.poll_ns
+        if not self.queue:
+            return None
+        path = self.queue.pop(0)
+        self.seen.add(path.name)
+        try:
+            return self.read(path)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            msg = f"{self.kind}: cannot read '{path}': {exc}"
+            raise SourceError(msg) from exc
+
+    @override
+    def done(self) -> bool:
+        return False
+
+    @override
+    def wait_hint_s(self) -> float | None:
+        return 0.0 if self.queue else max(0.0, (self.next_scan_ns - self.clock.now_ns()) / 1e9)
+
+    @override
+    def snapshot(self) -> Any:
+        return sorted(self.seen)
+
+    @override
+    def restore(self, position: Any) -> None:
+        self.seen = set(position)
+        self.queue = []
+
+
+def exists_parent(pattern: str) -> bool:
+    """Whether the directory part of a pattern exists (following needs somewhere to watch)."""
+    base = Path(pattern)
+    if base.is_dir():
+        return True
+    return Path(os.path.dirname(pattern) or ".").is_dir()
