@@ -13,8 +13,9 @@ EXPECTED_RHEON = [
     "max", "mean", "min", "session", "sliding", "sum", "tumbling",
 ]  # fmt: skip
 EXPECTED_IO = [
-    "BuildContext", "Callback", "Collect", "Console", "Csv", "FileSink", "Generator", "JsonLines", "Kafka", "KafkaSink", "Parquet", "Records",
-    "Sink", "SinkLogic", "Source", "SourceLogic",
+    "BuildContext", "Callback", "Collect", "Console", "Csv", "FileSink", "Generator", "HttpIngest", "JsonLines",
+    "Kafka", "KafkaSink", "Mqtt", "Parquet", "Postgres", "Records", "Redis", "Sink", "SinkLogic", "Source",
+    "SourceLogic", "Webhook",
 ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ as long as the sources say (capped), which keeps latency low at low rates withou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -371,10 +372,16 @@ class Executor:
 
     def run(self, on_start: Callable[[Executor], None] | None = None) -> RunStats:
         """Run until every source is exhausted, the duration passes, or stop is requested."""
-        self._build()
-        if self.checkpoint_settings is not None:
-            self.coordinator = CheckpointCoordinator(self.checkpoint_settings, self)
-            self.coordinator.restore()
+        try:
+            self._build()
+            if self.checkpoint_settings is not None:
+                self.coordinator = CheckpointCoordinator(self.checkpoint_settings, self)
+                self.coordinator.restore()
+        except BaseException:
+            # Whatever was built (a listening server, a consumer) must not outlive the failure.
+            with contextlib.suppress(Exception):
+                self._close()
+            raise
         self.started_ns = self.clock.now_ns()
         for task in self.sources:
             task.last_data_ns = self.started_ns

@@ -1,0 +1,528 @@
+"""``rh.io.Postgres``: upsert rows into a PostgreSQL table (psycopg 3, ``pip install 'rheon[postgres]'``).
+
+A batch goes to the server as CSV, encoded by Polars, through ``COPY`` into a temporary staging
+table, then ``INSERT INTO table SELECT ... FROM staging ON CONFLICT (key) DO UPDATE``. Without
+``key`` the batch is copied straight into the table (append).
+
+Transactions: with checkpoints, one transaction holds a checkpoint interval's rows and commits in
+``commit(n)``, once checkpoint ``n`` is on disk. The interval's rows and the transaction's id also
+go into the checkpoint: after a crash between the checkpoint and the ``COMMIT`` the restarted sink
+asks the server (``txid_status``) whether it committed and writes the rows again if not. Without
+checkpoints each batch commits (or every ``commit_rows`` rows / ``commit_every``).
+
+Rejected rows: a batch is written in a savepoint. If the server rejects it for its data (SQLSTATE
+class 22 or 23: NOT NULL, CHECK, value too long, out of range, ...) the batch is halved and each
+half retried in a savepoint, down to single rows; those go to the dead-letter output with the
+server's message and the rest is written.
+
+Lost connections: the rows of the open transaction are kept until it commits. When the connection
+fails the sink reconnects with exponential backoff on the flow's clock, asks the server whether the
+lost transaction committed, and writes its rows again if it did not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+from typing_extensions import override
+
+from rheon.core.deadletters import payload_of
+from rheon.core.durations import Duration, to_ms
+from rheon.core.errors import FlowError, SinkError, columns_hint
+from rheon.io.base import BuildContext, Sink, SinkLogic
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
+
+__all__ = ["Postgres", "sql_type"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF_S = 30.0
+_SQL_TYPES: dict[type[pl.DataType], str] = {
+    dtype: name
+    for name, dtypes in (
+        ("smallint", (pl.Int8, pl.Int16, pl.UInt8)), ("integer", (pl.Int32, pl.UInt16)), ("bigint", (pl.Int64, pl.UInt32)),
+        ("numeric(20,0)", (pl.UInt64,)), ("real", (pl.Float32,)), ("double precision", (pl.Float64,)),
+        ("boolean", (pl.Boolean,)), ("text", (pl.String, pl.Categorical, pl.Enum)), ("date", (pl.Date,)),
+        ("time", (pl.Time,)), ("interval", (pl.Duration,)), ("bytea", (pl.Binary,)),
+    )
+    for dtype in dtypes
+}  # fmt: skip
+
+
+def sql_type(dtype: pl.DataType) -> str:
+    """The column type ``create=True`` gives a Polars type.
+
+    Integers map to the smallest of ``smallint``/``integer``/``bigint`` that holds them (UInt64
+    to ``numeric(20,0)``), Float32/Float64 to ``real``/``double precision``, String, Categorical
+    and Enum to ``text``, Boolean to ``boolean``, Datetime with a time zone to ``timestamptz`` and
+    without to ``timestamp``, Date/Time/Duration to ``date``/``time``/``interval``, Decimal to
+    ``numeric(p,s)``, Binary to ``bytea``, List/Array/Struct to ``jsonb``; anything else to
+    ``text`` (its string form).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> [sql_type(t) for t in (pl.Int64(), pl.Datetime("us", "UTC"), pl.List(pl.Int64()), pl.Decimal(10, 2))]
+    ['bigint', 'timestamptz', 'jsonb', 'numeric(10,2)']
+    """
+    if isinstance(dtype, pl.Datetime):
+        return "timestamptz" if dtype.time_zone else "timestamp"
+    if isinstance(dtype, pl.Decimal):
+        return f"numeric({dtype.precision},{dtype.scale})" if dtype.precision else "numeric"
+    if isinstance(dtype, pl.List | pl.Array | pl.Struct):
+        return "jsonb"
+    return _SQL_TYPES.get(type(dtype), "text")
+
+
+def _csv(frame: pl.DataFrame) -> bytes:
+    """Encode rows as CSV that ``COPY ... (FORMAT csv)`` reads: empty is NULL, ``""`` is ''."""
+    fixes = []
+    for name, dtype in frame.schema.items():
+        col = pl.col(name)
+        if isinstance(dtype, pl.Duration):
+            fixes.append((col.dt.total_microseconds().cast(pl.String) + " microseconds").alias(name))
+        elif isinstance(dtype, pl.Binary):
+            fixes.append(pl.concat_str([pl.lit("\\x"), col.bin.encode("hex")]).alias(name))
+        elif isinstance(dtype, pl.List | pl.Array | pl.Struct):
+            as_json = pl.struct(col.alias("v")).struct.json_encode().str.slice(5).str.head(-1)  # {"v":...}
+            fixes.append(pl.when(col.is_not_null()).then(as_json).alias(name))
+        elif isinstance(dtype, pl.Object):
+            fixes.append(col.map_elements(str, return_dtype=pl.String).alias(name))
+    buf = io.BytesIO()
+    (frame.with_columns(fixes) if fixes else frame).write_csv(buf, include_header=False)
+    return buf.getvalue()
+
+
+def _redact(dsn: str) -> str:
+    return re.sub(r"(password=)\S+", r"\1***", re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn))
+
+
+class Postgres(Sink):
+    """Write rows to a PostgreSQL table: an idempotent upsert on ``key``, or an append without it.
+
+    Parameters
+    ----------
+    table
+        ``"name"`` or ``"schema.name"``; quoted as written (so case-sensitive).
+    dsn
+        A libpq connection string or URL.
+    key
+        The column(s) identifying a row: rows are upserted (``ON CONFLICT (key) DO UPDATE``), the
+        last row of a key in a batch winning. The table needs a primary key or unique constraint on
+        exactly these columns. Without ``key`` rows are appended.
+    create
+        Create the table when it is missing, typed from the first batch (see :func:`sql_type`),
+        with a primary key on ``key``.
+    commit_rows, commit_every
+        Without checkpoints, commit once this many rows or this much time (checked as batches
+        arrive) have gone by, and at the end of the run, instead of after every batch; a run that
+        fails loses what it had not committed.
+    connect_timeout, retries, retry_backoff
+        How long to wait for the server; how often to reconnect when the connection fails while
+        running, waiting ``retry_backoff`` and then twice as long each time (up to 30 s).
+
+    Values: None is NULL, nested values JSON. Rows the server rejects (NOT NULL, CHECK, a value
+    too long, ...) go to the dead-letter output with its message; the rest is written.
+
+    Guarantees. With ``key`` and checkpoints: exactly-once for the table's contents. A checkpoint
+    interval's upserts commit in one transaction when the checkpoint completes, so readers see
+    only the output of completed checkpoints; after a crash the sink re-applies the last
+    checkpoint's rows if their transaction did not commit, and the replay upserts the rest again:
+    the table ends as an uninterrupted run leaves it, each key once. Without checkpoints, with
+    ``key``: each batch commits by itself; rows are delivered at least once, as idempotent
+    upserts, so a rerun leaves each key once with its latest values. Without ``key`` (append),
+    with checkpoints: exactly-once too, since the restarted or reconnected sink asks the server
+    (``txid_status``) whether an interrupted transaction committed before writing its rows again
+    (should the server no longer know, it warns that rows may be appended twice). Without
+    ``key`` or checkpoints: at-least-once (a rerun appends its rows again).
+
+    Examples
+    --------
+    >>> from rheon.io.postgres import Postgres
+    >>> Postgres("per_card", dsn="postgresql://app:secret@db/test", key=["card", "window_start"])
+    Postgres('per_card', dsn='postgresql://app:***@db/test', key=['card', 'window_start'])
+    """
+
+    def __init__(
+        self,
+        table: str,
+        *,
+        dsn: str = "postgresql://127.0.0.1/test",
+        key: str | Sequence[str] | None = None,
+        create: bool = True,
+        commit_rows: int | None = None,
+        commit_every: Duration | None = None,
+        connect_timeout: Duration = "5s",
+        retries: int = 5,
+        retry_backoff: Duration = "200ms",
+    ) -> None:
+        problems = {
+            f"table must be 'name' or 'schema.name' (got {table!r})": not re.fullmatch(r"[^.]+(\.[^.]+)?", table),
+            f"commit_rows must be at least 1 (got {commit_rows})": commit_rows is not None and commit_rows < 1,
+            f"retries must not be negative (got {retries})": retries < 0,
+        }
+        for problem, found in problems.items():
+            if found:
+                msg = f"Postgres: {problem}"
+                raise FlowError(msg)
+        self.table = table
+        self.dsn = dsn
+        self.key = [key] if isinstance(key, str) else list(key or [])
+        self.create = create
+        self.commit_rows = commit_rows
+        self.commit_every_ms = None if commit_every is None else to_ms(commit_every, what="Postgres: commit_every")
+        self.connect_timeout_ms = to_ms(connect_timeout, what="Postgres: connect_timeout")
+        self.retries = retries
+        self.retry_backoff_ms = to_ms(retry_backoff, what="Postgres: retry_backoff")
+
+    def __repr__(self) -> str:
+        return f"Postgres({self.table!r}, dsn={_redact(self.dsn)!r}, key={self.key})"
+
+    @override
+    def build(self, ctx: BuildContext) -> SinkLogic:
+        try:
+            import psycopg  # noqa: F401 - only checking that the extra is installed
+        except ImportError as exc:
+            msg = "rh.io.Postgres needs psycopg 3. Try: pip install 'rheon[postgres]'"
+            raise FlowError(msg) from exc
+        return _PostgresLogic(self, ctx)
+
+
+class _PostgresLogic(SinkLogic):
+    def __init__(self, cfg: Postgres, ctx: BuildContext) -> None:
+        import psycopg
+        from psycopg import sql
+        from psycopg.conninfo import conninfo_to_dict
+
+        self.cfg, self.ctx = cfg, ctx
+        self.where = f"sink '{ctx.operator}'"
+        self.name = ctx.operator  # for logs
+        self.app_name = f"rheon {ctx.flow}/{ctx.operator}"[:63]
+        self.target = sql.Identifier(*cfg.table.split("."))
+        info = conninfo_to_dict(cfg.dsn)
+        self.server = f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+        self.conn: psycopg.Connection[Any] | None = None
+        self.columns: dict[str, str] | None = None  # the table's columns and types; None: no table
+        self.checked: set[tuple[str, ...]] = set()
+        self.stages: dict[tuple[str, ...], sql.Identifier] = {}
+        self.xid: int | None = None  # the open transaction, once it has written something
+        self.open: list[pl.DataFrame] = []  # rows in the open transaction, after the last pre-commit
+        self.pending: dict[int, pl.DataFrame] = {}  # rows pre-committed for a checkpoint
+        self.dead: list[tuple[str, str]] = []
+        self.rows_open = 0
+        self.opened_ns = ctx.clock.now_ns()
+        try:
+            self.conn = self._connect()
+        except psycopg.OperationalError as exc:
+            seconds = math.ceil(cfg.connect_timeout_ms / 1000)
+            msg = (
+                f"{self.where}: cannot connect to PostgreSQL at {self.server} within {seconds} s "
+                f"({_first_line(exc)}). Is the server running? Check dsn={_redact(cfg.dsn)!r}."
+            )
+            raise SinkError(msg) from exc
+        self._retrying(self._describe)
+        log.info("postgres_connected sink=%s server=%s table=%s", self.name, self.server, cfg.table)
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        timeout_s = max(1, math.ceil(self.cfg.connect_timeout_ms / 1000))
+        conn = psycopg.connect(self.cfg.dsn, connect_timeout=timeout_s, application_name=self.app_name)
+        self.stages = {}
+        return conn
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+    def _retrying(self, action: Callable[[psycopg.Connection[Any]], None]) -> None:
+        """Run ``action``, reconnecting (and restoring the open transaction) when the connection fails."""
+        import psycopg
+
+        attempt = 0
+        while True:
+            try:
+                if self.conn is None:
+                    self.conn = self._connect()
+                    self._resync()
+                action(self.conn)
+                return
+            except psycopg.OperationalError as exc:
+                self._drop()
+                attempt += 1
+                if attempt > self.cfg.retries:
+                    msg = (
+                        f"{self.where}: lost the connection to PostgreSQL at {self.server} and could not "
+                        f"restore it in {self.cfg.retries} retries ({_first_line(exc)}). Is the server running?"
+                    )
+                    raise SinkError(msg) from exc
+                delay = min(self.cfg.retry_backoff_ms / 1000 * 2 ** (attempt - 1), _MAX_BACKOFF_S)
+                log.warning(
+                    "postgres_retry sink=%s attempt=%d retries=%d delay_s=%.2f error=%r",
+                    self.name, attempt, self.cfg.retries, delay, _first_line(exc),
+                )  # fmt: skip
+                self.ctx.clock.sleep(delay, self.ctx.stop)
+            except psycopg.Error as exc:
+                msg = f"{self.where}: writing to table {self.cfg.table} failed: {_first_line(exc)}"
+                raise SinkError(msg) from exc
+
+    def _resync(self) -> None:
+        """On a new connection: find out whether the lost transaction committed; if not, write its rows again."""
+        lost, self.xid = self.xid, None
+        if lost is None and not (self.pending or self.open):
+            return
+        assert self.conn is not None
+        row = None if lost is None else self.conn.execute("SELECT txid_status(%s)", [lost]).fetchone()
+        status = row[0] if row else None
+        log.info("postgres_resync sink=%s xid=%s status=%s", self.name, lost, status)
+        if status == "committed":
+            self._committed()
+            return
+        if status is None and not self.cfg.key:
+            log.warning("postgres_resync_unknown sink=%s xid=%s risk=rows_appended_twice", self.name, lost)
+        self.pending = {cid: self._send(frame) for cid, frame in self.pending.items()}
+        self.open = [self._send(frame) for frame in self.open]
+
+    # -- the table ---------------------------------------------------------------------------
+
+    def _describe(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("SELECT to_regclass(%s)::oid", [self.target.as_string(conn)]).fetchone()
+        oid = row[0] if row else None
+        if oid is None:
+            conn.commit()
+            if not self.cfg.create:
+                msg = f"{self.where}: table {self.cfg.table} does not exist in {self.server}. Create it, or pass create=True."  # fmt: skip
+                raise SinkError(msg)
+            self.columns = None
+            return
+        query = "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum"  # fmt: skip
+        self.columns = dict(conn.execute(query, [oid]).fetchall())
+        query = (
+            "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL "
+            "AND i.indexprs IS NULL GROUP BY i.indexrelid"
+        )
+        uniques = [set(cols) for (cols,) in conn.execute(query, [oid]).fetchall()]
+        conn.commit()
+        key = ", ".join(self.cfg.key)
+        if self.cfg.key and set(self.cfg.key) not in uniques:
+            msg = (
+                f"{self.where}: table {self.cfg.table} has no primary key or unique constraint on ({key}), "
+                f"which the upsert (ON CONFLICT ({key})) needs. Add one: ALTER TABLE {self.cfg.table} ADD "
+                f"PRIMARY KEY ({key}); or leave key unset to append rows."
+            )
+            raise SinkError(msg)
+
+    def _create(self, conn: psycopg.Connection[Any], schema: pl.Schema) -> None:
+        from psycopg import sql
+
+        defs = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(sql_type(t))) for n, t in schema.items()]
+        if self.cfg.key:
+            defs.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, self.cfg.key))))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.target, sql.SQL(", ").join(defs)))
+        conn.commit()
+        log.info("postgres_created sink=%s table=%s columns=%d", self.name, self.cfg.table, len(defs))
+        self._describe(conn)
+
+    def _prepare(self, frame: pl.DataFrame) -> None:
+        columns = tuple(frame.columns)
+        if columns in self.checked:
+            return
+        for name in self.cfg.key:
+            if name not in columns:
+                msg = f"{self.where}: key column {name!r} is not in the rows {columns_hint(columns)}"
+                raise FlowError(msg)
+        if self.columns is None:
+            self._retrying(lambda conn: self._create(conn, frame.schema))
+        assert self.columns is not None
+        unknown = [c for c in columns if c not in self.columns]
+        if unknown:
+            msg = (
+                f"{self.where}: table {self.cfg.table} has no column {', '.join(map(repr, unknown))} "
+                f"{columns_hint(self.columns)}. Add it (ALTER TABLE {self.cfg.table} ADD COLUMN ...) "
+                "or select the table's columns before the sink."
+            )
+            raise SinkError(msg)
+        self.checked.add(columns)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _dedupe(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """One row per key (the last), since one upsert cannot update a row twice."""
+        key = self.cfg.key
+        if not key or frame.height < 2:
+            return frame
+        nulls = pl.any_horizontal(pl.col(key).is_null())
+        if not frame.select(nulls.any()).item():
+            return frame.unique(subset=key, keep="last", maintain_order=True)
+        return pl.concat(
+            [frame.filter(~nulls).unique(subset=key, keep="last", maintain_order=True), frame.filter(nulls)]
+        )
+
+    def _stage(self, columns: Sequence[str]) -> sql.Identifier:
+        from psycopg import sql
+
+        assert self.conn is not None
+        stage = self.stages.get(tuple(columns))
+        if stage is None:
+            stage = sql.Identifier(f"rheon_stage_{len(self.stages)}")
+            cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+            query = sql.SQL("CREATE TEMP TABLE {} AS SELECT {} FROM {} WITH NO DATA")
+            self.conn.execute(query.format(stage, cols, self.target))
+            self.stages[tuple(columns)] = stage
+        return stage
+
+    def _copy(self, frame: pl.DataFrame, stage: sql.Identifier | None) -> None:
+        from psycopg import sql
+
+        assert self.conn is not None
+        cols = sql.SQL(", ").join(map(sql.Identifier, frame.columns))
+        with self.conn.cursor() as cur:
+            if stage is not None:
+                cur.execute(sql.SQL("TRUNCATE {}").format(stage))
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(stage or self.target, cols)) as copy:
+                copy.write(_csv(frame))
+            if stage is None:
+                return
+            updates = [
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in frame.columns if c not in self.cfg.key
+            ]
+            action = (
+                sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(updates)) if updates else sql.SQL("DO NOTHING")
+            )
+            keys = sql.SQL(", ").join(map(sql.Identifier, self.cfg.key))
+            upsert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}")
+            cur.execute(upsert.format(self.target, cols, cols, stage, keys, action))
+
+    def _attempt(self, frame: pl.DataFrame, stage: sql.Identifier | None, dead: list[tuple[str, str]]) -> pl.DataFrame:
+        """Write ``frame`` in a savepoint, halving it on rejected data; return the rows written."""
+        import psycopg
+
+        assert self.conn is not None
+        self.conn.execute("SAVEPOINT rheon_batch")
+        try:
+            self._copy(frame, stage)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            self.conn.execute("ROLLBACK TO SAVEPOINT rheon_batch")
+            if frame.height == 1:
+                diag = exc.diag
+                reason = f"PostgreSQL rejected the row: {diag.message_primary or _first_line(exc)} (SQLSTATE {diag.sqlstate})"
+                dead.append((reason, payload_of(frame.row(0, named=True))))
+                return frame.clear()
+            half = frame.height // 2
+            return pl.concat([self._attempt(frame[:half], stage, dead), self._attempt(frame[half:], stage, dead)])
+        self.conn.execute("RELEASE SAVEPOINT rheon_batch")
+        return frame
+
+    def _send(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Write ``frame`` in the open transaction; rows the server rejects become dead letters."""
+        assert self.conn is not None
+        if self.xid is None:
+            row = self.conn.execute("SELECT txid_current()").fetchone()
+            self.xid = int(row[0]) if row else None
+        stage = self._stage(frame.columns) if self.cfg.key else None
+        dead: list[tuple[str, str]] = []
+        written = self._attempt(frame, stage, dead)
+        self.dead.extend(dead)  # only once the whole batch went through
+        if dead:
+            log.info("postgres_rejected sink=%s rows=%d first=%r", self.name, len(dead), dead[0][0])
+        return written
+
+    def _committed(self) -> None:
+        self.xid, self.open, self.pending, self.rows_open = None, [], {}, 0
+        self.opened_ns = self.ctx.clock.now_ns()
+
+    def _commit(self) -> None:
+        self._retrying(lambda conn: conn.commit())
+        self._committed()
+
+    # -- the sink protocol -------------------------------------------------------------------
+
+    @override
+    def write(self, frame: pl.DataFrame) -> None:
+        self._prepare(frame)
+        frame = self._dedupe(frame)
+        self._retrying(lambda conn: self.open.append(self._send(frame)))
+        self.rows_open += frame.height
+        if not self.ctx.checkpointing and self._commit_due():
+            self._commit()
+
+    def _commit_due(self) -> bool:
+        cfg = self.cfg
+        if cfg.commit_rows is None and cfg.commit_every_ms is None:
+            return True
+        if cfg.commit_rows is not None and self.rows_open >= cfg.commit_rows:
+            return True
+        age_ms = (self.ctx.clock.now_ns() - self.opened_ns) // 1_000_000
+        return cfg.commit_every_ms is not None and age_ms >= cfg.commit_every_ms
+
+    @override
+    def flush(self) -> None:
+        if self.xid is not None or self.open:
+            self._commit()
+
+    @override
+    def pre_commit(self, checkpoint_id: int) -> None:
+        # Rows are in the open transaction already; keep them for the checkpoint until it commits.
+        frames = [f for f in self.open if f.height]
+        if frames:
+            self.pending[checkpoint_id] = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+        self.open = []
+
+    @override
+    def commit(self, checkpoint_id: int) -> None:
+        if self.xid is not None or self.pending:
+            self._commit()
+
+    @override
+    def state(self) -> tuple[dict[str, pl.DataFrame], dict[str, Any]] | None:
+        if not self.pending:
+            return None
+        return {f"pending_{cid}": f for cid, f in self.pending.items()}, {
+            "xid": self.xid,
+            "pending": list(self.pending),
+        }
+
+    @override
+    def load_state(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
+        self.pending = {int(cid): frames[f"pending_{cid}"] for cid in objects["pending"]}
+        self.xid = objects["xid"]
+
+    @override
+    def recover(self, checkpoint_id: int | None) -> None:
+        self.pending = {cid: f for cid, f in self.pending.items() if checkpoint_id is not None and cid <= checkpoint_id}
+        if not self.pending:
+            self.xid = None
+            return
+        # The checkpoint's transaction may or may not have committed: reconnecting resolves it.
+        self._drop()
+        self._retrying(lambda conn: None)
+        self._commit()
+
+    @override
+    def take_dead_letters(self) -> list[tuple[str, str]]:
+        dead, self.dead = self.dead, []
+        return dead
+
+    @override
+    def close(self) -> None:
+        self._drop()  # an uncommitted transaction is rolled back: it was never output
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
