@@ -153,6 +153,7 @@ class _KafkaLogic(SourceLogic):
         }
         self.consumer = kafka.Consumer(settings)
         self.positions: dict[str, int] = {}  # split -> next offset to read
+        self.split_names: dict[tuple[str, int], str] = {}
         self.restored: dict[str, int] | None = None
         self.assigned: list[str] = []
         self.dead: list[tuple[str, str]] = []
@@ -215,6 +216,10 @@ class _KafkaLogic(SourceLogic):
         if not messages:
             return None
         good = []
+        values: list[bytes | None] = []
+        labels: list[str] = []
+        names = self.split_names
+        positions = self.positions
         for m in messages:
             error = m.error()
             if error is not None:
@@ -223,21 +228,26 @@ class _KafkaLogic(SourceLogic):
                     raise SourceError(msg)
                 log.warning("kafka_error source=%s error=%s", self.where, error)
                 continue
+            where = (m.topic(), m.partition())
+            label = names.get(where)
+            if label is None:
+                label = names[where] = _split(*where)
+            positions[label] = m.offset() + 1
             good.append(m)
+            values.append(m.value())
+            labels.append(label)
         if not good:
             return None
-        for m in good:
-            self.positions[_split(m.topic(), m.partition())] = m.offset() + 1
-        frame, index, bad = self.decode([m.value() for m in good])
+        frame, index, bad = self.decode(values)
         for i, reason in bad:
             m = good[i]
-            where = f"{m.topic()}[{m.partition()}]@{m.offset()}"
-            self.dead.append((f"{reason} ({where})", raw_payload(m.value())))
+            self.dead.append((f"{reason} ({m.topic()}[{m.partition()}]@{m.offset()})", raw_payload(m.value())))
         if not index:
             return pl.DataFrame()
-        picked = [good[i] for i in index]
+        everything = len(index) == len(good)
+        picked = good if everything else [good[i] for i in index]
         extra: dict[str, pl.Series] = {
-            SPLIT_COL: pl.Series(SPLIT_COL, [_split(m.topic(), m.partition()) for m in picked], dtype=pl.String)
+            SPLIT_COL: pl.Series(SPLIT_COL, labels if everything else [labels[i] for i in index], dtype=pl.String)
         }
         if self.cfg.metadata:
             extra["_key"] = pl.Series("_key", [m.key() for m in picked], dtype=pl.Binary)
