@@ -102,6 +102,11 @@ class SourceLogic(ABC):
     def checkpoint_done(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
         """A checkpoint holding this source's position is complete (e.g. commit offsets)."""
 
+    def run_finished(self) -> None:  # noqa: B027 - optional hook
+        """The run ended normally (input exhausted, or stopped between batches): everything
+        handed out has gone through the flow and its output is final. Not called after a
+        failure. E.g. acknowledge messages when the run takes no checkpoints."""
+
     def snapshot(self) -> Any:
         """The read position, for a checkpoint (any picklable value).
 

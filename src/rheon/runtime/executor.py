@@ -448,6 +448,8 @@ class Executor:
                 for op in self.ops:
                     if isinstance(op, SinkOperator):
                         op.logic.flush()
+            for task in self.sources:
+                task.logic.run_finished()
         finally:
             self.running = False
             self.finished_ns = self.clock.now_ns()
