@@ -23,7 +23,6 @@ lost transaction committed, and writes its rows again if it did not.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import re
@@ -37,74 +36,17 @@ from rheon.core.deadletters import payload_of
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError, columns_hint
 from rheon.io.base import BuildContext, Sink, SinkLogic
+from rheon.io.postgres.encoding import copy_csv, redact, sql_type
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-__all__ = ["Postgres", "sql_type"]
+__all__ = ["Postgres"]
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 30.0
-_SQL_TYPES: dict[type[pl.DataType], str] = {
-    dtype: name
-    for name, dtypes in (
-        ("smallint", (pl.Int8, pl.Int16, pl.UInt8)), ("integer", (pl.Int32, pl.UInt16)), ("bigint", (pl.Int64, pl.UInt32)),
-        ("numeric(20,0)", (pl.UInt64,)), ("real", (pl.Float32,)), ("double precision", (pl.Float64,)),
-        ("boolean", (pl.Boolean,)), ("text", (pl.String, pl.Categorical, pl.Enum)), ("date", (pl.Date,)),
-        ("time", (pl.Time,)), ("interval", (pl.Duration,)), ("bytea", (pl.Binary,)),
-    )
-    for dtype in dtypes
-}  # fmt: skip
-
-
-def sql_type(dtype: pl.DataType) -> str:
-    """The column type ``create=True`` gives a Polars type.
-
-    Integers map to the smallest of ``smallint``/``integer``/``bigint`` that holds them (UInt64
-    to ``numeric(20,0)``), Float32/Float64 to ``real``/``double precision``, String, Categorical
-    and Enum to ``text``, Boolean to ``boolean``, Datetime with a time zone to ``timestamptz`` and
-    without to ``timestamp``, Date/Time/Duration to ``date``/``time``/``interval``, Decimal to
-    ``numeric(p,s)``, Binary to ``bytea``, List/Array/Struct to ``jsonb``; anything else to
-    ``text`` (its string form).
-
-    Examples
-    --------
-    >>> import polars as pl
-    >>> [sql_type(t) for t in (pl.Int64(), pl.Datetime("us", "UTC"), pl.List(pl.Int64()), pl.Decimal(10, 2))]
-    ['bigint', 'timestamptz', 'jsonb', 'numeric(10,2)']
-    """
-    if isinstance(dtype, pl.Datetime):
-        return "timestamptz" if dtype.time_zone else "timestamp"
-    if isinstance(dtype, pl.Decimal):
-        return f"numeric({dtype.precision},{dtype.scale})" if dtype.precision else "numeric"
-    if isinstance(dtype, pl.List | pl.Array | pl.Struct):
-        return "jsonb"
-    return _SQL_TYPES.get(type(dtype), "text")
-
-
-def _csv(frame: pl.DataFrame) -> bytes:
-    """Encode rows as CSV that ``COPY ... (FORMAT csv)`` reads: empty is NULL, ``""`` is ''."""
-    fixes = []
-    for name, dtype in frame.schema.items():
-        col = pl.col(name)
-        if isinstance(dtype, pl.Duration):
-            fixes.append((col.dt.total_microseconds().cast(pl.String) + " microseconds").alias(name))
-        elif isinstance(dtype, pl.Binary):
-            fixes.append(pl.concat_str([pl.lit("\\x"), col.bin.encode("hex")]).alias(name))
-        elif isinstance(dtype, pl.List | pl.Array | pl.Struct):
-            as_json = pl.struct(col.alias("v")).struct.json_encode().str.slice(5).str.head(-1)  # {"v":...}
-            fixes.append(pl.when(col.is_not_null()).then(as_json).alias(name))
-        elif isinstance(dtype, pl.Object):
-            fixes.append(col.map_elements(str, return_dtype=pl.String).alias(name))
-    buf = io.BytesIO()
-    (frame.with_columns(fixes) if fixes else frame).write_csv(buf, include_header=False)
-    return buf.getvalue()
-
-
-def _redact(dsn: str) -> str:
-    return re.sub(r"(password=)\S+", r"\1***", re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn))
 
 
 class Postgres(Sink):
@@ -186,7 +128,7 @@ class Postgres(Sink):
         self.retry_backoff_ms = to_ms(retry_backoff, what="Postgres: retry_backoff")
 
     def __repr__(self) -> str:
-        return f"Postgres({self.table!r}, dsn={_redact(self.dsn)!r}, key={self.key})"
+        return f"Postgres({self.table!r}, dsn={redact(self.dsn)!r}, key={self.key})"
 
     @override
     def build(self, ctx: BuildContext) -> SinkLogic:
@@ -227,7 +169,7 @@ class _PostgresLogic(SinkLogic):
             seconds = math.ceil(cfg.connect_timeout_ms / 1000)
             msg = (
                 f"{self.where}: cannot connect to PostgreSQL at {self.server} within {seconds} s "
-                f"({_first_line(exc)}). Is the server running? Check dsn={_redact(cfg.dsn)!r}."
+                f"({_first_line(exc)}). Is the server running? Check dsn={redact(cfg.dsn)!r}."
             )
             raise SinkError(msg) from exc
         self._retrying(self._describe)
@@ -395,7 +337,7 @@ class _PostgresLogic(SinkLogic):
             if stage is not None:
                 cur.execute(sql.SQL("TRUNCATE {}").format(stage))
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(stage or self.target, cols)) as copy:
-                copy.write(_csv(frame))
+                copy.write(copy_csv(frame))
             if stage is None:
                 return
             updates = [
