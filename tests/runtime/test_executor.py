@@ -309,3 +309,16 @@ def test_explain_shows_fused_python_steps():
         "  filter 'c' <- b",
         "  sink 'out' <- c",
     ]
+
+
+def test_unparseable_event_times_are_dead_letters_and_the_flow_goes_on(batch_size):
+    rows = [{"ts": 0}, {"ts": 100}, {"ts": "yesterday"}, {"ts": "1200"}, {"ts": "soon"}, {"ts": 1500}]
+    flow = rh.Flow("badtime")
+    src = flow.source(rh.io.Records(iter(rows), batch_size=batch_size), time="ts", name="in")
+    out = collect(src.window(rh.tumbling("1s")).agg(n=rh.count()))
+    bad = collect(flow.dead_letters())
+    flow.run()
+    assert [(r["window_start"], r["n"]) for r in out.rows] == [(0, 2), (1000, 2)]
+    assert len(bad.rows) == 2
+    assert all(b["reason"].startswith("unparseable event time in column 'ts' (expected Int64") for b in bad.rows)
+    assert {b["payload"] for b in bad.rows} == {'{"ts": "yesterday"}', '{"ts": "soon"}'}

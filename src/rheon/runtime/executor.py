@@ -21,7 +21,7 @@ import polars as pl
 
 from rheon.core.batch import MAX_WM, MIN_WM, SPLIT_COL, WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payloads_of
-from rheon.core.errors import FlowError, RecordError
+from rheon.core.errors import RecordError
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.core.metrics import LatencyHistogram, OperatorStats
 from rheon.io.base import BuildContext, SourceLogic
@@ -233,28 +233,43 @@ class Executor:
     # -- sources ----------------------------------------------------------------------------
 
     def _resolve_time(self, task: _SourceTask, frame: pl.DataFrame) -> pl.DataFrame:
+        """Give the time column its type; records whose time cannot have it become dead letters.
+
+        The first batch fixes the type (int64 epoch ms or a Datetime). A later batch whose
+        column came out as another type (a ``"ts": "yesterday"`` among numbers makes a JSON batch's
+        column a string) is converted value by value; the values that do not convert are
+        dead-lettered as unparseable event times, and the rest goes on.
+        """
         node = task.node
         column = node.time
         assert column is not None
         assert task.tracker is not None
         dtype = frame.schema[column]
         if task.time_type is None:
-            task.time_type = time_type_of(dtype, column=column, where=node.label)
+            kind = dtype
+            if dtype == pl.String and frame.get_column(column).cast(pl.Int64, strict=False).null_count() < frame.height:
+                kind = pl.Int64()  # numbers written as text are numbers; other text is the user's to parse
+            task.time_type = time_type_of(kind, column=column, where=node.label)
             task.tracker.max_delay = task.time_type.ticks(node.max_delay_ms)
-        elif dtype != task.time_type.dtype:
-            expected = task.time_type.dtype
-            if dtype.is_integer() and expected == pl.Int64:
-                return frame.with_columns(pl.col(column).cast(pl.Int64))
-            if dtype == pl.Null:
-                return frame.with_columns(pl.col(column).cast(expected))
-            msg = (
-                f"{node.label}: time column '{column}' changed type from {expected} to {dtype} "
-                "between batches. Try giving every record the same time type."
+        expected = task.time_type.dtype
+        if dtype == expected:
+            return frame
+        original = frame.get_column(column)
+        if isinstance(expected, pl.Datetime) and dtype == pl.String:
+            converted = original.str.to_datetime(
+                time_unit=expected.time_unit, time_zone=expected.time_zone, strict=False
             )
-            raise FlowError(msg)
-        if dtype.is_integer() and dtype != pl.Int64:
-            frame = frame.with_columns(pl.col(column).cast(pl.Int64))
-        return frame
+        else:
+            converted = original.cast(expected, strict=False)
+        failed = converted.is_null() & original.is_not_null()
+        if failed.any():
+            bad = frame.filter(failed)
+            values = ", ".join(repr(v) for v in bad.get_column(column).head(3).to_list())
+            reason = f"unparseable event time in column '{column}' (expected {expected}; got {values})"
+            self._dead(Batch(dead_letter_frame(node.label, reason, payloads_of(bad))))
+            task.stats.dead_letters += bad.height
+            frame, converted = frame.filter(~failed), converted.filter(~failed)
+        return frame.with_columns(converted.alias(column))
 
     def _source_batch(self, task: _SourceTask, frame: pl.DataFrame, now_ns: int) -> None:
         node = task.node
