@@ -191,7 +191,7 @@ def test_reconnects_when_the_server_drops_the_connection_and_loses_nothing(dsn, 
         # One transaction for the whole run: the rows of the first 6 batches are lost with it.
         flow.run(checkpoint_dir=tmp_path, checkpoint_every="1h")
     assert killed == [1]
-    assert "postgres_retry" in caplog.text
+    assert "reconnect service=PostgreSQL sink=" in caplog.text
     assert "status=aborted" in caplog.text
     assert contents(dsn, table) == [(i, i * 2) for i in range(100)]
 

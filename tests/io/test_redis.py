@@ -171,7 +171,7 @@ def test_a_failing_connection_is_retried_with_backoff_on_the_flows_clock(client,
     flow.source(rh.io.Records([{"i": i, "v": i} for i in range(4)])).sink(Redis(URL, key=prefix + "{i}"), name="out")
     with caplog.at_level("WARNING", logger="rheon.io.redis"):
         flow.run(clock=clock)
-    assert caplog.text.count("redis_retry sink=out attempt=") == 2
+    assert caplog.text.count("reconnect service=Redis sink=out attempt=") == 2
     assert clock.now_ns() >= 600_000_000  # waited 200 ms, then 400 ms
     assert client.hgetall(prefix + "3") == {"v": "3"}
 

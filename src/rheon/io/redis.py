@@ -24,6 +24,7 @@ from typing_extensions import override
 from rheon.core.deadletters import payload_of
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError, columns_hint, did_you_mean
+from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, Sink, SinkLogic
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 _KINDS = ("hash", "zset", "stream")
 _CHUNK = 10_000
-_MAX_BACKOFF_S = 30.0
 Template = list[tuple[str, bool]]  # (text, is_column)
 
 
@@ -311,7 +311,9 @@ class _RedisLogic(SinkLogic):
         """Send commands in one pipeline; resend them all when the connection fails."""
         import redis
 
-        attempt = 0
+        retry = Reconnects(
+            self.name, "Redis", self.server, self.cfg.retries, self.cfg.retry_backoff_ms, self.ctx.clock, self.ctx.stop
+        )
         while True:
             try:
                 pipe = self.client.pipeline(transaction=False)
@@ -319,19 +321,7 @@ class _RedisLogic(SinkLogic):
                     pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                 return pipe.execute(raise_on_error=False)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                attempt += 1
-                if attempt > self.cfg.retries:
-                    msg = (
-                        f"{self.where}: lost the connection to Redis at {self.server} and could not restore it "
-                        f"in {self.cfg.retries} retries ({exc}). Is the server running?"
-                    )
-                    raise SinkError(msg) from exc
-                delay = min(self.cfg.retry_backoff_ms / 1000 * 2 ** (attempt - 1), _MAX_BACKOFF_S)
-                log.warning(
-                    "redis_retry sink=%s attempt=%d retries=%d delay_s=%.2f error=%r",
-                    self.name, attempt, self.cfg.retries, delay, str(exc),
-                )  # fmt: skip
-                self.ctx.clock.sleep(delay, self.ctx.stop)
+                retry.failed(exc, str(exc))
             except redis.RedisError as exc:
                 msg = f"{self.where}: writing to Redis at {self.server} failed: {exc}"
                 raise SinkError(msg) from exc

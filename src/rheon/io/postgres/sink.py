@@ -35,6 +35,7 @@ from typing_extensions import override
 from rheon.core.deadletters import payload_of
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError, columns_hint
+from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, Sink, SinkLogic
 from rheon.io.postgres.encoding import copy_csv, redact, sql_type
 
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["Postgres"]
 
 log = logging.getLogger(__name__)
-
-_MAX_BACKOFF_S = 30.0
 
 
 class Postgres(Sink):
@@ -195,7 +194,15 @@ class _PostgresLogic(SinkLogic):
         """Run ``action``, reconnecting (and restoring the open transaction) when the connection fails."""
         import psycopg
 
-        attempt = 0
+        retry = Reconnects(
+            self.name,
+            "PostgreSQL",
+            self.server,
+            self.cfg.retries,
+            self.cfg.retry_backoff_ms,
+            self.ctx.clock,
+            self.ctx.stop,
+        )
         while True:
             try:
                 if self.conn is None:
@@ -205,19 +212,7 @@ class _PostgresLogic(SinkLogic):
                 return
             except psycopg.OperationalError as exc:
                 self._drop()
-                attempt += 1
-                if attempt > self.cfg.retries:
-                    msg = (
-                        f"{self.where}: lost the connection to PostgreSQL at {self.server} and could not "
-                        f"restore it in {self.cfg.retries} retries ({_first_line(exc)}). Is the server running?"
-                    )
-                    raise SinkError(msg) from exc
-                delay = min(self.cfg.retry_backoff_ms / 1000 * 2 ** (attempt - 1), _MAX_BACKOFF_S)
-                log.warning(
-                    "postgres_retry sink=%s attempt=%d retries=%d delay_s=%.2f error=%r",
-                    self.name, attempt, self.cfg.retries, delay, _first_line(exc),
-                )  # fmt: skip
-                self.ctx.clock.sleep(delay, self.ctx.stop)
+                retry.failed(exc, _first_line(exc))
             except psycopg.Error as exc:
                 msg = f"{self.where}: writing to table {self.cfg.table} failed: {_first_line(exc)}"
                 raise SinkError(msg) from exc
