@@ -9,7 +9,6 @@ QoS 1 messages are acknowledged by hand, once their effects are safe (see :class
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import re
@@ -24,6 +23,7 @@ from typing_extensions import override
 
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
+from rheon.core.extras import import_extra
 from rheon.io.base import BuildContext, Source, SourceLogic
 from rheon.io.kafka.codec import decoder_for, raw_payload
 
@@ -43,11 +43,7 @@ Decoded = tuple[pl.DataFrame, list[int], list[tuple[int, str, str]]]
 
 
 def _paho() -> Any:
-    try:
-        mqtt = importlib.import_module("paho.mqtt.client")
-    except ImportError as exc:
-        msg = "rh.io.Mqtt needs paho-mqtt 2. Try: pip install 'rheon[mqtt]'"
-        raise FlowError(msg) from exc
+    mqtt = import_extra("paho.mqtt.client", user="rh.io.Mqtt", package="paho-mqtt 2", extra="mqtt")
     if not hasattr(mqtt, "CallbackAPIVersion"):
         msg = "rh.io.Mqtt needs paho-mqtt 2 (an older version is installed). Try: pip install -U 'paho-mqtt>=2'"
         raise FlowError(msg)

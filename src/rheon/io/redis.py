@@ -24,6 +24,7 @@ from typing_extensions import override
 from rheon.core.deadletters import payload_of
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError, columns_hint, did_you_mean
+from rheon.core.extras import import_extra
 from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, Sink, SinkLogic
 
@@ -186,11 +187,7 @@ class Redis(Sink):
 
     @override
     def build(self, ctx: BuildContext) -> SinkLogic:
-        try:
-            import redis  # noqa: F401 - only checking that the extra is installed
-        except ImportError as exc:
-            msg = "rh.io.Redis needs redis-py. Try: pip install 'rheon[redis]'"
-            raise FlowError(msg) from exc
+        import_extra("redis", user="rh.io.Redis", package="redis-py", extra="redis")  # fail early, at build
         return _RedisLogic(self, ctx)
 
 

@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError
+from rheon.core.extras import import_extra
 from rheon.io.base import BuildContext, Sink, SinkLogic
 from rheon.time.clock import Clock
 
@@ -36,12 +37,7 @@ _BODY_IN_REASON = 200
 
 
 def _httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as exc:
-        msg = "rh.io.Webhook needs httpx. Try: pip install 'rheon[http]'"
-        raise FlowError(msg) from exc
-    return httpx
+    return import_extra("httpx", user="rh.io.Webhook", package="httpx", extra="http")
 
 
 class Webhook(Sink):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rheon.core.errors import FlowError
+from rheon.core.extras import import_extra
 from rheon.state.keyed import KEY_GROUPS, key_group
 from rheon.state.shared import SharedFiles
 
@@ -161,11 +162,7 @@ class RocksDBBackend(KeyedStateBackend):
     CACHE_KEYS = 100_000
 
     def __init__(self, directory: Path | None = None) -> None:
-        try:
-            import rocksdict
-        except ImportError as exc:
-            msg = "state_backend='rocksdb' needs rocksdict. Try: pip install 'rheon[rocksdb]'"
-            raise FlowError(msg) from exc
+        rocksdict = import_extra("rocksdict", user="state_backend='rocksdb'", package="rocksdict", extra="rocksdb")
         self._rocksdict = rocksdict
         self._own_dir = directory is None
         if directory is None:

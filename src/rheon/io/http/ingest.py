@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
+from rheon.core.extras import import_extra
 from rheon.io.base import BuildContext, Source, SourceLogic
 from rheon.io.http.parse import BadRequest, parse_events
 
@@ -39,13 +40,11 @@ _KEEP_DEAD = 1_000
 
 
 def _server_modules() -> tuple[Any, Any]:
-    try:
-        import starlette.applications
-        import uvicorn
-    except ImportError as exc:
-        msg = "rh.io.HttpIngest needs starlette and uvicorn. Try: pip install 'rheon[http]'"
-        raise FlowError(msg) from exc
-    return starlette.applications, uvicorn
+    user, package = "rh.io.HttpIngest", "starlette and uvicorn"
+    return (
+        import_extra("starlette.applications", user=user, package=package, extra="http"),
+        import_extra("uvicorn", user=user, package=package, extra="http"),
+    )
 
 
 class HttpIngest(Source):

@@ -13,6 +13,7 @@ from typing_extensions import override
 from rheon.core.batch import SPLIT_COL
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
+from rheon.core.extras import import_extra
 from rheon.io.base import BuildContext, Source, SourceLogic
 from rheon.io.kafka.codec import decoder_for, raw_payload
 
@@ -24,12 +25,7 @@ METADATA = ("_key", "_partition", "_offset", "_timestamp", "_headers")
 
 
 def _kafka() -> Any:
-    try:
-        import confluent_kafka
-    except ImportError as exc:
-        msg = "rh.io.Kafka needs confluent-kafka. Try: pip install 'rheon[kafka]'"
-        raise FlowError(msg) from exc
-    return confluent_kafka
+    return import_extra("confluent_kafka", user="rh.io.Kafka", package="confluent-kafka", extra="kafka")
 
 
 class Kafka(Source):

@@ -35,6 +35,7 @@ from typing_extensions import override
 from rheon.core.deadletters import payload_of
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError, columns_hint
+from rheon.core.extras import import_extra
 from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, Sink, SinkLogic
 from rheon.io.postgres.encoding import copy_csv, redact, sql_type
@@ -131,11 +132,7 @@ class Postgres(Sink):
 
     @override
     def build(self, ctx: BuildContext) -> SinkLogic:
-        try:
-            import psycopg  # noqa: F401 - only checking that the extra is installed
-        except ImportError as exc:
-            msg = "rh.io.Postgres needs psycopg 3. Try: pip install 'rheon[postgres]'"
-            raise FlowError(msg) from exc
+        import_extra("psycopg", user="rh.io.Postgres", package="psycopg 3", extra="postgres")  # fail early, at build
         return _PostgresLogic(self, ctx)
 
 
