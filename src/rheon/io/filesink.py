@@ -39,7 +39,8 @@ def _fsync_dir(path: Path) -> None:
 class FileSink(Sink):
     """Write rows as JSON lines, CSV or Parquet part files in ``directory``.
 
-    Committed part files are named ``part-*.<ext>``; files in progress start with ``"."``.
+    Committed part files are named ``part-*.<ext>`` and their names sort in the order they were
+    written; files in progress start with ``"."``.
     ``roll_size="128MB"`` and/or ``roll_every="1h"`` start a new file when the current one is
     that big or that old; without them a run writes one file per checkpoint interval (or one
     file in all, without checkpoints).
@@ -98,6 +99,7 @@ class _FileSinkLogic(SinkLogic):
         self.opened_ns = 0
         self.written = 0
         self.rolled: list[Path] = []  # finished files waiting for the next checkpoint
+        self.published = 0  # files made visible without checkpoints; orders their names
         self.ext = _FORMATS[fmt]
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path: Path | None = None
@@ -230,7 +232,10 @@ class _FileSinkLogic(SinkLogic):
 
     def _publish(self, path: Path) -> None:
         """Make a finished file visible at once (runs without checkpoints)."""
-        stamp = f"t{self.clock.now_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}"
+        # Names sort in the order the files were written: by the run's clock, then by a counter
+        # (several files may roll within one millisecond), then a random part against clashes.
+        stamp = f"t{self.clock.now_ns() // 1_000_000:013d}-{self.published:06d}-{uuid.uuid4().hex[:8]}"
+        self.published += 1
         self._rename(path, self.dir / f"part-{stamp}.{self.ext}")
         _fsync_dir(self.dir)
 

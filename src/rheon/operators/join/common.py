@@ -177,9 +177,23 @@ class TwoInputJoin(Operator):
             "how": self.how,
         }
 
+    def join_buffers(self) -> dict[str, pl.DataFrame | None]:
+        """The rows the join holds, by name: what a checkpoint keeps besides the watermarks."""
+        raise NotImplementedError
+
+    def load_join_buffers(self, frames: dict[str, pl.DataFrame]) -> None:
+        """Put back the rows :meth:`join_buffers` gave (a name is missing when it held none)."""
+        raise NotImplementedError
+
     @override
     def snapshot(self, files: SharedFiles) -> State:
-        raise NotImplementedError
+        frames = {name: frame for name, frame in self.join_buffers().items() if frame is not None}
+        return frames, self._base_state()
+
+    @override
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
+        self._load_base(objects)
+        self.load_join_buffers(frames)
 
     @staticmethod
     def emit(batch: Batch, frames: list[pl.DataFrame], watermark: int) -> Output:

@@ -22,9 +22,8 @@ from typing_extensions import override
 
 from rheon.core.batch import MIN_WM, WM_COL, Batch
 from rheon.core.eventtime import TimeType
-from rheon.operators.base import LATE, Output, State
+from rheon.operators.base import LATE, Output
 from rheon.operators.join.common import ID, PHASE, POS, T, TwoInputJoin
-from rheon.state.shared import SharedFiles
 
 __all__ = ["IntervalJoin"]
 
@@ -184,16 +183,10 @@ class IntervalJoin(TwoInputJoin):
         return {**super().signature(), "between_ms": [self.lower_ms, self.upper_ms]}
 
     @override
-    def snapshot(self, files: SharedFiles) -> State:
-        frames = {}
-        if self.left_buf is not None:
-            frames["left"] = self.left_buf
-        if self.right_buf is not None:
-            frames["right"] = self.right_buf
-        return frames, self._base_state()
+    def join_buffers(self) -> dict[str, pl.DataFrame | None]:
+        return {"left": self.left_buf, "right": self.right_buf}
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
-        self._load_base(objects)
+    def load_join_buffers(self, frames: dict[str, pl.DataFrame]) -> None:
         self.left_buf = frames.get("left")
         self.right_buf = frames.get("right")

@@ -10,16 +10,14 @@ need are dropped. An idle or finished right side does not make left records wait
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, WM_COL, Batch
 from rheon.core.eventtime import TimeType
-from rheon.operators.base import LATE, Output, State
+from rheon.operators.base import LATE, Output
 from rheon.operators.join.common import ID, T, TwoInputJoin
-from rheon.state.shared import SharedFiles
 
 __all__ = ["TemporalJoin"]
 
@@ -125,16 +123,10 @@ class TemporalJoin(TwoInputJoin):
         self.versions = pl.concat([latest.select(versions.columns), versions.filter(pl.col(RT) > horizon)])
 
     @override
-    def snapshot(self, files: SharedFiles) -> State:
-        frames = {}
-        if self.pending is not None:
-            frames["pending"] = self.pending
-        if self.versions is not None:
-            frames["versions"] = self.versions
-        return frames, self._base_state()
+    def join_buffers(self) -> dict[str, pl.DataFrame | None]:
+        return {"pending": self.pending, "versions": self.versions}
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
-        self._load_base(objects)
+    def load_join_buffers(self, frames: dict[str, pl.DataFrame]) -> None:
         self.pending = frames.get("pending")
         self.versions = frames.get("versions")

@@ -15,9 +15,8 @@ from typing_extensions import override
 
 from rheon.core.batch import MIN_WM, WM_COL, Batch
 from rheon.core.eventtime import TimeType
-from rheon.operators.base import LATE, Output, State
+from rheon.operators.base import LATE, Output
 from rheon.operators.join.common import ID, T, TwoInputJoin
-from rheon.state.shared import SharedFiles
 from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 
 __all__ = ["WindowJoin"]
@@ -140,11 +139,9 @@ class WindowJoin(TwoInputJoin):
         return {**super().signature(), "window": repr(self.assigner)}
 
     @override
-    def snapshot(self, files: SharedFiles) -> State:
-        frames = {name: buf for name, buf in zip(("left", "right"), self.buffers, strict=True) if buf is not None}
-        return frames, self._base_state()
+    def join_buffers(self) -> dict[str, pl.DataFrame | None]:
+        return dict(zip(("left", "right"), self.buffers, strict=True))
 
     @override
-    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
-        self._load_base(objects)
+    def load_join_buffers(self, frames: dict[str, pl.DataFrame]) -> None:
         self.buffers = [frames.get("left"), frames.get("right")]
