@@ -96,6 +96,22 @@ def test_temporal_join_takes_the_version_valid_at_each_event(how, batch_size):
     assert any(r["rate"] is None for r in expected) == (how == "left")
 
 
+def test_temporal_join_keeps_versions_for_records_behind_their_own_watermark():
+    # The left stream allows no disorder, the right one 1 s: a left record behind its own
+    # stream's watermark is not late while the right side holds the join's watermark back, so
+    # the version valid at its time must still be there (it once was compacted away).
+    left = [{"k": 1, "ts": 100, "id": "a"}, {"k": 1, "ts": 50, "id": "b"}]
+    right = [{"k": 1, "ts": 10, "v": "v10"}, {"k": 1, "ts": 60, "v": "v60"}, {"k": 1, "ts": 400, "v": "v400"}]
+    flow = rh.Flow("tj")
+    b = flow.source(rh.io.Records(right, batch_size=1), time="ts", max_delay="1s")
+    a = flow.source(rh.io.Records(left, batch_size=1), time="ts", max_delay="0ms")
+    joined = a.key_by("k").join(b.key_by("k").latest(), how="left")
+    out, late = collect(joined), collect(joined.late())
+    flow.run()
+    assert late.rows == []
+    assert sorted((r["id"], r["v"]) for r in out.rows) == [("a", "v60"), ("b", "v10")]
+
+
 def test_lookup_join_with_a_table_file(tmp_path, batch_size):
     table = pl.DataFrame({"merchant": ["m1", "m2", "m2"], "category": ["food", "books", "music"], "amount": [0, 0, 0]})
     table.write_parquet(tmp_path / "merchants.parquet")

@@ -75,7 +75,7 @@ class TemporalJoin(TwoInputJoin):
         released = self._release(before)
         if released is not None:
             pieces.append(released)
-        self._compact()
+        self._compact(new_wm)
         self.forwarded = new_wm
         outputs.insert(0, self.emit(batch, pieces, new_wm))
         return outputs
@@ -108,12 +108,16 @@ class TemporalJoin(TwoInputJoin):
         joined = joined.sort(ID).with_columns(pl.lit(wm_before, pl.Int64).alias(WM_COL))
         return self.output(joined)
 
-    def _compact(self) -> None:
-        """Keep, per key, the last version at or before the oldest time still to be looked up."""
+    def _compact(self, watermark: int) -> None:
+        """Keep, per key, the last version at or before the oldest time still to be looked up.
+
+        A left record is late only behind the join's combined ``watermark``, not behind its own
+        stream's, so that is the oldest time a left record still to come may look up.
+        """
         versions = self.versions
         if versions is None or versions.height == 0:
             return
-        horizon = self.wm[0] if not self.ended[0] else MAX_WM
+        horizon = watermark if not self.ended[0] else MAX_WM
         if self.pending is not None and self.pending.height:
             horizon = min(horizon, int(self.pending.get_column(T).min()))  # type: ignore[arg-type]
         old = versions.filter(pl.col(RT) <= horizon)
