@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 import rheon as rh
+from rheon.core.batch import SPLIT_COL
 from rheon.testing import ManualClock, ScriptedSource, collect
 
 
@@ -93,6 +94,47 @@ def test_source_that_wakes_up_counts_again():
     # ts=200 arrives after 2s, when the sleepy source was idle and busy had not yet moved past 100.
     assert out.rows[0] == {"window_start": 0, "window_end": 1000, "n": 2}
     assert late.rows == []
+
+
+class _OneBusyPartition(rh.io.Source):
+    """Partition p0 always has data (the clock moves 100 ms a batch); p1 never has any."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+
+    def build(self, ctx):
+        source = self
+
+        class Logic(rh.io.SourceLogic):
+            t = 0
+
+            def next_batch(self):
+                source.clock.advance("100ms")
+                ts = list(range(self.t, self.t + 100))
+                self.t += 100
+                return pl.DataFrame({"ts": ts, SPLIT_COL: ["p0"] * 100})
+
+            def done(self):
+                return False
+
+            def splits(self):
+                return ["p0", "p1"]
+
+        return Logic()
+
+
+@pytest.mark.parametrize("idle_timeout", [None, "500ms"])
+def test_a_quiet_partition_stops_counting_while_another_is_busy(idle_timeout):
+    clock = ManualClock()
+    flow = rh.Flow("partitions")
+    src = flow.source(_OneBusyPartition(clock), time="ts", idle_timeout=idle_timeout)
+    out = collect(src.window(rh.tumbling("1s")).agg(n=rh.count()))
+    flow.run(duration="3s", clock=clock)
+    if idle_timeout is None:
+        assert out.rows == []  # the empty partition holds the watermark back, as it should
+    else:
+        assert len(out.rows) >= 2
+        assert out.rows[0] == {"window_start": 0, "window_end": 1000, "n": 1000}
 
 
 def test_generator_runs_until_duration_on_a_manual_clock():

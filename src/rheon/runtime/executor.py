@@ -334,11 +334,18 @@ class Executor:
         task.ended = True
         self._push(task.node.id, "main", Batch(pl.DataFrame(), watermark=MAX_WM, end=True))
 
+    def _check_idle_splits(self, task: _SourceTask, now_ns: int) -> bool:
+        """Mark the source's partitions quiet for ``idle_timeout`` as idle; True if any went idle."""
+        timeout = task.node.idle_timeout_ms
+        if timeout is None or task.splits is None:
+            return False
+        return task.splits.check_idle(now_ns, timeout * 1_000_000)
+
     def _check_idle(self, task: _SourceTask, now_ns: int) -> None:
         timeout = task.node.idle_timeout_ms
         if timeout is None or task.idle or task.tracker is None:
             return
-        if task.splits is not None and task.splits.check_idle(now_ns, timeout * 1_000_000):
+        if self._check_idle_splits(task, now_ns):
             # Some partitions went quiet: the others' watermark may move on.
             self._push(task.node.id, "main", Batch(pl.DataFrame(), watermark=task.watermark))
         if now_ns - task.last_data_ns >= timeout * 1_000_000:
@@ -420,6 +427,9 @@ class Executor:
                         if frame.height:
                             task.last_data_ns = now
                             task.idle = False
+                        # A busy partition must not keep a quiet one counting: check the
+                        # partitions on every batch, not only when the whole source is quiet.
+                        self._check_idle_splits(task, now)
                         self._source_batch(task, frame, now)
                     elif task.logic.done():
                         self._end_source(task)
