@@ -4,8 +4,9 @@ event-time timers and an interval join; files out.
 Run: python flow_under_test.py INPUT_GLOB OUT_DIR CHECKPOINT_DIR
 
 With CHAOS_KILL_P=p (and CHAOS_SEED), the process SIGKILLs itself with probability p at points
-inside the checkpoint protocol: after the checkpoint's files are written but before the atomic
-rename, right after the rename, and between the renames of a sink's commit. That makes sure
+inside the checkpoint protocol: halfway through writing one of the checkpoint's files, after
+they are written but before the atomic rename, right after the rename, and between the renames
+of a sink's commit. That makes sure
 crashes hit the moments that are hardest to get right, not only the quiet ones.
 """
 
@@ -29,18 +30,31 @@ def _install_crash_points() -> None:
         return
     rnd = random.Random(int(os.environ.get("CHAOS_SEED", "0")))
 
+    def die(where: str) -> None:
+        sys.stdout.write(f"dying {where}\n")
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def maybe_die(where: str) -> None:
         if rnd.random() < p:
-            sys.stdout.write(f"dying {where}\n")
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            die(where)
 
     real_fsync_dir = checkpoints_module._fsync_dir
+    real_write_file = checkpoints_module._write_file
     real_rename = filesink_module._FileSinkLogic._rename
 
     def fsync_dir(path: Path) -> None:
         maybe_die("in-checkpoint-write")
         real_fsync_dir(path)
+
+    def write_file(path: Path, data: bytes) -> None:
+        if rnd.random() < p:
+            with open(path, "wb") as fh:  # half a file on disk, then the crash
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+            die("mid-checkpoint-file")
+        real_write_file(path, data)
 
     def rename(self: filesink_module._FileSinkLogic, source: Path, target: Path) -> None:
         if target.name.startswith("part-"):
@@ -48,6 +62,7 @@ def _install_crash_points() -> None:
         real_rename(self, source, target)
 
     checkpoints_module._fsync_dir = fsync_dir  # type: ignore[assignment]
+    checkpoints_module._write_file = write_file  # type: ignore[assignment]
     filesink_module._FileSinkLogic._rename = rename  # type: ignore[method-assign]
 
 

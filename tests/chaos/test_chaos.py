@@ -84,7 +84,10 @@ def chaos(tmp_path: Path, *, events: int, files: int, kills: int, seed: int) -> 
     while killed < kills:
         attempts += 1
         assert attempts <= kills * 3, "the flow keeps finishing before it can be killed; use more events"
-        env = {"CHAOS_KILL_P": "0.012", "CHAOS_SEED": str(rnd.randrange(10**9)), "CHAOS_EVERY": "50ms"}
+        # Every third run dies inside the checkpoint protocol far more often, so that some kills
+        # surely land there; the others are mostly killed from outside at a random moment.
+        kill_p = "0.2" if attempts % 3 == 0 else "0.012"
+        env = {"CHAOS_KILL_P": kill_p, "CHAOS_SEED": str(rnd.randrange(10**9)), "CHAOS_EVERY": "50ms"}
         proc = run_flow(input_glob, out_dir, ckpt, env)
         time.sleep(rnd.uniform(0.45, 1.4))  # startup (imports) takes ~0.4 s
         if proc.poll() is None:
@@ -97,6 +100,7 @@ def chaos(tmp_path: Path, *, events: int, files: int, kills: int, seed: int) -> 
             assert proc.returncode == 0, stderr
             assert "restored_from=None" not in stdout or attempts == 1, stdout
             pytest.fail(f"the flow finished after {killed} kills; it must be killed {kills} times")
+    assert inside >= 2, f"only {inside} of {killed} kills landed inside the checkpoint protocol"
     final = run_flow(input_glob, out_dir, ckpt)
     stdout, stderr = final.communicate(timeout=600)
     assert final.returncode == 0, stderr
