@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rheon as rh
+from rheon.state.checkpoints import CheckpointStore
 
 EVENTS = [
     {"k": i % 5, "v": (i * 37) % 11, "ts": i * 40 + (i * 53) % 300} for i in range(600)
@@ -190,3 +191,97 @@ def test_file_sink_without_checkpoints_commits_at_the_end(tmp_path):
     parts = list(tmp_path.glob("part-*.parquet"))
     assert len(parts) == 1
     assert pl.read_parquet(parts[0])["a"].to_list() == [1, 2]
+
+
+def _resume_with(tmp_path: Path, first_fn, second_fn) -> list[dict]:
+    """Run ``first_fn`` over one record and checkpoint, then resume with ``second_fn``."""
+    rows = [{"k": 1, "ts": t} for t in range(3)]
+    outputs = []
+    for fn, stop in ((first_fn, True), (second_fn, False)):
+        flow = rh.Flow("kinds")
+        out = rh.io.Collect()
+        src = flow.source(rh.io.Records(rows, batch_size=1), time="ts", name="in")
+        src.key_by("k").process(fn, name="p").sink(out, name="out")
+        if stop:
+            src.sink(lambda row, flow=flow: flow.stop(), name="stop")
+        flow.run(checkpoint_dir=tmp_path)
+        outputs.append(out.rows)
+    return outputs
+
+
+def _as_value(row, ctx):
+    ctx.state("x", default=0).set(1)
+
+
+def _as_list(row, ctx):
+    ctx.state.list("x").append(1)
+
+
+def _as_map(row, ctx):
+    ctx.state.map("x").put("a", 1)
+
+
+_AS = {"value": (_as_value, r"ctx\.state\('x'\)"), "list": (_as_list, r"ctx\.state\.list\('x'\)")}
+_AS["map"] = (_as_map, r"ctx\.state\.map\('x'\)")
+
+
+@pytest.mark.parametrize(
+    ("saved", "asked"), [("list", "value"), ("value", "list"), ("value", "map"), ("map", "list"), ("list", "map")]
+)
+def test_state_asked_for_as_another_kind_after_restore_is_a_clear_error(tmp_path, saved, asked):
+    """Flink: StateMigrationException. Before, the other kind's cells were read back as garbage."""
+    first, how_saved = _AS[saved]
+    second, how_asked = _AS[asked]
+    second.__qualname__ = first.__qualname__  # the same function, edited between runs
+    try:
+        with pytest.raises(
+            rh.FlowError,
+            match=rf"process 'p': state 'x' is {saved} state in the checkpoint this run resumed from, but the "
+            rf"function now asks for {asked} state \({how_asked}\)\. Read it as {how_saved}, give the {asked} "
+            r"state another name, or start from a new checkpoint_dir\.",
+        ):
+            _resume_with(tmp_path, first, second)
+    finally:
+        second.__qualname__ = second.__name__
+
+
+def test_a_new_ttl_resumes_but_a_new_kind_is_refused(tmp_path):
+    """A TTL does not change how cells are stored (each keeps its write time); the kind does."""
+
+    def first(row, ctx):
+        ctx.state.list("x").append(row["ts"])
+
+    def second(row, ctx):
+        seen = ctx.state.list("x", ttl="1h")
+        seen.append(row["ts"])
+        ctx.emit({"seen": seen.get()})
+
+    second.__qualname__ = first.__qualname__
+    assert _resume_with(tmp_path / "ttl", first, second)[1] == [{"seen": [0, 1]}, {"seen": [0, 1, 2]}]
+    _as_value.__qualname__ = first.__qualname__
+    try:
+        with pytest.raises(rh.FlowError, match=r"state 'x' is list state in the checkpoint"):
+            _resume_with(tmp_path / "kind", first, _as_value)
+    finally:
+        _as_value.__qualname__ = _as_value.__name__
+
+
+def test_flow_level_checkpoint_settings_apply_without_run_arguments(tmp_path):
+    rows = [{"k": i % 2, "ts": i} for i in range(8)]
+
+    def build(stop_at: int | None = None) -> tuple[rh.Flow, rh.io.Collect]:
+        flow = rh.Flow("defaults", checkpoint_dir=tmp_path / "ckpt", checkpoint_every="0ms")
+        out = rh.io.Collect()
+        src = flow.source(rh.io.Records(rows, batch_size=1), time="ts", name="in")
+        src.key_by("k").reduce(lambda a, r: {**r, "n": a.get("n", 1) + 1}, name="count").sink(out, name="out")
+        src.sink(lambda row: flow.stop() if row["ts"] == stop_at else None, name="stop")
+        return flow, out
+
+    first, head = build(stop_at=3)
+    first.run()
+    store = CheckpointStore(tmp_path / "ckpt")
+    assert (store.latest_id() or 0) >= 3  # checkpoint_every="0ms": after batches, not only at the stop
+    second, tail = build()
+    second.run()
+    assert [r.get("n") for r in head.rows + tail.rows] == [None, None, 2, 2, 3, 3, 4, 4]
+    assert second.metrics().records_in == 4  # resumed, not replayed from the start

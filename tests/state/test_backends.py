@@ -163,3 +163,74 @@ def test_state_is_stored_per_key_group(tmp_path):
     firsts = [raw[0] for raw in raw_keys]
     assert firsts == sorted(firsts)
     rocks.close()
+
+
+@pytest.mark.parametrize(("before", "after"), [("memory", "rocksdb"), ("rocksdb", "memory")])
+def test_a_snapshot_restores_into_the_other_backend(tmp_path, before, after):
+    files = SharedFiles(tmp_path / "shared", "op")
+    writer = make_backend(before, tmp_path / "w")
+    for key in range(200):
+        writer.cells(key)["n"] = (key, 0)
+    writer.end_batch()
+    writer.snapshot(files)
+    writer.cells(7).clear()  # a deletion after the first checkpoint (a delta for memory)
+    writer.cells("new")["n"] = ("x", 1)
+    writer.end_batch()
+    saved = writer.snapshot(files)
+    writer.close()
+    reader = make_backend(after, tmp_path / "r")
+    reader.restore(saved, files)
+    assert len(reader) == 200
+    assert reader.cells(7) == {}
+    assert reader.cells(8) == {"n": (8, 0)}
+    assert reader.cells("new") == {"n": ("x", 1)}
+    reader.end_batch()
+    again = make_backend(before, tmp_path / "again")  # and back, from the reader's own checkpoint
+    again.restore(reader.snapshot(files), files)
+    assert len(again) == 200
+    assert again.cells(8) == {"n": (8, 0)}
+    reader.close()
+    again.close()
+
+
+def test_unknown_snapshot_format_is_a_flow_error_naming_the_operator(tmp_path):
+    files = SharedFiles(tmp_path, "per_card")
+    with pytest.raises(rh.FlowError, match=r"'per_card': its keyed state .* \(backend 'redis', fields \['backend'\]\)"):
+        MemoryBackend().restore({"backend": "redis"}, files)
+
+
+@pytest.mark.parametrize(("before", "after"), [("memory", "rocksdb"), ("rocksdb", "memory")])
+def test_switching_state_backend_between_runs_resumes_the_state(tmp_path, before, after):
+    """Like Flink savepoints in the canonical format: the state moves to the new backend."""
+    rows = [{"k": i % 3, "v": i, "ts": i} for i in range(12)]
+
+    def build(backend: str, stop_after: int | None = None) -> tuple[rh.Flow, rh.io.Collect]:
+        flow = rh.Flow("switch", state_backend=backend)
+        out = rh.io.Collect()
+        src = flow.source(rh.io.Records(rows, batch_size=2), time="ts", name="in")
+
+        def count(record, ctx):
+            n = ctx.state("n", default=0)
+            n.set(n.get() + 1)
+            ctx.state.list("seen").append(record["v"])
+            ctx.emit({"k": ctx.key, "n": n.get(), "seen": len(ctx.state.list("seen"))})
+
+        keyed = src.key_by("k")
+        keyed.process(count, name="count").sink(out, name="out")
+        keyed.reduce(lambda a, r: {**r, "v": a["v"] + r["v"]}, name="sum").sink(out, name="sums")
+
+        def stop(row):
+            if stop_after is not None and row["ts"] + 1 >= stop_after:
+                flow.stop()
+
+        src.sink(stop, name="stop")
+        return flow, out
+
+    reference_flow, reference = build(before)
+    reference_flow.run()
+    first, head = build(before, stop_after=6)
+    first.run(checkpoint_dir=tmp_path)
+    second, tail = build(after)
+    second.run(checkpoint_dir=tmp_path)
+    assert 0 < len(head.rows) < len(reference.rows)
+    assert head.rows + tail.rows == reference.rows

@@ -25,7 +25,7 @@ from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._rows import frame_to_rows, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend, MemoryBackend
-from rheon.state.keyed import ListState, MapState, ValueState
+from rheon.state.keyed import ListState, MapState, StateKindError, StateKinds, ValueState
 from rheon.state.shared import SharedFiles
 from rheon.time.clock import Clock
 
@@ -45,7 +45,10 @@ class _StateAccess:
         self._ctx = ctx
 
     def __call__(self, name: str, default: Any = None, *, ttl: str | None = None) -> ValueState:
-        return ValueState(self._ctx._cells(), name, self._ctx._op._ttl(ttl), self._ctx._op._now_ms, default)
+        op = self._ctx._op
+        if op.state_kinds.get(name) != "value":
+            op.state_kinds.declare(name, "value")
+        return ValueState(self._ctx._cells(), name, op._ttl(ttl), op._now_ms, default)
 
     def value(self, name: str, default: Any = None, *, ttl: str | None = None) -> ValueState:
         """Same as calling ``ctx.state(name, ...)``."""
@@ -53,11 +56,17 @@ class _StateAccess:
 
     def list(self, name: str, *, ttl: str | None = None) -> ListState:
         """A list per key."""
-        return ListState(self._ctx._cells(), name, self._ctx._op._ttl(ttl), self._ctx._op._now_ms)
+        op = self._ctx._op
+        if op.state_kinds.get(name) != "list":
+            op.state_kinds.declare(name, "list")
+        return ListState(self._ctx._cells(), name, op._ttl(ttl), op._now_ms)
 
     def map(self, name: str, *, ttl: str | None = None) -> MapState:
         """A dict per key."""
-        return MapState(self._ctx._cells(), name, self._ctx._op._ttl(ttl), self._ctx._op._now_ms)
+        op = self._ctx._op
+        if op.state_kinds.get(name) != "map":
+            op.state_kinds.declare(name, "map")
+        return MapState(self._ctx._cells(), name, op._ttl(ttl), op._now_ms)
 
 
 class _Timers:
@@ -181,6 +190,7 @@ class KeyedProcess(Operator):
         self.ttype = time_type
         self.ttl_of = ttl_of
         self.backend = backend if backend is not None else MemoryBackend()
+        self.state_kinds = StateKinds(self.label)
         self.event_timers: list[tuple[int, int, Any]] = []
         self.event_set: set[tuple[int, Any]] = set()
         self.proc_timers: list[tuple[int, int, Any]] = []
@@ -244,6 +254,8 @@ class KeyedProcess(Operator):
                 continue
             try:
                 self.on_timer(ctx.timestamp, ctx)
+            except StateKindError:
+                raise  # a mistake in the code, not in one timer: stop the run
             except Exception as exc:
                 reason = f"on_timer: {type(exc).__name__}: {exc}"
                 self._dead.append((reason, payload_of({"timer": ctx.timestamp, "key": key, "domain": domain})))
@@ -302,6 +314,8 @@ class KeyedProcess(Operator):
             ctx.watermark = wm // per_ms if wm > MIN_WM else None
             try:
                 fn(row, ctx)
+            except StateKindError:
+                raise  # a mistake in the code, not in one record: stop the run
             except Exception as exc:
                 self._dead.append((f"{type(exc).__name__}: {exc}", payload_of(row)))
 
@@ -330,6 +344,7 @@ class KeyedProcess(Operator):
     def snapshot(self, files: SharedFiles) -> State:
         return {}, {
             "state": self.backend.snapshot(files),
+            "state_kinds": self.state_kinds.snapshot(),
             "event": [(at, key) for at, _, key in sorted(self.event_timers) if (at, key) in self.event_set],
             "processing": [(at, key) for at, _, key in sorted(self.proc_timers) if (at, key) in self.proc_set],
             "forwarded": self.forwarded,
@@ -339,6 +354,7 @@ class KeyedProcess(Operator):
     @override
     def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
         self.backend.restore(objects["state"], files)
+        self.state_kinds.restore(objects.get("state_kinds", {}))  # absent in older checkpoints
         self.event_timers, self.event_set, self.proc_timers, self.proc_set = [], set(), [], set()
         for at, key in objects["event"]:
             self._add_timer(self.event_timers, self.event_set, at, key)

@@ -15,18 +15,21 @@ owns.
   a bounded in-memory cache, for state larger than memory. A checkpoint is a RocksDB checkpoint:
   hard links to its immutable files, so it costs little whatever the state's size.
 
-Choose per flow: ``rh.Flow(name, state_backend="rocksdb")``.
+Choose per flow: ``rh.Flow(name, state_backend="rocksdb")``. Both hold the same thing (each key's
+state dict), so a checkpoint written by one backend restores into the other: a flow can switch
+backends between runs, like Flink's savepoints in the canonical format.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import pickle
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,8 @@ __all__ = ["BACKENDS", "KeyedStateBackend", "MemoryBackend", "RocksDBBackend", "
 
 BACKENDS = ("memory", "rocksdb")
 assert KEY_GROUPS <= 256, "RocksDB keys store the key group in one byte"
+
+log = logging.getLogger(__name__)
 
 
 def _loads(data: bytes) -> Any:
@@ -130,22 +135,17 @@ class MemoryBackend(KeyedStateBackend):
             self.chain.append(files.write("delta", _dumps(delta)))
         files.refer(self.chain)
         self.changed = set()
-        return {"chain": list(self.chain)}
+        return {"backend": "memory", "chain": list(self.chain)}
 
     def restore(self, saved: dict[str, Any], files: SharedFiles, key_groups: set[int] | None = None) -> None:
-        """Load a snapshot; with ``key_groups``, only the state of those key groups."""
-        self.chain = list(saved["chain"])
-        self.data = {}
-        data = self.data
-        for name in self.chain:
-            for group, part in _loads(files.read(name)).items():
-                if key_groups is not None and group not in key_groups:
-                    continue
-                for key, value in part.items():
-                    if value is None:
-                        data.pop(key, None)
-                    else:
-                        data[key] = value
+        """Load a snapshot (of either backend); with ``key_groups``, only those key groups."""
+        if _written_by(saved, files) == "rocksdb":
+            _log_switch("rocksdb", "memory", files)
+            self.chain = []  # the next checkpoint writes a base
+            self.data = dict(_read_rocksdb(files.path(saved["dir"]), key_groups))
+        else:
+            self.chain = list(saved["chain"])
+            self.data = _read_chain(self.chain, files, key_groups)
         self.changed = set()
 
     def __len__(self) -> int:
@@ -208,14 +208,27 @@ class RocksDBBackend(KeyedStateBackend):
         self.db.flush()
         name, path = files.new_dir("rocksdb")
         self._rocksdict.Checkpoint(self.db).create_checkpoint(str(path))
-        return {"dir": name}
+        return {"backend": "rocksdb", "dir": name}
 
     def restore(self, saved: dict[str, Any], files: SharedFiles) -> None:
+        """Load a snapshot: a RocksDB checkpoint, or the files of a memory-backend one."""
+        written_by = _written_by(saved, files)
         self.db.close()
         shutil.rmtree(self.directory, ignore_errors=True)
-        source = files.path(saved["dir"])
-        shutil.copytree(source, self.directory, copy_function=_link_or_copy)
-        self.db = self._open(self.directory)
+        if written_by == "rocksdb":
+            source = files.path(saved["dir"])
+            shutil.copytree(source, self.directory, copy_function=_link_or_copy)
+            self.db = self._open(self.directory)
+        else:
+            _log_switch("memory", "rocksdb", files)
+            self.db = self._open(self.directory)
+            batch = self._rocksdict.WriteBatch(raw_mode=True)
+            for key, value in _read_chain(saved["chain"], files, None).items():
+                batch.put(_db_key(key), _dumps(value))
+                if len(batch) >= 10_000:
+                    self.db.write(batch)
+                    batch = self._rocksdict.WriteBatch(raw_mode=True)
+            self.db.write(batch)
         self.cache = {}
         self.db_keys = {}
         self.changed = set()
@@ -228,6 +241,60 @@ class RocksDBBackend(KeyedStateBackend):
         self.db.close()
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _written_by(saved: dict[str, Any], files: SharedFiles) -> str:
+    """Which backend wrote a snapshot (checkpoints older than the "backend" field tell by shape)."""
+    backend = saved.get("backend")
+    if backend is None:
+        backend = "memory" if "chain" in saved else "rocksdb" if "dir" in saved else None
+    if backend not in BACKENDS:
+        msg = (
+            f"'{files.owner}': its keyed state in the checkpoint has a format this rheon does not read "
+            f"(backend {backend!r}, fields {sorted(saved)}). Restore it with the rheon that wrote it, "
+            "or start from a new checkpoint_dir."
+        )
+        raise FlowError(msg)
+    return str(backend)
+
+
+def _log_switch(was: str, now: str, files: SharedFiles) -> None:
+    log.info("state_backend_changed operator=%s checkpoint_backend=%s backend=%s", files.owner, was, now)
+
+
+def _read_chain(chain: list[str], files: SharedFiles, key_groups: set[int] | None) -> dict[Any, dict[str, Any]]:
+    """The state a memory-backend checkpoint holds: its base with the deltas applied."""
+    data: dict[Any, dict[str, Any]] = {}
+    for name in chain:
+        for group, part in _loads(files.read(name)).items():
+            if key_groups is not None and group not in key_groups:
+                continue
+            for key, value in part.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+    return data
+
+
+def _read_rocksdb(source: Path, key_groups: set[int] | None) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The ``(key, state)`` pairs of a RocksDB-backend checkpoint, read from a scratch copy (opening
+    RocksDB writes to its directory, and the checkpoint must stay as it is)."""
+    rocksdict = import_extra(
+        "rocksdict", user="restoring state written by state_backend='rocksdb'", package="rocksdict", extra="rocksdb"
+    )
+    scratch = Path(tempfile.mkdtemp(prefix="rheon-rocksdb-read-")) / "db"
+    try:
+        shutil.copytree(source, scratch, copy_function=_link_or_copy)
+        db = rocksdict.Rdict(str(scratch), options=rocksdict.Options(raw_mode=True))
+        try:
+            for raw_key, raw_value in db.items():
+                if key_groups is None or raw_key[0] in key_groups:
+                    yield _loads(raw_key[1:]), _loads(raw_value)
+        finally:
+            db.close()
+    finally:
+        shutil.rmtree(scratch.parent, ignore_errors=True)
 
 
 def _by_key_group(items: Iterable[tuple[Any, Any]]) -> dict[int, dict[Any, Any]]:

@@ -5,6 +5,12 @@ were last written, so entries older than their TTL read as absent (and are dropp
 with Flink's processing-time state TTL. For checkpoints the keys are grouped into *key groups*
 by a stable hash (the same in every process), the unit in which state will move between
 workers.
+
+Each kind stores its cells differently (a value is one ``(value, written_ms)`` cell, a list a
+list of them, a map a dict of them), so an operator records the kind of each named state in
+:class:`StateKinds` and saves it with its checkpoints: asking for a saved state as another kind
+is a :class:`StateKindError`, not garbage read back. A TTL does not change the stored form
+(every cell keeps its write time), so it may change between runs.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["KEY_GROUPS", "ListState", "MapState", "ValueState", "key_group"]
+from rheon.core.errors import FlowError
+
+__all__ = ["KEY_GROUPS", "ListState", "MapState", "StateKindError", "StateKinds", "ValueState", "key_group"]
 
 KEY_GROUPS = 128
 
@@ -27,6 +35,77 @@ def key_group(key: Any, groups: int = KEY_GROUPS) -> int:
     (True, True)
     """
     return zlib.crc32(repr(key).encode()) % groups
+
+
+_HOW = {"value": "ctx.state({!r})", "list": "ctx.state.list({!r})", "map": "ctx.state.map({!r})"}
+
+
+class StateKindError(FlowError):
+    """A named state is asked for as another kind than the one it holds (Flink's
+    ``StateMigrationException``): the run stops rather than read its cells as the wrong kind.
+
+    Examples
+    --------
+    >>> kinds = StateKinds("process 'p'"); kinds.declare("seen", "list"); kinds.declare("seen", "map")
+    Traceback (most recent call last):
+    ...
+    rheon.state.keyed.StateKindError: process 'p': state 'seen' is used both as list state (ctx.state.list('seen')) and as map state (ctx.state.map('seen')). Give one of them another name.
+    """
+
+
+class StateKinds(dict[str, str]):
+    """The kind ("value", "list" or "map") of each named state of one operator.
+
+    A plain dict (so the check on every access is one lookup) that also remembers which kinds
+    came from a checkpoint, for the error message.
+
+    Examples
+    --------
+    >>> kinds = StateKinds("process 'p'")
+    >>> kinds.restore({"n": "list"}); kinds.declare("total", "value"); dict(kinds)
+    {'n': 'list', 'total': 'value'}
+    >>> kinds.declare("n", "value")
+    Traceback (most recent call last):
+    ...
+    rheon.state.keyed.StateKindError: process 'p': state 'n' is list state in the checkpoint this run resumed from, but the function now asks for value state (ctx.state('n')). Read it as ctx.state.list('n'), give the value state another name, or start from a new checkpoint_dir.
+    """
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+        self.restored: set[str] = set()
+
+    def declare(self, name: str, kind: str) -> None:
+        """Note that the code asks for ``name`` as ``kind``; raise if it holds another kind."""
+        had = self.get(name)
+        if had is None:
+            self[name] = kind
+            return
+        if had == kind:
+            return
+        asked, saved = _HOW[kind].format(name), _HOW[had].format(name)
+        if name in self.restored:
+            msg = (
+                f"{self.where}: state {name!r} is {had} state in the checkpoint this run resumed from, but the "
+                f"function now asks for {kind} state ({asked}). Read it as {saved}, give the {kind} state "
+                "another name, or start from a new checkpoint_dir."
+            )
+        else:
+            msg = (
+                f"{self.where}: state {name!r} is used both as {had} state ({saved}) and as {kind} state "
+                f"({asked}). Give one of them another name."
+            )
+        raise StateKindError(msg)
+
+    def snapshot(self) -> dict[str, str]:
+        """What a checkpoint saves."""
+        return dict(self)
+
+    def restore(self, saved: dict[str, str]) -> None:
+        """Take the kinds a checkpoint saved."""
+        self.clear()
+        self.update(saved)
+        self.restored = set(saved)
 
 
 # A cell is ``(value, written_ms)``: a plain tuple, so that pickling a million of them for a
