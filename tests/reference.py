@@ -27,13 +27,14 @@ def _agg(kind: str, column: str | None, records: list[Row]) -> Any:
     if not values:
         return None
     if kind == "sum":
-        return sum(values)
+        # rheon adds floats exactly and rounds once, like math.fsum (integers stay integers)
+        return math.fsum(values) if any(isinstance(v, float) for v in values) else sum(values)
     if kind == "min":
         return min(values)
     if kind == "max":
         return max(values)
     if kind == "mean":
-        return sum(values) / len(values)
+        return math.fsum(values) / len(values)
     raise ValueError(kind)
 
 

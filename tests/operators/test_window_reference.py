@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rheon.testing import assert_rows_equal
 from tests.reference import reference, run_engine
 
 AGGS = {
@@ -79,6 +80,13 @@ event = st.fixed_dictionaries(
         "ts": st.integers(0, 400),
         "v": st.one_of(st.none(), st.integers(-5, 5)),
         "u": st.sampled_from("xyz"),
+        # Floats whose magnitudes lie within 1e12 of each other (and zeros): sums of these are
+        # exact, so bit-identical at any batching (docs: rheon.operators.exactsum).
+        "f": st.one_of(
+            st.none(),
+            st.just(0.0),
+            st.builds(lambda m, e: m * 10.0**e, st.floats(0.1, 1) | st.floats(-1, -0.1), st.integers(-6, 5)),
+        ),
     }
 )
 window_spec = st.one_of(
@@ -98,28 +106,47 @@ window_spec = st.one_of(
 )
 def test_property_any_batching_gives_reference_output(rows, window, max_delay, lateness, batches):
     """Random events, windows, delays and lateness: every batch size gives the reference's rows."""
-    aggs = {"n": ("count", None), "total": ("sum", "v"), "hi": ("max", "v"), "d": ("count_distinct", "u")}
+    aggs = {
+        "n": ("count", None),
+        "total": ("sum", "v"),
+        "hi": ("max", "v"),
+        "d": ("count_distinct", "u"),
+        "fsum": ("sum", "f"),
+        "favg": ("mean", "f"),
+    }
     expected = reference(rows, keys=["k"], time="ts", window=window, aggs=aggs, max_delay=max_delay, lateness=lateness)
-    for b in batches:
-        got = run_engine(
-            rows, keys=["k"], window=window, aggs=aggs, max_delay=max_delay, lateness=lateness, batch_size=b
-        )
-        assert got == expected
+    outputs = [
+        run_engine(rows, keys=["k"], window=window, aggs=aggs, max_delay=max_delay, lateness=lateness, batch_size=b)
+        for b in [*batches, len(rows) or 1]
+    ]
+    for got in outputs:
+        assert got == outputs[0]  # bit for bit, floats included
+    # The reference sums floats with math.fsum (correctly rounded); rheon's exact sums are
+    # faithfully rounded: the same, or one unit in the last place away in rare cases.
+    assert_rows_equal(outputs[0][0], expected[0], rel_tol=1e-15)
+    assert outputs[0][1] == expected[1]
 
 
 @pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
-def test_float_aggregates_agree_across_batch_sizes_up_to_rounding(window):
-    """Float sums are pre-aggregated per batch, so their last bits may depend on batching;
-    everything else, and the floats to 1e-12, must not."""
-    from rheon.testing import assert_rows_equal
-
+def test_float_sums_are_bit_identical_at_any_batch_size(window):
+    """Float sums and means are added exactly: every batching gives the same bits, within one
+    unit in the last place of math.fsum (the exact sum, correctly rounded)."""
     rnd = random.Random(11)
-    rows = [{"k": rnd.randrange(3), "ts": i * 7 + rnd.randint(-30, 30), "v": rnd.random() * 100} for i in range(500)]
-    for r in rows:
-        r["ts"] = max(r["ts"], 0)
+    rows = [
+        {
+            "k": rnd.randrange(3),
+            "ts": max(i * 7 + rnd.randint(-30, 30), 0),
+            "v": rnd.uniform(-1, 1) * 10.0 ** rnd.randint(-6, 6),
+        }
+        for i in range(500)
+    ]
     aggs = {"total": ("sum", "v"), "avg": ("mean", "v"), "hi": ("max", "v"), "n": ("count", None)}
     expected = reference(rows, keys=["k"], time="ts", window=window, aggs=aggs, max_delay=20, lateness=25)
-    for b in (1, 7, 1000):
-        got = run_engine(rows, keys=["k"], window=window, aggs=aggs, max_delay=20, lateness=25, batch_size=b)
-        assert_rows_equal(got[0], expected[0], rel_tol=1e-12)
-        assert got[1] == expected[1]
+    outputs = [
+        run_engine(rows, keys=["k"], window=window, aggs=aggs, max_delay=20, lateness=25, batch_size=b)
+        for b in (1, 7, 1000)
+    ]
+    for got in outputs:
+        assert got == outputs[0]
+    assert_rows_equal(outputs[0][0], expected[0], rel_tol=1e-15)
+    assert outputs[0][1] == expected[1]

@@ -7,6 +7,10 @@ and batch by batch:
 * ``merges``: Polars aggregations that combine partial rows of the same group;
 * ``final``: an expression turning merged partials into the result.
 
+Before the first step, :meth:`Aggregation.for_input` may pick an implementation for the input's
+type: ``sum`` and ``mean`` of floats add exactly (:mod:`rheon.operators.exactsum`), so that their
+results do not depend on how records were batched.
+
 Nulls are ignored like SQL: ``sum``/``min``/``max``/``mean`` of no non-null value is null,
 ``count()`` counts rows and ``count(col)`` counts non-null values.
 """
@@ -20,8 +24,10 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
+from rheon.operators import exactsum
+from rheon.operators.exactsum import Post
 
-__all__ = ["Aggregation", "Count", "CountDistinct", "Max", "Mean", "Min", "Sum"]
+__all__ = ["Aggregation", "Count", "CountDistinct", "FloatMean", "FloatSum", "Max", "Mean", "Min", "Sum"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,20 @@ class Aggregation(ABC):
     column: str | None = None
 
     fn_name = "agg"
+
+    def for_input(self, dtype: pl.DataType) -> Aggregation:
+        """The implementation for an input column of type ``dtype`` (this one, by default)."""
+        return self
+
+    def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
+        """How to compute :meth:`partials` over a frame of raw records: the frame with any helper
+        columns (named ``p`` + suffix), the aggregations to run per group, and a step that
+        completes the grouped result (``None``: the aggregations give every partial column)."""
+        return frame, self.partials(p), None
+
+    def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
+        """Add columns :meth:`final` reads to a frame of merged partials (none, by default)."""
+        return merged
 
     @abstractmethod
     def partials(self, p: str) -> list[pl.Expr]:
@@ -108,6 +128,12 @@ class Sum(Aggregation):
     fn_name = "sum"
 
     @override
+    def for_input(self, dtype: pl.DataType) -> Aggregation:
+        if dtype.is_float():
+            return FloatSum(self.column, float32=dtype == pl.Float32)
+        return self
+
+    @override
     def partials(self, p: str) -> list[pl.Expr]:
         c = pl.col(self.column or "")
         return [c.sum().alias(p + "_s"), c.count().cast(pl.Int64).alias(p + "_n")]
@@ -176,6 +202,10 @@ class Mean(Aggregation):
     fn_name = "mean"
 
     @override
+    def for_input(self, dtype: pl.DataType) -> Aggregation:
+        return FloatMean(self.column) if dtype.is_numeric() else self
+
+    @override
     def partials(self, p: str) -> list[pl.Expr]:
         c = pl.col(self.column or "")
         return [c.cast(pl.Float64).sum().alias(p + "_s"), c.count().cast(pl.Int64).alias(p + "_n")]
@@ -195,6 +225,59 @@ class Mean(Aggregation):
     @override
     def _check_type(self, where: str, field_name: str, dtype: pl.DataType) -> None:
         _numeric(self, where, field_name, dtype)
+
+
+@dataclass(frozen=True, repr=False)
+class FloatSum(Sum):
+    """``sum`` of a float column, added exactly: the same result whatever the batching."""
+
+    float32: bool = False
+
+    @override
+    def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
+        return exactsum.plan(frame, self.column or "", p)
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        return exactsum.partials(self.column or "", p)
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return exactsum.merges(p)
+
+    @override
+    def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
+        return exactsum.finish(merged, p)
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        total = pl.when(pl.col(p + "_n") > 0).then(pl.col(p + "_sum"))
+        return total.cast(pl.Float32) if self.float32 else total
+
+
+@dataclass(frozen=True, repr=False)
+class FloatMean(Mean):
+    """``mean`` of a numeric column over an exact sum: the same result whatever the batching."""
+
+    @override
+    def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
+        return exactsum.plan(frame, self.column or "", p)
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        return exactsum.partials(self.column or "", p)
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return exactsum.merges(p)
+
+    @override
+    def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
+        return exactsum.finish(merged, p)
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.when(pl.col(p + "_n") > 0).then(pl.col(p + "_sum") / pl.col(p + "_n"))
 
 
 @dataclass(frozen=True, repr=False)

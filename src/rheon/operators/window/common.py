@@ -107,15 +107,39 @@ class WindowOperator(Operator):
         self.ttype = time_type
         self.wm = MIN_WM
         self.prefix = {field: f"__a{i}" for i, field in enumerate(self.aggs)}
-        self.partial_exprs = [e for f, a in self.aggs.items() for e in a.partials(self.prefix[f])]
-        self.merge_exprs = [e for f, a in self.aggs.items() for e in a.merges(self.prefix[f])]
-        self.partial_cols = [e.meta.output_name() for e in self.partial_exprs]
-        self.final_exprs = [a.final(self.prefix[f]).alias(f) for f, a in self.aggs.items()]
+        self.input_types: dict[str, pl.DataType] | None = None
+        self._set_aggs(self.aggs)
         self.needed = list(dict.fromkeys([*self.keys, time_col, *(a.column for a in self.aggs.values() if a.column)]))
         self.out_schema: pl.Schema | None = None
         self._init_state()
         if self.ttype is not None:
             self._resolved()
+
+    def _set_aggs(self, aggs: Mapping[str, Aggregation]) -> None:
+        self.aggs = dict(aggs)
+        self.partial_exprs = [e for f, a in self.aggs.items() for e in a.partials(self.prefix[f])]
+        self.merge_exprs = [e for f, a in self.aggs.items() for e in a.merges(self.prefix[f])]
+        self.partial_cols = [e.meta.output_name() for e in self.partial_exprs]
+        self.final_exprs = [a.final(self.prefix[f]).alias(f) for f, a in self.aggs.items()]
+
+    def _specialize(self, types: Mapping[str, pl.DataType]) -> None:
+        """Pick each aggregation's implementation for its input column's type (once)."""
+        self.input_types = dict(types)
+        self._set_aggs({f: a.for_input(types[f]) if f in types else a for f, a in self.aggs.items()})
+
+    def partial_frame(self, rows: pl.DataFrame, group: list[str]) -> pl.DataFrame:
+        """Raw records grouped by ``group`` into partial columns (``group``, then ``partial_cols``)."""
+        exprs: list[pl.Expr] = []
+        posts = []
+        for field, agg in self.aggs.items():
+            rows, agg_exprs, post = agg.aggregate(rows, self.prefix[field])
+            exprs += agg_exprs
+            if post is not None:
+                posts.append(post)
+        part = rows.group_by(group).agg(exprs)
+        for post in posts:
+            part = post(part)
+        return part.select(*group, *self.partial_cols) if posts else part
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -162,7 +186,7 @@ class WindowOperator(Operator):
 
     @override
     def snapshot(self, files: SharedFiles) -> State:
-        return self._state_frames(), {"wm": self.wm, "time_type": self.ttype}
+        return self._state_frames(), {"wm": self.wm, "time_type": self.ttype, "input_types": self.input_types}
 
     @override
     def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
@@ -172,6 +196,8 @@ class WindowOperator(Operator):
             self.ttype = objects["time_type"]
         if self.ttype is not None:
             self._resolved()
+        if self.input_types is None and objects.get("input_types") is not None:
+            self._specialize(objects["input_types"])
         self._load_frames(frames)
 
     # -- shared machinery ------------------------------------------------------------------
@@ -190,10 +216,15 @@ class WindowOperator(Operator):
         if self.ttype is None:
             self.ttype = time_type_of(frame.schema[self.time_col], column=self.time_col, where=self.label)
             self._resolved()
+        if self.input_types is None:
+            schema = frame.schema
+            self._specialize({f: schema[a.column] for f, a in self.aggs.items() if a.column is not None})
 
     def finals(self, merged: pl.DataFrame) -> pl.DataFrame:
         """Result rows ``keys, window_start, window_end, aggs..., __pos, WM`` from merged partials."""
         assert self.ttype is not None
+        for field, agg in self.aggs.items():
+            merged = agg.finish(merged, self.prefix[field])
         out = merged.select(
             *[pl.col(k) for k in self.keys],
             self.ttype.from_ticks(pl.col(WS)).alias("window_start"),

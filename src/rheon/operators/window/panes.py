@@ -70,7 +70,7 @@ class PaneWindowOperator(WindowOperator):
         if rows is None:
             return
         group = [*self.keys, PANE]
-        part = rows.group_by(group).agg(self.partial_exprs)
+        part = self.partial_frame(rows, group)
         state = self.panes
         if state is None or state.height == 0:
             self.panes = part

@@ -66,7 +66,7 @@ class SessionWindowOperator(WindowOperator):
 
     def _events(self, rows: pl.DataFrame) -> pl.DataFrame:
         """One single-event session per (key, time): ``keys, WS, WE, partials``."""
-        part = rows.group_by([*self.keys, T]).agg(self.partial_exprs)
+        part = self.partial_frame(rows, [*self.keys, T])
         return part.select(
             *[pl.col(k) for k in self.keys],
             pl.col(T).alias(WS),
