@@ -281,22 +281,35 @@ def test_unconsumed_dead_letters_are_kept_and_logged(caplog):
 
 
 @pytest.mark.parametrize("unit", ["ms", "us", "ns"])
-def test_datetime_time_column_gives_datetime_window_bounds(unit, batch_size):
-    base = [{"k": "a", "ts": t} for t in (0, 400, 1_100, 1_900, 2_500)]
-    frame = pl.DataFrame(base).with_columns(pl.from_epoch("ts", time_unit="ms").cast(pl.Datetime(unit, "UTC")))
-    outs = []
-    for data, time_col in ((pl.DataFrame(base), "ts"), (frame, "ts")):
+@pytest.mark.parametrize("zone", ["UTC", None, "Europe/Paris"])
+@pytest.mark.parametrize(
+    "window",
+    [rh.sliding("2s", every="1s"), rh.tumbling("1s"), rh.session(gap="500ms")],
+    ids=["sliding", "tumbling", "session"],
+)
+def test_datetime_time_column_gives_datetime_window_bounds(unit, zone, window, batch_size):
+    base = [{"k": "a", "ts": t} for t in (0, 400, 1_100, 1_900, 2_500, 300)]  # the last one is late
+    frame = pl.DataFrame(base).with_columns(pl.from_epoch("ts", time_unit="ms").cast(pl.Datetime(unit, zone)))
+    outs, lates = [], []
+    for data in (pl.DataFrame(base), frame):
         flow = rh.Flow("dt")
-        src = flow.source(rh.io.Records(data, batch_size=batch_size), time=time_col, max_delay="100ms")
-        res = src.key_by("k").window(rh.sliding("2s", every="1s"), allowed_lateness="1s").agg(n=rh.count())
-        out = collect(res)
+        src = flow.source(rh.io.Records(data, batch_size=batch_size), time="ts", max_delay="100ms")
+        win = src.key_by("k").window(window, allowed_lateness="1s").agg(n=rh.count())
+        out, late = collect(win), collect(win.late())
         flow.run()
         outs.append(out.to_polars())
+        lates.append(late.to_polars())
     ints, dts = outs
-    assert dts.schema["window_start"] == pl.Datetime(unit, "UTC")
-    assert dts.schema["window_end"] == pl.Datetime(unit, "UTC")
+    assert dts.schema["window_start"] == pl.Datetime(unit, zone)
+    assert dts.schema["window_end"] == pl.Datetime(unit, zone)
     as_ms = dts.with_columns(pl.col("window_start", "window_end").dt.epoch("ms"))
     assert as_ms.to_dicts() == ints.to_dicts()
+    assert ints.height >= 2
+    # Late records keep their Datetime time column (the sliding window still takes ts=300).
+    assert lates[0].height == (0 if window.__class__.__name__ == "Sliding" else 1)
+    if lates[0].height:
+        assert lates[1].schema["ts"] == pl.Datetime(unit, zone)
+        assert lates[1].with_columns(pl.col("ts").dt.epoch("ms")).to_dicts() == lates[0].to_dicts()
 
 
 def test_a_flow_runs_again_from_scratch():
