@@ -132,6 +132,29 @@ def test_map_state_with_ttl_and_processing_time_timers():
     ]
 
 
+def test_value_and_list_state_with_ttl_in_a_flow():
+    """Value state expires as a whole, list elements one by one, each from its last write."""
+    clock = ManualClock(start_ms=0)
+
+    def fn(record, ctx):
+        last = ctx.state("last", ttl="10s")
+        recent = ctx.state.list("recent", ttl="10s")
+        ctx.emit({"k": ctx.key, "before": last.get(), "recent": recent.get()})
+        last.set(record["v"])
+        recent.append(record["v"])
+
+    script = [[{"k": "a", "v": 1}], "6s", [{"k": "a", "v": 2}], "6s", [{"k": "a", "v": 3}], "11s", [{"k": "a", "v": 4}]]
+    flow = rh.Flow("ttl2")
+    out = collect(flow.source(ScriptedSource(script)).key_by("k").process(fn))
+    flow.run(clock=clock)
+    assert out.rows == [
+        {"k": "a", "before": None, "recent": []},
+        {"k": "a", "before": 1, "recent": [1]},
+        {"k": "a", "before": 2, "recent": [2]},  # at 12 s: 1 (written at 0 s) expired, 2 (6 s) not
+        {"k": "a", "before": None, "recent": []},  # at 23 s: everything older than 13 s is gone
+    ]
+
+
 def test_timers_with_a_datetime_time_column():
     base = datetime(2026, 1, 1, tzinfo=UTC)
     frame = pl.DataFrame({"k": ["a", "a"], "ts": [base, base + timedelta(seconds=3)]}).with_columns(

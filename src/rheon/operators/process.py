@@ -25,7 +25,7 @@ from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._rows import frame_to_rows, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend, MemoryBackend
-from rheon.state.keyed import ListState, MapState, StateKindError, StateKinds, ValueState
+from rheon.state.keyed import ListState, MapState, StateKindError, StateKinds, ValueState, key_group
 from rheon.state.shared import SharedFiles
 from rheon.time.clock import Clock
 
@@ -345,8 +345,8 @@ class KeyedProcess(Operator):
         return {}, {
             "state": self.backend.snapshot(files),
             "state_kinds": self.state_kinds.snapshot(),
-            "event": [(at, key) for at, _, key in sorted(self.event_timers) if (at, key) in self.event_set],
-            "processing": [(at, key) for at, _, key in sorted(self.proc_timers) if (at, key) in self.proc_set],
+            "event": _timers_by_key_group(self.event_timers, self.event_set),
+            "processing": _timers_by_key_group(self.proc_timers, self.proc_set),
             "forwarded": self.forwarded,
             "time_type": self.ttype,
         }
@@ -356,10 +356,35 @@ class KeyedProcess(Operator):
         self.backend.restore(objects["state"], files)
         self.state_kinds.restore(objects.get("state_kinds", {}))  # absent in older checkpoints
         self.event_timers, self.event_set, self.proc_timers, self.proc_set = [], set(), [], set()
-        for at, key in objects["event"]:
+        for at, key in _saved_timers(objects["event"]):
             self._add_timer(self.event_timers, self.event_set, at, key)
-        for at, key in objects["processing"]:
+        for at, key in _saved_timers(objects["processing"]):
             self._add_timer(self.proc_timers, self.proc_set, at, key)
         self.forwarded = objects["forwarded"]
         if self.ttype is None:
             self.ttype = objects["time_type"]
+
+
+def _timers_by_key_group(
+    heap: list[tuple[int, int, Any]], live: set[tuple[int, Any]]
+) -> dict[int, list[tuple[int, int, Any]]]:
+    """Live timers as ``{key group: [(time, seq, key), ...]}``, like keyed state: a worker
+    restoring some key groups takes just their timers. ``seq`` keeps the firing order of timers
+    due at the same time (registration order).
+
+    >>> _timers_by_key_group([(5, 0, "a"), (3, 1, "b"), (9, 2, "a")], {(5, "a"), (3, "b")})
+    {57: [(3, 1, 'b')], 122: [(5, 0, 'a')]}
+    """
+    groups: dict[int, list[tuple[int, int, Any]]] = {}
+    for at, seq, key in sorted(heap, key=itemgetter(0, 1)):
+        if (at, key) in live:
+            groups.setdefault(key_group(key), []).append((at, seq, key))
+    return groups
+
+
+def _saved_timers(saved: dict[int, list[tuple[int, int, Any]]] | list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """``(time, key)`` of a snapshot's timers in firing order (a flat list in older checkpoints)."""
+    if isinstance(saved, list):
+        return saved
+    ordered = sorted((t for group in saved.values() for t in group), key=itemgetter(0, 1))
+    return [(at, key) for at, _, key in ordered]
