@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
-__all__ = ["MAX_WM", "MIN_WM", "SPLIT_COL", "WM_COL", "Batch", "user_columns"]
+__all__ = ["MAX_WM", "MIN_WM", "RAW_COL", "SPLIT_COL", "WM_COL", "Batch", "user_columns"]
 
 WM_COL = "__rheon_wm"
 """Hidden int64 column: the watermark before this record, in the stream's time unit."""
@@ -20,6 +20,10 @@ WM_COL = "__rheon_wm"
 SPLIT_COL = "__rheon_split"
 """Hidden string column a source may add: which split (e.g. Kafka partition) a record came from.
 Watermarks are then tracked per split; the runtime removes the column."""
+RAW_COL = "__rheon_raw"
+"""Hidden column a message source may fill with each record's payload as received (text), so
+that a record whose event time is missing or unparseable goes to the dead letters as it came;
+the executor drops it once the time column is checked."""
 
 MIN_WM = -(2**62)
 """Watermark before any event: nothing is complete. Kept far from int64 limits so that
@@ -74,6 +78,5 @@ def user_columns(frame: pl.DataFrame) -> pl.DataFrame:
     >>> user_columns(pl.DataFrame({"a": [1], WM_COL: [0]})).columns
     ['a']
     """
-    if WM_COL in frame.columns:
-        return frame.drop(WM_COL)
-    return frame
+    hidden = [c for c in (WM_COL, RAW_COL) if c in frame.columns]
+    return frame.drop(hidden) if hidden else frame

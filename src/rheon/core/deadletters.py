@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from rheon.core.batch import user_columns
+from rheon.core.batch import RAW_COL, user_columns
 
 __all__ = ["DEAD_LETTER_SCHEMA", "dead_letter_frame", "payload_of", "payloads_of"]
 
@@ -33,7 +33,18 @@ def payload_of(record: Any) -> str:
 
 
 def payloads_of(frame: pl.DataFrame) -> list[str]:
-    """Serialize each row of a frame as a JSON object (hidden columns removed)."""
+    """Each row's payload: as received when the source kept it (``RAW_COL``), else the row as a
+    JSON object (hidden columns removed).
+
+    Examples
+    --------
+    >>> payloads_of(pl.DataFrame({"x": [1]}))
+    ['{"x": 1}']
+    >>> payloads_of(pl.DataFrame({"x": [1], RAW_COL: ['{"x":1,"ts":"soon"}']}))
+    ['{"x":1,"ts":"soon"}']
+    """
+    if RAW_COL in frame.columns:
+        return [str(v) for v in frame.get_column(RAW_COL).to_list()]
     return [payload_of(row) for row in user_columns(frame).iter_rows(named=True)]
 
 

@@ -42,6 +42,9 @@ class BuildContext:
     """Where operators may keep on-disk state (under the checkpoint directory), if anywhere."""
     checkpointing: bool = False
     """Whether the run takes checkpoints (sinks then commit per checkpoint)."""
+    event_time: str | None = None
+    """A source's event-time column, if the flow names one: a message source may then keep each
+    payload as received in ``RAW_COL``, for the dead letters of records whose time is bad."""
 
 
 class SourceLogic(ABC):

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import polars as pl
 from typing_extensions import override
 
+from rheon.core.batch import RAW_COL
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
@@ -246,6 +247,7 @@ class _MqttLogic(SourceLogic):
         self.clock = ctx.clock
         self.where = f"source '{ctx.operator}'"
         self.decode = _decoder(cfg.format, cfg.value_schema, self.where)
+        self.keep_raw = ctx.event_time is not None  # dead letters for a bad time carry the payload
         self.client_id = cfg.client_id or _client_id(ctx.flow, ctx.operator)
         self.tag = f"source={self.where} client_id={self.client_id}"  # for log lines
         self.checkpointing = ctx.checkpointing
@@ -388,6 +390,8 @@ class _MqttLogic(SourceLogic):
                 pl.Series("_retain", [m.retain for m in picked], dtype=pl.Boolean),
                 pl.Series("_received_ms", [m.received_ns // 1_000_000 for m in picked], dtype=pl.Int64),
             ]
+        if self.keep_raw:
+            extra.append(pl.Series(RAW_COL, [raw_payload(m.payload) for m in picked], dtype=pl.String))
         return frame.with_columns(extra)
 
     @override

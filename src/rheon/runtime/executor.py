@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from rheon.core.batch import MAX_WM, MIN_WM, SPLIT_COL, WM_COL, Batch
+from rheon.core.batch import MAX_WM, MIN_WM, RAW_COL, SPLIT_COL, WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payloads_of
 from rheon.core.errors import RecordError
 from rheon.core.eventtime import TimeType, time_type_of
@@ -124,6 +124,7 @@ class Executor:
             state_backend=self.state_backend,
             state_dir=state_dir,
             checkpointing=self.checkpoint_settings is not None,
+            event_time=node.time if node.kind == "source" else None,
         )
 
     def _build_group(self, group: OpGroup) -> Operator:
@@ -301,8 +302,9 @@ class Executor:
                     frame = frame.with_columns(task.tracker.assign(ticks).alias(WM_COL))
                 else:
                     task.tracker.observe(ticks)
-        if SPLIT_COL in frame.columns:
-            frame = frame.drop(SPLIT_COL)
+        hidden = [c for c in (SPLIT_COL, RAW_COL) if c in frame.columns]
+        if hidden:
+            frame = frame.drop(hidden)
         watermark = task.watermark
         ingest = task.logic.last_ingest_ns or now_ns
         task.logic.last_ingest_ns = None

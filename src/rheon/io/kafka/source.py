@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 from typing_extensions import override
 
-from rheon.core.batch import SPLIT_COL
+from rheon.core.batch import RAW_COL, SPLIT_COL
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
@@ -137,6 +137,7 @@ class _KafkaLogic(SourceLogic):
         self.cfg = cfg
         self.where = f"source '{ctx.operator}'"
         self.decode = decoder_for(cfg.format, cfg.value_schema, self.where)
+        self.keep_raw = ctx.event_time is not None  # dead letters for a bad time carry the payload
         settings = {
             "bootstrap.servers": cfg.brokers,
             "group.id": cfg.group,
@@ -251,6 +252,8 @@ class _KafkaLogic(SourceLogic):
             extra["_offset"] = pl.Series("_offset", [m.offset() for m in picked], dtype=pl.Int64)
             extra["_timestamp"] = pl.Series("_timestamp", [m.timestamp()[1] for m in picked], dtype=pl.Int64)
             extra["_headers"] = pl.Series("_headers", [_headers_json(m.headers()) for m in picked], dtype=pl.String)
+        if self.keep_raw:
+            extra[RAW_COL] = pl.Series(RAW_COL, [raw_payload(m.value()) for m in picked], dtype=pl.String)
         return frame.with_columns(list(extra.values()))
 
     @override
