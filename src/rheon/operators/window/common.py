@@ -220,21 +220,35 @@ class WindowOperator(Operator):
             schema = frame.schema
             self._specialize({f: schema[a.column] for f, a in self.aggs.items() if a.column is not None})
 
-    def finals(self, merged: pl.DataFrame) -> pl.DataFrame:
-        """Result rows ``keys, window_start, window_end, aggs..., __pos, WM`` from merged partials."""
-        assert self.ttype is not None
+    def _results(self, merged: pl.DataFrame) -> pl.DataFrame:
+        """``keys, WS, WE, aggs...`` (and ``WM`` if there): merged partials turned into results."""
         for field, agg in self.aggs.items():
             merged = agg.finish(merged, self.prefix[field])
-        out = merged.select(
+        extra = [pl.col(WM_COL)] if WM_COL in merged.columns else []
+        return merged.select(*[pl.col(k) for k in self.keys], pl.col(WS), pl.col(WE), *self.final_exprs, *extra)
+
+    def _present(self, results: pl.DataFrame) -> pl.DataFrame:
+        """Result rows ``keys, window_start, window_end, aggs..., WM`` (bounds in the time type)."""
+        assert self.ttype is not None
+        out = results.select(
             *[pl.col(k) for k in self.keys],
             self.ttype.from_ticks(pl.col(WS)).alias("window_start"),
             self.ttype.from_ticks(pl.col(WE)).alias("window_end"),
-            *self.final_exprs,
+            *[pl.col(f) for f in self.aggs],
             pl.col(WM_COL),
         )
         if self.out_schema is None:
             self.out_schema = out.drop(WM_COL).schema
         return out
+
+    def finals(self, merged: pl.DataFrame) -> pl.DataFrame:
+        """Result rows ``keys, window_start, window_end, aggs..., WM`` from merged partials."""
+        return self._present(self._results(merged))
+
+    def fired(self, merged: pl.DataFrame, pre: pl.Series | None, lo: int) -> pl.DataFrame:
+        """:meth:`finals` of fired windows, in emission order (see :meth:`order`); the results
+        are computed first, so the sort moves a narrow frame, not the partials."""
+        return self._present(self.order(self._results(merged), pre, lo))
 
     tiebreak: tuple[str, ...] = (WS,)
     """Columns that order windows ending together, before the keys (window start, unless the

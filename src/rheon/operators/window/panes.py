@@ -126,7 +126,7 @@ class PaneWindowOperator(WindowOperator):
         if near.height:
             wins = self._windows(near, lo, hi)
             if wins.height:
-                out = self.finals(self.order(wins, pre, lo))
+                out = self.fired(wins, pre, lo)
         keep_until = g.last_start(pl.col(PANE)) + g.size + self.ticks_lateness
         self.panes = panes.filter(keep_until > hi)
         return out

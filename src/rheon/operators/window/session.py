@@ -148,7 +148,7 @@ class SessionWindowOperator(WindowOperator):
             return None
         due = (~pl.col(FIRED)) & (pl.col(WE) <= hi)
         ready = self.sessions.filter(due)
-        out = self.finals(self.order(ready.drop(FIRED), pre, lo)) if ready.height else None
+        out = self.fired(ready.drop(FIRED), pre, lo) if ready.height else None
         state = self.sessions.with_columns((pl.col(FIRED) | due).alias(FIRED))
         self.sessions = state.filter(~(pl.col(FIRED) & (pl.col(WE) + lateness <= hi)))
         self._refresh_bounds()
