@@ -52,6 +52,11 @@ class Aggregation(ABC):
         """Add columns :meth:`final` reads to a frame of merged partials (none, by default)."""
         return merged
 
+    def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
+        """How to merge a frame of partial rows: the aggregations, and a step completing the
+        grouped result to the partial columns (``None``: :meth:`merges` as they are)."""
+        return self.merges(p), None
+
     @abstractmethod
     def partials(self, p: str) -> list[pl.Expr]:
         """Aggregations over raw records; output columns are named ``p`` + suffix."""
@@ -250,6 +255,10 @@ class FloatSum(Sum):
         return exactsum.finish(merged, p)
 
     @override
+    def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
+        return exactsum.merge_plan(partials, p)
+
+    @override
     def final(self, p: str) -> pl.Expr:
         total = pl.when(pl.col(p + "_n") > 0).then(pl.col(p + "_sum"))
         return total.cast(pl.Float32) if self.float32 else total
@@ -274,6 +283,10 @@ class FloatMean(Mean):
     @override
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
         return exactsum.finish(merged, p)
+
+    @override
+    def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
+        return exactsum.merge_plan(partials, p)
 
     @override
     def final(self, p: str) -> pl.Expr:

@@ -43,7 +43,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-__all__ = ["final", "finish", "merges", "partials", "plan", "prepare"]
+__all__ = ["final", "finish", "merge_plan", "merges", "partials", "plan", "prepare"]
 
 W = 44  # bin width in binades: q < 2**(53 + W) leaves 2**(127 - 97) = 2**30 values of headroom
 SHIFT = 15  # bin edges at 2**-26 and 2**18 (≈1.5e-8 and 262144): one bin for everyday values
@@ -184,6 +184,27 @@ def merges(p: str) -> list[pl.Expr]:
         pl.col(p + "_n").sum(),
         pl.col(p + "_x").sum(),
     ]
+
+
+def merge_plan(frame: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
+    """Aggregations merging partial rows (and a completing step), like :func:`plan`: when every
+    row's values lie in one and the same bin, only the total, the count and the float sum need
+    adding up."""
+    lo, hi, x = pl.col(p + "_lo"), pl.col(p + "_hi"), pl.col(p + "_x")
+    low, high, finite = frame.select(lo.min().alias("lo"), hi.max().alias("hi"), x.is_finite().all().alias("f")).row(0)
+    if low is None or low != high or not finite or frame.select(hi.null_count()).item():
+        return merges(p), None
+    bin_ = int(low)
+
+    def one_bin(part: pl.DataFrame) -> pl.DataFrame:
+        q = pl.col(p + "_q")
+        return part.with_columns(
+            *[(q if bin_ % 3 == r else pl.lit(0, pl.Int128)).alias(f"{p}_q{r}") for r in (1, 2)],
+            pl.lit(bin_, pl.Int32).alias(p + "_lo"),
+            pl.lit(bin_, pl.Int32).alias(p + "_hi"),
+        )
+
+    return [pl.col(p + "_q").sum(), pl.col(p + "_n").sum(), x.sum()], one_bin
 
 
 def _power_of_two(exponent: pl.Expr) -> pl.Expr:

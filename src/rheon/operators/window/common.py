@@ -118,7 +118,6 @@ class WindowOperator(Operator):
     def _set_aggs(self, aggs: Mapping[str, Aggregation]) -> None:
         self.aggs = dict(aggs)
         self.partial_exprs = [e for f, a in self.aggs.items() for e in a.partials(self.prefix[f])]
-        self.merge_exprs = [e for f, a in self.aggs.items() for e in a.merges(self.prefix[f])]
         self.partial_cols = [e.meta.output_name() for e in self.partial_exprs]
         self.final_exprs = [a.final(self.prefix[f]).alias(f) for f, a in self.aggs.items()]
 
@@ -244,6 +243,23 @@ class WindowOperator(Operator):
     def finals(self, merged: pl.DataFrame) -> pl.DataFrame:
         """Result rows ``keys, window_start, window_end, aggs..., WM`` from merged partials."""
         return self._present(self._results(merged))
+
+    def merge_frame(self, partials: pl.DataFrame, group: list[str], first: Sequence[pl.Expr] = ()) -> pl.DataFrame:
+        """Partial rows merged per ``group``: ``group``, then ``first``, then ``partial_cols``."""
+        exprs: list[pl.Expr] = list(first)
+        posts = []
+        for field, agg in self.aggs.items():
+            agg_exprs, post = agg.merge(partials, self.prefix[field])
+            exprs += agg_exprs
+            if post is not None:
+                posts.append(post)
+        merged = partials.group_by(group).agg(exprs)
+        for post in posts:
+            merged = post(merged)
+        if not posts:
+            return merged
+        names = [e.meta.output_name() for e in first]
+        return merged.select(*group, *names, *self.partial_cols)
 
     def fired(self, merged: pl.DataFrame, pre: pl.Series | None, lo: int) -> pl.DataFrame:
         """:meth:`finals` of fired windows, in emission order (see :meth:`order`); the results

@@ -79,7 +79,7 @@ class PaneWindowOperator(WindowOperator):
         newest = state.get_column(PANE).max()
         old = part.filter(pl.col(PANE) <= newest)
         fresh = part.filter(pl.col(PANE) > newest)
-        merged = pl.concat([state, old], how="vertical_relaxed").group_by(group).agg(self.merge_exprs)
+        merged = self.merge_frame(pl.concat([state, old], how="vertical_relaxed"), group)
         self.panes = pl.concat([merged, fresh], how="vertical_relaxed")
 
     def _windows(self, panes: pl.DataFrame, lo: int, hi: int, starts: list[int] | None = None) -> pl.DataFrame:
@@ -98,7 +98,7 @@ class PaneWindowOperator(WindowOperator):
         wins = wins.filter((pl.col(WE) > pl.col(PANE)) & (pl.col(WE) > lo) & (pl.col(WE) <= hi))
         if starts is not None:
             wins = wins.filter(pl.col(WS).is_in(starts))
-        return wins.group_by([*self.keys, WS, WE]).agg(self.merge_exprs)
+        return self.merge_frame(wins, [*self.keys, WS, WE])
 
     def _next_end(self, after: int) -> int:
         """The first window end (of any key) after ``after``: ends fall on one residue of ``every``."""

@@ -82,16 +82,8 @@ class SessionWindowOperator(WindowOperator):
             prev_end = prev_end.over(self.keys)
         starts_new = prev_end.is_null() | (pl.col(WS) >= prev_end)
         frame = frame.with_columns(starts_new.cum_sum().alias(GROUP))
-        return (
-            frame.group_by(GROUP)
-            .agg(
-                *[pl.col(k).first() for k in self.keys],
-                pl.col(WS).min(),
-                pl.col(WE).max(),
-                *self.merge_exprs,
-            )
-            .drop(GROUP)
-        )
+        first = [*[pl.col(k).first() for k in self.keys], pl.col(WS).min(), pl.col(WE).max()]
+        return self.merge_frame(frame, [GROUP], first).drop(GROUP)
 
     def _split_state(self) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
         if self.sessions is None or self.sessions.height == 0:
