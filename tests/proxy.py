@@ -8,18 +8,22 @@ import threading
 
 
 class TcpProxy:
-    """Forward 127.0.0.1:listen_port to 127.0.0.1:target_port.
+    """Forward 127.0.0.1:listen_port to target_host:target_port.
 
     ``cut()`` drops every connection and refuses new ones (the server "goes away");
-    ``restore()`` lets clients in again.
+    ``restore()`` lets clients in again; ``cut_for(seconds)`` does both, the second in a timer.
+    ``cut(half_open=True)`` tells only the clients: the server's side of each connection stays
+    open, as when the network fails instead of the client closing its connection.
     """
 
-    def __init__(self, listen_port: int, target_port: int) -> None:
+    def __init__(self, listen_port: int, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.listen_port = listen_port
         self.target_port = target_port
+        self.target_host = target_host
         self.open = threading.Event()
         self.open.set()
-        self.sockets: set[socket.socket] = set()
+        self.pairs: set[tuple[socket.socket, socket.socket]] = set()  # (client, upstream)
+        self.held: set[socket.socket] = set()  # upstream sockets a half-open cut left open
         self.lock = threading.Lock()
         self.server: socket.socket | None = None
         self.stopped = False
@@ -45,16 +49,21 @@ class TcpProxy:
             except (TimeoutError, OSError):
                 continue
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                upstream = socket.create_connection((self.target_host, self.target_port), timeout=5)
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the timeout was for connecting: an idle connection must not time out
+            pair = (client, upstream)
             with self.lock:
-                self.sockets.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                if not self.open.is_set():  # cut while this connection was being set up
+                    _drop(client, upstream)
+                    continue
+                self.pairs.add(pair)
+            for a, b in (pair, pair[::-1]):
+                threading.Thread(target=self._pipe, args=(a, b, pair), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, target: socket.socket, pair: tuple[socket.socket, socket.socket]) -> None:
         try:
             while True:
                 data = source.recv(65536)
@@ -64,26 +73,52 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for s in (source, target):
-                with contextlib.suppress(OSError):
-                    s.close()
+            with self.lock:
+                self.pairs.discard(pair)
+                _drop(*(s for s in (source, target) if s not in self.held))
 
-    def cut(self) -> None:
+    def cut(self, *, half_open: bool = False) -> None:
         self.open.clear()
         server, self.server = self.server, None
         if server is not None:
-            server.close()
+            _drop(server)
         with self.lock:
-            for s in self.sockets:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                    s.close()
-            self.sockets.clear()
+            for client, upstream in self.pairs:
+                if half_open:
+                    self.held.add(upstream)
+                _drop(client, *(() if half_open else (upstream,)))
+            self.pairs.clear()
 
     def restore(self) -> None:
         self._listen()
         self.open.set()
 
+    def cut_for(self, seconds: float, *, half_open: bool = False) -> threading.Timer:
+        """Cut now and restore after ``seconds`` in the background (safe to call from a flow's thread)."""
+        self.cut(half_open=half_open)
+        timer = threading.Timer(seconds, self.restore)
+        timer.daemon = True
+        timer.start()
+        return timer
+
     def close(self) -> None:
         self.stopped = True
         self.cut()
+        with self.lock:
+            _drop(*self.held)
+            self.held.clear()
+
+
+def _drop(*sockets: socket.socket) -> None:
+    """Shut connections down, then close them.
+
+    Shut down first: a bare ``close()`` while another thread is blocked in ``recv()`` on the socket
+    neither wakes that thread nor sends FIN (the kernel closes the socket only once the call
+    returns), so the server would never learn that its client went away.
+    """
+    for s in sockets:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+    for s in sockets:
+        with contextlib.suppress(OSError):
+            s.close()

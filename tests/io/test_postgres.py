@@ -6,7 +6,10 @@ import contextlib
 import datetime as dt
 import decimal
 import os
+import re
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
 import polars as pl
@@ -16,11 +19,13 @@ import rheon as rh
 from rheon.io.base import BuildContext
 from rheon.io.postgres import Postgres, _PostgresLogic
 from rheon.testing import ManualClock, collect
-from tests.services import unavailable
+from tests.proxy import TcpProxy
+from tests.services import free_port, unavailable
 
 try:
     import psycopg
     from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 except ImportError:  # pragma: no cover - reported by the fixture
     psycopg = None  # type: ignore[assignment]
 
@@ -194,6 +199,52 @@ def test_reconnects_when_the_server_drops_the_connection_and_loses_nothing(dsn, 
     assert "reconnect service=PostgreSQL sink=" in caplog.text
     assert "status=aborted" in caplog.text
     assert contents(dsn, table) == [(i, i * 2) for i in range(100)]
+
+
+@pytest.fixture
+def behind_proxy(dsn) -> Iterator[tuple[str, TcpProxy]]:
+    """The test server's DSN through a TcpProxy the test can cut, and the proxy.
+
+    With a lock_timeout, so that a write stuck behind a lost transaction's row locks fails the
+    test instead of hanging it.
+    """
+    info = conninfo_to_dict(dsn)
+    proxy = TcpProxy(free_port(), int(info.get("port") or 5432), target_host=str(info.get("host") or "127.0.0.1"))
+    yield make_conninfo(dsn, host="127.0.0.1", port=proxy.listen_port, options="-c lock_timeout=3s"), proxy
+    proxy.close()
+
+
+@pytest.mark.parametrize("half_open", [False, True], ids=["closed", "half_open"])
+@pytest.mark.parametrize("key", [["id"], None], ids=["upsert", "append"])
+def test_the_server_going_away_mid_run_writes_each_row_once(dsn, table, tmp_path, key, half_open, behind_proxy, caplog):
+    """The network path to PostgreSQL goes away mid-run and comes back: the sink reconnects with
+    backoff, finds its transaction aborted, writes its rows again, and the table holds each row once.
+
+    ``half_open``: the server is not told, as when the network fails (rather than the client
+    closing): the old session lives on, its transaction open, holding the locks of its rows.
+    """
+    proxied, proxy = behind_proxy
+    n, cut_at = 200, []
+
+    def cut_at_90(row: dict) -> dict:
+        if row["id"] == 90:  # rows 0..89 are in the open transaction, which the cut loses
+            cut_at.append(time.monotonic())
+            proxy.cut_for(2.0, half_open=half_open)
+        return row
+
+    flow = rh.Flow("outage")
+    src = flow.source(rh.io.Records([{"id": i, "v": i * 2} for i in range(n)], batch_size=10))
+    src.map(cut_at_90).sink(Postgres(table, dsn=proxied, key=key), name="out")
+    with caplog.at_level("INFO", logger="rheon.io"):
+        flow.run(checkpoint_dir=tmp_path, checkpoint_every="1h")
+    assert time.monotonic() - cut_at[0] >= 2.0
+    rows = contents(dsn, table)
+    assert [count for count in Counter(rows).values() if count > 1] == []  # nothing written twice
+    assert rows == [(i, i * 2) for i in range(n)]  # nothing lost
+    delays = [float(d) for d in re.findall(r"sink=out attempt=\d+ retries=5 delay_s=([\d.]+)", caplog.text)]
+    assert delays[:3] == [0.2, 0.4, 0.8]  # paced, until the server was back
+    assert re.search(r"postgres_resync sink=out xid=\d+ status=aborted", caplog.text)
+    assert ("postgres_lost_session sink=out" in caplog.text) == half_open  # ended, so its locks were freed
 
 
 def test_rows_the_database_rejects_become_dead_letters(dsn, table):

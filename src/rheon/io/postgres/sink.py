@@ -17,7 +17,8 @@ server's message and the rest is written.
 
 Lost connections: the rows of the open transaction are kept until it commits. When the connection
 fails the sink reconnects with exponential backoff on the flow's clock, asks the server whether the
-lost transaction committed, and writes its rows again if it did not.
+lost transaction committed, and writes its rows again if it did not. A transaction the server
+still runs (its session did not notice the network failing) is ended first.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["Postgres"]
 
 log = logging.getLogger(__name__)
+
+_END_WAIT_STEPS, _END_WAIT_STEP_S = 100, 0.05  # wait up to 5 s for a lost session to end
 
 
 class Postgres(Sink):
@@ -216,12 +219,11 @@ class _PostgresLogic(SinkLogic):
 
     def _resync(self) -> None:
         """On a new connection: find out whether the lost transaction committed; if not, write its rows again."""
-        lost, self.xid = self.xid, None
+        lost = self.xid
         if lost is None and not (self.pending or self.open):
             return
-        assert self.conn is not None
-        row = None if lost is None else self.conn.execute("SELECT txid_status(%s)", [lost]).fetchone()
-        status = row[0] if row else None
+        status = None if lost is None else self._lost_status(lost)
+        self.xid = None  # only now: should this fail, the next connection asks about the same transaction
         log.info("postgres_resync sink=%s xid=%s status=%s", self.name, lost, status)
         if status == "committed":
             self._committed()
@@ -230,6 +232,35 @@ class _PostgresLogic(SinkLogic):
             log.warning("postgres_resync_unknown sink=%s xid=%s risk=rows_appended_twice", self.name, lost)
         self.pending = {cid: self._send(frame) for cid, frame in self.pending.items()}
         self.open = [self._send(frame) for frame in self.open]
+
+    def _lost_status(self, xid: int) -> str | None:
+        """``txid_status`` of the lost transaction, ending it first if the server still runs it.
+
+        After a network failure (rather than a closed connection) the server may not have noticed
+        that the client is gone: the old session lives on with its transaction open, holding the
+        locks of the rows it wrote (so writing them again would wait) and able to commit should
+        a late ``COMMIT`` arrive. The sink ends that session (its own role may) and waits until
+        the transaction is aborted.
+        """
+        assert self.conn is not None
+        conn = self.conn
+
+        def status() -> str | None:
+            row = conn.execute("SELECT txid_status(%s)", [xid]).fetchone()
+            return row[0] if row else None
+
+        found = status()
+        if found != "in progress":
+            return found
+        query = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid::text = %s"
+        ended = conn.execute(query, [str(xid % 2**32)]).fetchall()
+        log.warning("postgres_lost_session sink=%s xid=%s still_open=true terminated=%d", self.name, xid, len(ended))
+        for _ in range(_END_WAIT_STEPS):
+            self.ctx.clock.sleep(_END_WAIT_STEP_S, self.ctx.stop)
+            found = status()
+            if found != "in progress" or self.ctx.stop.is_set():
+                break
+        return found
 
     # -- the table ---------------------------------------------------------------------------
 
