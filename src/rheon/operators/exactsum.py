@@ -84,31 +84,39 @@ def plan(frame: pl.DataFrame, column: str, p: str) -> tuple[pl.DataFrame, list[p
     aggregations to run per group, and a step completing the grouped result to :func:`partials`'
     columns (``None`` when the aggregations give them all).
 
-    Batches whose values all lie in one bin, or two neighbouring ones, with no zero, infinity or
-    NaN (the common case) take a shorter path than the general one.
+    Batches whose non-zero values all lie in one bin, or two neighbouring ones, with no infinity
+    or NaN (the common case) take a shorter path than the general one.
     """
     x = pl.col(column).cast(pl.Float64)
-    smallest, largest, total = frame.select(x.min().alias("min"), x.max().alias("max"), x.sum().alias("sum")).row(0)
+    smallest, largest, total, zeros = frame.select(
+        x.min().alias("min"), x.max().alias("max"), x.sum().alias("sum"), (x == 0).any().alias("zeros")
+    ).row(0)
     lo = hi = None
     if smallest is not None and math.isfinite(total):  # a NaN or an infinity makes the sum not finite
-        if smallest > 0 or largest < 0:
+        if not zeros and (smallest > 0 or largest < 0):
             lo, hi = min(abs(smallest), abs(largest)), max(abs(smallest), abs(largest))
         else:
-            lo, hi = frame.select(x.abs().min().alias("lo"), x.abs().max().alias("hi")).row(0)
-    if lo is not None and hi is not None and lo > 0 and _bin_of(lo) >= _FIRST_PLAIN:
+            lo, hi = frame.select(x.abs().filter(x != 0).min().alias("lo"), x.abs().max().alias("hi")).row(0)
+    if lo is not None and hi is not None and _bin_of(lo) >= _FIRST_PLAIN:
         low, high = _bin_of(lo), _bin_of(hi)
         n = pl.col(column).count().cast(pl.Int64).alias(p + "_n")
         approx = x.sum().alias(p + "_x")
+        # A group of only zeros has no bin: its lowest and highest bin stay null.
+        nonzero = [(x != 0).any().alias(p + "_nz")] if zeros else []
+
+        def bin_or_null(b: pl.Expr) -> pl.Expr:
+            return pl.when(pl.col(p + "_nz")).then(b) if zeros else b
+
         if low == high:
             frame = frame.with_columns((x * _FACTOR[low]).cast(pl.Int128).alias(p + "_q"))
-            exprs = [pl.col(p + "_q").sum(), n]
+            exprs = [pl.col(p + "_q").sum(), n, *nonzero]
 
             def one_bin(part: pl.DataFrame) -> pl.DataFrame:
                 q = pl.col(p + "_q")
                 return part.with_columns(
                     *[(q if low % 3 == r else pl.lit(0, pl.Int128)).alias(f"{p}_q{r}") for r in (1, 2)],
-                    pl.lit(low, pl.Int32).alias(p + "_lo"),
-                    pl.lit(low, pl.Int32).alias(p + "_hi"),
+                    bin_or_null(pl.lit(low, pl.Int32)).alias(p + "_lo"),
+                    bin_or_null(pl.lit(low, pl.Int32)).alias(p + "_hi"),
                     (q.cast(pl.Float64) * 2.0 ** _scale(low)).alias(p + "_x"),  # the float sum, for fallbacks
                 )
 
@@ -129,15 +137,17 @@ def plan(frame: pl.DataFrame, column: str, p: str) -> tuple[pl.DataFrame, list[p
                     for r in (1, 2)
                 ],
                 u.any().alias(p + "_hu"),
-                u.not_().any().alias(p + "_lu"),
+                (~u & (x != 0) if zeros else ~u).any().alias(p + "_lu"),
                 n,
                 approx,
             ]
 
             def two_bins(part: pl.DataFrame) -> pl.DataFrame:
+                lu, hu = pl.col(p + "_lu"), pl.col(p + "_hu")
+                none = ~lu & ~hu  # only zeros
                 return part.with_columns(
-                    pl.when(pl.col(p + "_lu")).then(low).otherwise(high).cast(pl.Int32).alias(p + "_lo"),
-                    pl.when(pl.col(p + "_hu")).then(high).otherwise(low).cast(pl.Int32).alias(p + "_hi"),
+                    pl.when(none).then(None).when(lu).then(low).otherwise(high).cast(pl.Int32).alias(p + "_lo"),
+                    pl.when(none).then(None).when(hu).then(high).otherwise(low).cast(pl.Int32).alias(p + "_hi"),
                 ).drop(p + "_lu", p + "_hu")
 
             return frame, exprs, two_bins
@@ -223,11 +233,12 @@ def finish(frame: pl.DataFrame, p: str) -> pl.DataFrame:
     Groups whose values all lie in one bin (the common case) need one rounding, not the three
     steps of :func:`final`; a frame of only such groups takes that shorter way.
     """
-    hi = pl.col(p + "_hi")
-    one_bin = (pl.col(p + "_lo") == hi) & pl.col(p + "_x").is_finite()
-    if frame.select(one_bin.fill_null(value=False).all()).item():
+    hi, x = pl.col(p + "_hi"), pl.col(p + "_x")
+    # One bin, or no bin at all (only zeros or nulls: then the float sum is exact).
+    simple = (hi.is_null() | (pl.col(p + "_lo") == hi)) & x.is_finite().fill_null(value=True)
+    if frame.select(simple.all()).item():
         total = _times_power_of_two(pl.col(p + "_q").cast(pl.Float64), hi.cast(pl.Int64) * W - SHIFT - 1075)
-        return frame.with_columns(total.alias(p + "_sum"))
+        return frame.with_columns(pl.when(hi.is_null()).then(x).otherwise(total).alias(p + "_sum"))
     return frame.with_columns(final(p).alias(p + "_sum"))
 
 
