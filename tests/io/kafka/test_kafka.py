@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections import Counter
 
@@ -11,7 +12,7 @@ import pytest
 
 import rheon as rh
 from rheon.testing import collect
-from tests.io.kafka.conftest import produce, read_all
+from tests.io.kafka.conftest import confluent_kafka, produce, read_all
 
 
 def _events(n: int, partitions: int) -> list[tuple[int, dict]]:
@@ -35,6 +36,29 @@ def test_kafka_to_windows_with_metadata_columns(kafka_brokers, new_topic):
     fired = {(r["card"], r["window_start"]): r for r in per_card.rows}
     assert fired[("c0", 0)]["n"] == 4  # i in {0, 4, 8, 12}: ts 0, 1000, 2000, 4000
     assert sum(r["n"] for r in per_card.rows) < 60  # the last windows are still open (no drain)
+
+
+def test_metadata_columns_carry_key_offset_timestamp_and_headers(kafka_brokers, new_topic):
+    topic = new_topic()
+    producer = confluent_kafka.Producer({"bootstrap.servers": kafka_brokers})
+    sent = [
+        (b"k1", {"v": 1}, 1_700_000_000_123, [("trace", b"abc"), ("tenant", b"t1")]),
+        (None, {"v": 2}, 1_700_000_001_000, None),
+    ]
+    for key, value, stamp, headers in sent:
+        producer.produce(
+            topic, value=json.dumps(value).encode(), key=key, partition=0, timestamp=stamp, headers=headers
+        )
+    assert producer.flush(10) == 0
+    flow = rh.Flow("meta")
+    rows = collect(flow.source(rh.io.Kafka(topic, brokers=kafka_brokers, partitions="all")))
+    flow.run(duration="2s")
+    assert [(r["v"], r["_key"], r["_partition"], r["_offset"], r["_timestamp"]) for r in rows.rows] == [
+        (1, b"k1", 0, 0, 1_700_000_000_123),
+        (2, None, 0, 1, 1_700_000_001_000),
+    ]
+    assert json.loads(rows.rows[0]["_headers"]) == {"trace": "abc", "tenant": "t1"}
+    assert rows.rows[1]["_headers"] in (None, "{}")
 
 
 def test_watermark_is_the_minimum_over_partitions(kafka_brokers, new_topic):
