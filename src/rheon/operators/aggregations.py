@@ -232,11 +232,9 @@ class Mean(Aggregation):
         _numeric(self, where, field_name, dtype)
 
 
-@dataclass(frozen=True, repr=False)
-class FloatSum(Sum):
-    """``sum`` of a float column, added exactly: the same result whatever the batching."""
-
-    float32: bool = False
+class _ExactFloat(Aggregation):
+    """The partials of an exact float sum (:mod:`rheon.operators.exactsum`), for ``sum`` and
+    ``mean``; the merged sum is in column ``p_sum``, the count in ``p_n``."""
 
     @override
     def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
@@ -251,12 +249,19 @@ class FloatSum(Sum):
         return exactsum.merges(p)
 
     @override
+    def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
+        return exactsum.merge_plan(partials, p)
+
+    @override
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
         return exactsum.finish(merged, p)
 
-    @override
-    def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
-        return exactsum.merge_plan(partials, p)
+
+@dataclass(frozen=True, repr=False)
+class FloatSum(_ExactFloat, Sum):
+    """``sum`` of a float column, added exactly: the same result whatever the batching."""
+
+    float32: bool = False
 
     @override
     def final(self, p: str) -> pl.Expr:
@@ -265,28 +270,8 @@ class FloatSum(Sum):
 
 
 @dataclass(frozen=True, repr=False)
-class FloatMean(Mean):
+class FloatMean(_ExactFloat, Mean):
     """``mean`` of a numeric column over an exact sum: the same result whatever the batching."""
-
-    @override
-    def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
-        return exactsum.plan(frame, self.column or "", p)
-
-    @override
-    def partials(self, p: str) -> list[pl.Expr]:
-        return exactsum.partials(self.column or "", p)
-
-    @override
-    def merges(self, p: str) -> list[pl.Expr]:
-        return exactsum.merges(p)
-
-    @override
-    def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
-        return exactsum.finish(merged, p)
-
-    @override
-    def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
-        return exactsum.merge_plan(partials, p)
 
     @override
     def final(self, p: str) -> pl.Expr:

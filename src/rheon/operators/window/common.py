@@ -22,6 +22,7 @@ from rheon.core.errors import FlowError, columns_hint
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
+from rheon.operators.exactsum import Post
 from rheon.state.shared import SharedFiles
 from rheon.time.windows import WindowAssigner
 
@@ -128,17 +129,29 @@ class WindowOperator(Operator):
 
     def partial_frame(self, rows: pl.DataFrame, group: list[str]) -> pl.DataFrame:
         """Raw records grouped by ``group`` into partial columns (``group``, then ``partial_cols``)."""
-        exprs: list[pl.Expr] = []
-        posts = []
+        plans = []
         for field, agg in self.aggs.items():
-            rows, agg_exprs, post = agg.aggregate(rows, self.prefix[field])
-            exprs += agg_exprs
-            if post is not None:
-                posts.append(post)
-        part = rows.group_by(group).agg(exprs)
+            rows, exprs, post = agg.aggregate(rows, self.prefix[field])
+            plans.append((exprs, post))
+        return self._grouped(rows, group, [], plans)
+
+    def _grouped(
+        self,
+        frame: pl.DataFrame,
+        group: list[str],
+        first: Sequence[pl.Expr],
+        plans: list[tuple[list[pl.Expr], Post | None]],
+    ) -> pl.DataFrame:
+        """``frame`` grouped by ``group`` with ``first`` and each aggregation's expressions, each
+        then completed by its step: ``group``, ``first``, then ``partial_cols``."""
+        exprs = [*first, *(e for agg_exprs, _ in plans for e in agg_exprs)]
+        posts = [post for _, post in plans if post is not None]
+        out = frame.group_by(group).agg(exprs)
         for post in posts:
-            part = post(part)
-        return part.select(*group, *self.partial_cols) if posts else part
+            out = post(out)
+        if not posts:
+            return out
+        return out.select(*group, *(e.meta.output_name() for e in first), *self.partial_cols)
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -246,20 +259,8 @@ class WindowOperator(Operator):
 
     def merge_frame(self, partials: pl.DataFrame, group: list[str], first: Sequence[pl.Expr] = ()) -> pl.DataFrame:
         """Partial rows merged per ``group``: ``group``, then ``first``, then ``partial_cols``."""
-        exprs: list[pl.Expr] = list(first)
-        posts = []
-        for field, agg in self.aggs.items():
-            agg_exprs, post = agg.merge(partials, self.prefix[field])
-            exprs += agg_exprs
-            if post is not None:
-                posts.append(post)
-        merged = partials.group_by(group).agg(exprs)
-        for post in posts:
-            merged = post(merged)
-        if not posts:
-            return merged
-        names = [e.meta.output_name() for e in first]
-        return merged.select(*group, *names, *self.partial_cols)
+        plans = [agg.merge(partials, self.prefix[field]) for field, agg in self.aggs.items()]
+        return self._grouped(partials, group, first, plans)
 
     def fired(self, merged: pl.DataFrame, pre: pl.Series | None, lo: int) -> pl.DataFrame:
         """:meth:`finals` of fired windows, in emission order (see :meth:`order`); the results
