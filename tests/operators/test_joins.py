@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections import Counter
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -112,17 +113,17 @@ def test_temporal_join_keeps_versions_for_records_behind_their_own_watermark():
     assert sorted((r["id"], r["v"]) for r in out.rows) == [("a", "v60"), ("b", "v10")]
 
 
-def test_lookup_join_with_a_table_file(tmp_path, batch_size):
+@pytest.mark.parametrize("kind", ["parquet", "csv", "frame"])
+def test_lookup_join_with_a_table_file(tmp_path, batch_size, kind):
     table = pl.DataFrame({"merchant": ["m1", "m2", "m2"], "category": ["food", "books", "music"], "amount": [0, 0, 0]})
-    table.write_parquet(tmp_path / "merchants.parquet")
+    target: pl.DataFrame | Path = table
+    if kind != "frame":
+        target = tmp_path / f"merchants.{kind}"
+        table.write_parquet(target) if kind == "parquet" else table.write_csv(target)
     rows = [{"merchant": m, "amount": i} for i, m in enumerate(["m1", "m2", "m3", "m1"])]
     for how, expected_n in (("inner", 4), ("left", 5)):
         flow = rh.Flow("lookup")
-        out = collect(
-            flow.source(rh.io.Records(rows, batch_size=batch_size)).join(
-                tmp_path / "merchants.parquet", on="merchant", how=how
-            )
-        )
+        out = collect(flow.source(rh.io.Records(rows, batch_size=batch_size)).join(target, on="merchant", how=how))
         flow.run()
         assert len(out.rows) == expected_n
         assert out.rows[0] == {"merchant": "m1", "amount": 0, "category": "food", "amount_right": 0}
