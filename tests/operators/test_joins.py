@@ -119,7 +119,10 @@ def test_lookup_join_with_a_table_file(tmp_path, batch_size, kind):
     target: pl.DataFrame | Path = table
     if kind != "frame":
         target = tmp_path / f"merchants.{kind}"
-        table.write_parquet(target) if kind == "parquet" else table.write_csv(target)
+        if kind == "parquet":
+            table.write_parquet(target)
+        else:
+            table.write_csv(target)
     rows = [{"merchant": m, "amount": i} for i, m in enumerate(["m1", "m2", "m3", "m1"])]
     for how, expected_n in (("inner", 4), ("left", 5)):
         flow = rh.Flow("lookup")
