@@ -22,7 +22,6 @@ backends between runs, like Flink's savepoints in the canonical format.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import pickle
@@ -35,6 +34,7 @@ from typing import Any
 
 from rheon.core.errors import FlowError
 from rheon.core.extras import import_extra
+from rheon.state.checkpoints import unpickle
 from rheon.state.keyed import KEY_GROUPS, key_group
 from rheon.state.shared import SharedFiles
 
@@ -44,16 +44,6 @@ BACKENDS = ("memory", "rocksdb")
 assert KEY_GROUPS <= 256, "RocksDB keys store the key group in one byte"
 
 log = logging.getLogger(__name__)
-
-
-def _loads(data: bytes) -> Any:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return pickle.loads(data)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _dumps(value: Any) -> bytes:
@@ -187,7 +177,7 @@ class RocksDBBackend(KeyedStateBackend):
         if found is None:
             db_key = self.db_keys[key] = _db_key(key)
             raw = self.db.get(db_key)
-            found = self.cache[key] = _loads(raw) if raw is not None else {}
+            found = self.cache[key] = unpickle(raw) if raw is not None else {}
         return found
 
     def end_batch(self) -> None:
@@ -266,7 +256,7 @@ def _read_chain(chain: list[str], files: SharedFiles, key_groups: set[int] | Non
     """The state a memory-backend checkpoint holds: its base with the deltas applied."""
     data: dict[Any, dict[str, Any]] = {}
     for name in chain:
-        for group, part in _loads(files.read(name)).items():
+        for group, part in unpickle(files.read(name)).items():
             if key_groups is not None and group not in key_groups:
                 continue
             for key, value in part.items():
@@ -290,7 +280,7 @@ def _read_rocksdb(source: Path, key_groups: set[int] | None) -> Iterator[tuple[A
         try:
             for raw_key, raw_value in db.items():
                 if key_groups is None or raw_key[0] in key_groups:
-                    yield _loads(raw_key[1:]), _loads(raw_value)
+                    yield unpickle(raw_key[1:]), unpickle(raw_value)
         finally:
             db.close()
     finally:

@@ -32,7 +32,7 @@ import polars as pl
 from rheon.core.errors import FlowError
 from rheon.state.shared import SharedFiles
 
-__all__ = ["Checkpoint", "CheckpointStore", "OperatorSnapshot"]
+__all__ = ["Checkpoint", "CheckpointStore", "OperatorSnapshot", "unpickle"]
 
 FORMAT_VERSION = 1
 _PREFIX = "chk-"
@@ -54,9 +54,14 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _unpickle(data: bytes) -> Any:
+def unpickle(data: bytes) -> Any:
     """Unpickle with the cyclic GC paused: rebuilding a million small dicts otherwise triggers
-    hundreds of full collections (2.6 s instead of 0.5 s for 1M keys of process state)."""
+    hundreds of full collections (2.6 s instead of 0.5 s for 1M keys of process state).
+
+    >>> import pickle
+    >>> unpickle(pickle.dumps({"k": [1, 2]}))
+    {'k': [1, 2]}
+    """
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -178,7 +183,7 @@ class CheckpointStore:
         operators = {}
         for name, entry in manifest.pop("operators").items():
             frames = {key: pl.read_ipc((path / file).read_bytes()) for key, file in entry["frames"].items()}
-            objects = _unpickle((path / entry["objects"]).read_bytes()) if entry["objects"] else {}
+            objects = unpickle((path / entry["objects"]).read_bytes()) if entry["objects"] else {}
             operators[name] = OperatorSnapshot(entry["kind"], entry["signature"], frames, objects, entry["shared"])
         return Checkpoint(checkpoint_id, path, manifest, operators)
 
