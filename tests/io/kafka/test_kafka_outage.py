@@ -82,3 +82,39 @@ def test_broker_outage_mid_run(broker_behind_proxy, tmp_path):
     counts = Counter((r["card"], r["n"]) for r in rows)
     assert set(counts.values()) == {1}
     assert max(n for _, n in counts) == 150
+
+
+def test_checkpoints_during_an_outage_wait_for_the_broker(broker_behind_proxy, tmp_path, caplog):
+    """A local source keeps feeding a transactional Kafka sink while the broker is cut off: the
+    checkpoints taken meanwhile retry with backoff instead of failing the run; every row is
+    committed once."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    brokers, proxy = broker_behind_proxy
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for future in admin.create_topics([NewTopic("gen", num_partitions=2, replication_factor=1)]).values():
+        future.result(10)
+    flow = rh.Flow("outage2")
+    src = flow.source(rh.io.Generator(lambda i: {"i": i}, rate=200, limit=800))
+    src.sink(rh.io.KafkaSink("gen", brokers=brokers, retry_backoff="100ms"), name="out")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            flow.run(checkpoint_dir=tmp_path, checkpoint_every="200ms")
+        except BaseException as exc:
+            failure.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    with caplog.at_level("WARNING", logger="rheon.io"):
+        runner.start()
+        time.sleep(1.0)
+        proxy.cut()
+        time.sleep(2.0)
+        proxy.restore()
+        runner.join(60)
+    assert not runner.is_alive()
+    assert failure == []
+    assert "reconnect service=Kafka sink=out" in caplog.text  # it did wait for the broker
+    rows = read_all(brokers, "gen")
+    assert sorted(r["i"] for r in rows) == list(range(800))

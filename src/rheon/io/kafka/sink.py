@@ -29,7 +29,9 @@ from typing import Any
 import polars as pl
 from typing_extensions import override
 
+from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError
+from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, Sink, SinkLogic
 from rheon.io.kafka.codec import encode_json
 from rheon.io.kafka.source import _kafka
@@ -56,6 +58,10 @@ class KafkaSink(Sink):
         ``"json"`` (each row a JSON object) or ``"bytes"`` (the ``value`` column as is).
     config
         Extra librdkafka producer settings.
+    retries, retry_backoff
+        When the broker cannot be reached while a checkpoint's transaction is prepared, try again
+        up to ``retries`` times, waiting ``retry_backoff`` and then twice as long each time (up to
+        30 s), before failing the run (a restart resumes from the last checkpoint).
 
     Guarantee: exactly-once with checkpoints (one Kafka transaction per checkpoint; a
     ``read_committed`` consumer sees every row once, across crashes; rows become visible when
@@ -77,10 +83,17 @@ class KafkaSink(Sink):
         key: str | list[str] | None = None,
         format: str = "json",
         config: dict[str, Any] | None = None,
+        retries: int = 10,
+        retry_backoff: Duration = "200ms",
     ) -> None:
         if format not in ("json", "bytes"):
             msg = f"KafkaSink: format must be 'json' or 'bytes' (got {format!r})"
             raise FlowError(msg)
+        if retries < 0:
+            msg = f"KafkaSink: retries must not be negative (got {retries})"
+            raise FlowError(msg)
+        self.retries = retries
+        self.retry_backoff_ms = to_ms(retry_backoff, what="KafkaSink: retry_backoff")
         self.topic = topic
         self.brokers = brokers
         self.key = [key] if isinstance(key, str) else (list(key) if key else [])
@@ -99,7 +112,8 @@ class _KafkaSinkLogic(SinkLogic):
     def __init__(self, cfg: KafkaSink, ctx: BuildContext) -> None:
         self.kafka = _kafka()
         self.cfg = cfg
-        self.where = f"sink '{ctx.operator}'"
+        self.name, self.where = ctx.operator, f"sink '{ctx.operator}'"
+        self.clock, self.stop = ctx.clock, ctx.stop
         self.transactional = ctx.checkpointing
         self.txn_id = f"rheon-{ctx.flow}-{ctx.operator}"
         self.admin_group = f"{self.txn_id}.admin"
@@ -218,11 +232,21 @@ class _KafkaSinkLogic(SinkLogic):
         self.pending[checkpoint_id] = (frame, self._high_watermarks())
 
     def _high_watermarks(self) -> dict[int, int]:
-        ends = {}
-        for p in self.partitions:
-            _, high = self.admin.get_watermark_offsets(self.kafka.TopicPartition(self.cfg.topic, p), timeout=_TIMEOUT_S)
-            ends[p] = high
-        return ends
+        """Each partition's end offset, retried with backoff while the broker is unreachable."""
+        retry = Reconnects(
+            self.name, "Kafka", self.cfg.brokers, self.cfg.retries,
+            self.cfg.retry_backoff_ms, self.clock, self.stop,
+        )  # fmt: skip
+        while True:
+            try:
+                return {
+                    p: self.admin.get_watermark_offsets(
+                        self.kafka.TopicPartition(self.cfg.topic, p), timeout=_TIMEOUT_S
+                    )[1]
+                    for p in self.partitions
+                }
+            except self.kafka.KafkaException as exc:
+                retry.failed(exc, str(exc))
 
     @override
     def commit(self, checkpoint_id: int) -> None:
