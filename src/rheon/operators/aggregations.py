@@ -20,11 +20,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 from typing_extensions import override
 
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.operators import exactsum
+from rheon.operators.dense import DenseGroups
 from rheon.operators.exactsum import Post
 
 __all__ = ["Aggregation", "Count", "CountDistinct", "FloatMean", "FloatSum", "Max", "Mean", "Min", "Sum"]
@@ -47,6 +49,13 @@ class Aggregation(ABC):
         columns (named ``p`` + suffix), the aggregations to run per group, and a step that
         completes the grouped result (``None``: the aggregations give every partial column)."""
         return frame, self.partials(p), None
+
+    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
+        """Like :meth:`aggregate`, computed by counting over ``groups`` (see
+        :mod:`rheon.operators.dense`): the aggregated columns, one row per group in ``groups``'
+        order, and the completing step; ``None`` (the default) when this aggregation or this
+        frame cannot be done that way."""
+        return None
 
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
         """Add columns :meth:`final` reads to a frame of merged partials (none, by default)."""
@@ -112,6 +121,14 @@ class Count(Aggregation):
     def partials(self, p: str) -> list[pl.Expr]:
         expr = pl.len() if self.column is None else pl.col(self.column).count()
         return [expr.cast(pl.Int64).alias(p)]
+
+    @override
+    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
+        if self.column is None or frame.get_column(self.column).null_count() == 0:
+            counts = groups.counts
+        else:
+            counts = groups.sums(frame.get_column(self.column).is_not_null().to_numpy().astype(np.float64))
+        return pl.DataFrame([pl.Series(p, counts, dtype=pl.Int64)]), None
 
     @override
     def merges(self, p: str) -> list[pl.Expr]:
@@ -243,6 +260,10 @@ class _ExactFloat(Aggregation):
     @override
     def partials(self, p: str) -> list[pl.Expr]:
         return exactsum.partials(self.column or "", p)
+
+    @override
+    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
+        return exactsum.dense(frame, self.column or "", p, groups)
 
     @override
     def merges(self, p: str) -> list[pl.Expr]:

@@ -41,9 +41,12 @@ import math
 import struct
 from collections.abc import Callable
 
+import numpy as np
 import polars as pl
 
-__all__ = ["final", "finish", "merge_plan", "merges", "partials", "plan", "prepare"]
+from rheon.operators.dense import DenseGroups
+
+__all__ = ["dense", "final", "finish", "merge_plan", "merges", "partials", "plan", "prepare"]
 
 W = 44  # bin width in binades: q < 2**(53 + W) leaves 2**(127 - 97) = 2**30 values of headroom
 SHIFT = 15  # bin edges at 2**-26 and 2**18 (≈1.5e-8 and 262144): one bin for everyday values
@@ -79,6 +82,44 @@ def _bin_of(value: float) -> int:
 Post = Callable[[pl.DataFrame], pl.DataFrame]
 
 
+def _batch_bins(frame: pl.DataFrame, column: str) -> tuple[int, int, bool, float] | None:
+    """The lowest and highest bin of the non-zero values of ``column`` in ``frame``, whether
+    there are zeros, and the largest magnitude; ``None`` when a short path cannot be taken (no
+    values, an infinity or NaN, or values in the lowest bins)."""
+    x = pl.col(column).cast(pl.Float64)
+    smallest, largest, total, zeros = frame.select(
+        x.min().alias("min"), x.max().alias("max"), x.sum().alias("sum"), (x == 0).any().alias("zeros")
+    ).row(0)
+    if smallest is None or not math.isfinite(total):  # a NaN or an infinity makes the sum not finite
+        return None
+    if not zeros and (smallest > 0 or largest < 0):
+        lo, hi = min(abs(smallest), abs(largest)), max(abs(smallest), abs(largest))
+    else:
+        lo, hi = frame.select(x.abs().filter(x != 0).min().alias("lo"), x.abs().max().alias("hi")).row(0)
+    if lo is None or hi is None or _bin_of(lo) < _FIRST_PLAIN:
+        return None
+    return _bin_of(lo), _bin_of(hi), bool(zeros), hi
+
+
+def _one_bin(p: str, low: int, zeros: bool) -> Post:
+    """Completes groups of values from bin ``low`` alone, aggregated to ``p_q`` (their sum on
+    the bin's grid), ``p_n`` and, if ``zeros``, ``p_nz`` (whether any is not zero)."""
+
+    def bin_or_null(b: pl.Expr) -> pl.Expr:  # a group of only zeros has no bin
+        return pl.when(pl.col(p + "_nz")).then(b) if zeros else b
+
+    def one_bin(part: pl.DataFrame) -> pl.DataFrame:
+        q = pl.col(p + "_q")
+        return part.with_columns(
+            *[(q if low % 3 == r else pl.lit(0, pl.Int128)).alias(f"{p}_q{r}") for r in (1, 2)],
+            bin_or_null(pl.lit(low, pl.Int32)).alias(p + "_lo"),
+            bin_or_null(pl.lit(low, pl.Int32)).alias(p + "_hi"),
+            (q.cast(pl.Float64) * 2.0 ** _scale(low)).alias(p + "_x"),  # the float sum, for fallbacks
+        )
+
+    return one_bin
+
+
 def plan(frame: pl.DataFrame, column: str, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
     """How to aggregate ``column`` of raw records: ``frame`` with helper columns, the Polars
     aggregations to run per group, and a step completing the grouped result to :func:`partials`'
@@ -88,39 +129,15 @@ def plan(frame: pl.DataFrame, column: str, p: str) -> tuple[pl.DataFrame, list[p
     or NaN (the common case) take a shorter path than the general one.
     """
     x = pl.col(column).cast(pl.Float64)
-    smallest, largest, total, zeros = frame.select(
-        x.min().alias("min"), x.max().alias("max"), x.sum().alias("sum"), (x == 0).any().alias("zeros")
-    ).row(0)
-    lo = hi = None
-    if smallest is not None and math.isfinite(total):  # a NaN or an infinity makes the sum not finite
-        if not zeros and (smallest > 0 or largest < 0):
-            lo, hi = min(abs(smallest), abs(largest)), max(abs(smallest), abs(largest))
-        else:
-            lo, hi = frame.select(x.abs().filter(x != 0).min().alias("lo"), x.abs().max().alias("hi")).row(0)
-    if lo is not None and hi is not None and _bin_of(lo) >= _FIRST_PLAIN:
-        low, high = _bin_of(lo), _bin_of(hi)
+    bins = _batch_bins(frame, column)
+    if bins is not None:
+        low, high, zeros, _ = bins
         n = pl.col(column).count().cast(pl.Int64).alias(p + "_n")
         approx = x.sum().alias(p + "_x")
-        # A group of only zeros has no bin: its lowest and highest bin stay null.
         nonzero = [(x != 0).any().alias(p + "_nz")] if zeros else []
-
-        def bin_or_null(b: pl.Expr) -> pl.Expr:
-            return pl.when(pl.col(p + "_nz")).then(b) if zeros else b
-
         if low == high:
             frame = frame.with_columns((x * _FACTOR[low]).cast(pl.Int128).alias(p + "_q"))
-            exprs = [pl.col(p + "_q").sum(), n, *nonzero]
-
-            def one_bin(part: pl.DataFrame) -> pl.DataFrame:
-                q = pl.col(p + "_q")
-                return part.with_columns(
-                    *[(q if low % 3 == r else pl.lit(0, pl.Int128)).alias(f"{p}_q{r}") for r in (1, 2)],
-                    bin_or_null(pl.lit(low, pl.Int32)).alias(p + "_lo"),
-                    bin_or_null(pl.lit(low, pl.Int32)).alias(p + "_hi"),
-                    (q.cast(pl.Float64) * 2.0 ** _scale(low)).alias(p + "_x"),  # the float sum, for fallbacks
-                )
-
-            return frame, exprs, one_bin
+            return frame, [pl.col(p + "_q").sum(), n, *nonzero], _one_bin(p, low, zeros)
         if high == low + 1:
             upper = x.abs() >= 2.0 ** (W * high - SHIFT - 1023)  # the smallest value of bin `high`
             factor = pl.when(upper).then(pl.lit(_FACTOR[high])).otherwise(pl.lit(_FACTOR[low]))
@@ -152,6 +169,41 @@ def plan(frame: pl.DataFrame, column: str, p: str) -> tuple[pl.DataFrame, list[p
 
             return frame, exprs, two_bins
     return prepare(frame, column, p), partials(column, p), None
+
+
+def dense(frame: pl.DataFrame, column: str, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post] | None:
+    """The partials of ``column`` per group of ``groups`` computed by counting (see
+    :mod:`rheon.operators.dense`), for batches of one bin with no nulls; else ``None``.
+
+    Each value's integer ``q`` on the bin's grid is split into signed pieces of ``P`` bits, with
+    ``P`` small enough that the float sum of a group's pieces stays an integer below 2**53:
+    exact. The pieces' sums are then put together in Int128.
+    """
+    series = frame.get_column(column)
+    bins = _batch_bins(frame, column) if series.null_count() == 0 else None
+    if bins is None or bins[0] != bins[1]:
+        return None
+    low, _, zeros, largest = bins
+    values = series.cast(pl.Float64).to_numpy()
+    space = groups.space
+    rest = np.multiply(values, _FACTOR[low], out=space.array("rest", len(values), np.float64))  # exact
+    digit = space.array("digit", len(values), np.float64)
+    width = 53 - int(groups.counts.max()).bit_length()  # n values below 2**width add up below 2**53
+    pieces = -(-math.frexp(largest * _FACTOR[low])[1] // width)  # ceil(bits of the largest q / width)
+    sums = []
+    for j in range(pieces - 1, 0, -1):
+        np.trunc(np.multiply(rest, 2.0 ** (-j * width), out=digit), out=digit)
+        sums.append((j, groups.sums(digit)))
+        # exact: what is left are the low bits of |rest|, with its sign
+        np.subtract(rest, np.multiply(digit, 2.0 ** (j * width), out=digit), out=rest)
+    sums.append((0, groups.sums(rest)))
+    parts = pl.DataFrame([pl.Series(str(j), total.astype(np.int64)) for j, total in sums])
+    q = pl.sum_horizontal(pl.col(str(j)).cast(pl.Int128) * pl.lit(1 << (j * width), pl.Int128) for j, _ in sums)
+    columns = [parts.select(q.alias(p + "_q")).to_series(), pl.Series(p + "_n", groups.counts, dtype=pl.Int64)]
+    if zeros:
+        nonzero = np.not_equal(values, 0, out=space.array("nonzero", len(values), np.float64))
+        columns.append(pl.Series(p + "_nz", groups.sums(nonzero) > 0))
+    return pl.DataFrame(columns), _one_bin(p, low, zeros)
 
 
 def prepare(frame: pl.DataFrame, column: str, p: str) -> pl.DataFrame:

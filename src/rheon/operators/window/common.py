@@ -22,7 +22,9 @@ from rheon.core.errors import FlowError, columns_hint
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
+from rheon.operators.dense import DenseGroups, Workspace
 from rheon.operators.exactsum import Post
+from rheon.operators.packed import PACKED, Packing
 from rheon.state.shared import SharedFiles
 from rheon.time.windows import WindowAssigner
 
@@ -30,6 +32,7 @@ __all__ = ["WE", "WS", "RecordBuffer", "WindowOperator"]
 
 WS = "__ws"  # window start, ticks
 WE = "__we"  # window end, ticks
+PACK_MIN_ROWS = 4096  # below, packing or counting (packed.py, dense.py) gains nothing
 
 
 class RecordBuffer:
@@ -112,6 +115,7 @@ class WindowOperator(Operator):
         self._set_aggs(self.aggs)
         self.needed = list(dict.fromkeys([*self.keys, time_col, *(a.column for a in self.aggs.values() if a.column)]))
         self.out_schema: pl.Schema | None = None
+        self.space = Workspace()  # scratch arrays for dense grouping
         self._init_state()
         if self.ttype is not None:
             self._resolved()
@@ -127,13 +131,40 @@ class WindowOperator(Operator):
         self.input_types = dict(types)
         self._set_aggs({f: a.for_input(types[f]) if f in types else a for f, a in self.aggs.items()})
 
-    def partial_frame(self, rows: pl.DataFrame, group: list[str]) -> pl.DataFrame:
-        """Raw records grouped by ``group`` into partial columns (``group``, then ``partial_cols``)."""
+    def partial_frame(
+        self, rows: pl.DataFrame, group: list[str], steps: Mapping[str, int] | None = None
+    ) -> pl.DataFrame:
+        """Raw records grouped by ``group`` into partial columns (``group``, then ``partial_cols``).
+
+        A big batch whose groups form a dense grid of integers (``steps``: columns whose values
+        lie on a grid, and its spacing) is grouped by counting (:mod:`rheon.operators.dense`)
+        when every aggregation can be done that way.
+        """
+        if rows.height >= PACK_MIN_ROWS:
+            groups = DenseGroups.of(rows, group, steps, self.space)
+            if groups is not None:
+                done = self._dense_partials(rows, group, groups)
+                if done is not None:
+                    return done
         plans = []
         for field, agg in self.aggs.items():
             rows, exprs, post = agg.aggregate(rows, self.prefix[field])
             plans.append((exprs, post))
         return self._grouped(rows, group, [], plans)
+
+    def _dense_partials(self, rows: pl.DataFrame, group: list[str], groups: DenseGroups) -> pl.DataFrame | None:
+        parts, posts = [groups.columns()], []
+        for field, agg in self.aggs.items():
+            done = agg.dense(rows, self.prefix[field], groups)
+            if done is None:
+                return None
+            parts.append(done[0])
+            if done[1] is not None:
+                posts.append(done[1])
+        out = pl.concat(parts, how="horizontal")
+        for post in posts:
+            out = post(out)
+        return out.select(*group, *self.partial_cols)
 
     def _grouped(
         self,
@@ -146,7 +177,12 @@ class WindowOperator(Operator):
         then completed by its step: ``group``, ``first``, then ``partial_cols``."""
         exprs = [*first, *(e for agg_exprs, _ in plans for e in agg_exprs)]
         posts = [post for _, post in plans if post is not None]
-        out = frame.group_by(group).agg(exprs)
+        packing = Packing.of(frame, group) if frame.height >= PACK_MIN_ROWS and len(group) > 1 else None
+        if packing is None:
+            out = frame.group_by(group).agg(exprs)
+        else:
+            out = frame.group_by(packing.expr().alias(PACKED)).agg(exprs)
+            out = out.select(*packing.unpacked(), pl.all().exclude(PACKED))
         for post in posts:
             out = post(out)
         if not posts:
@@ -280,7 +316,9 @@ class WindowOperator(Operator):
         already emission order. Downstream, a result carries the watermark that held before
         its position, as in Flink, where results precede the watermark that triggered them.
         """
-        windows = windows.sort([WE, *self.tiebreak, *self.keys])
+        by = [WE, *self.tiebreak, *self.keys]
+        packing = Packing.of(windows, by) if windows.height >= PACK_MIN_ROWS else None
+        windows = windows.sort(by if packing is None else packing.expr())
         if pre is None or len(pre) == 0:
             return windows.with_columns(pl.lit(lo, pl.Int64).alias(WM_COL))
         positions = pre.search_sorted(windows.get_column(WE), side="left")

@@ -70,7 +70,7 @@ class PaneWindowOperator(WindowOperator):
         if rows is None:
             return
         group = [*self.keys, PANE]
-        part = self.partial_frame(rows, group)
+        part = self.partial_frame(rows, group, steps={PANE: self.geo.pane} if self.geo is not None else None)
         state = self.panes
         if state is None or state.height == 0:
             self.panes = part

@@ -1,0 +1,95 @@
+"""Several integer columns packed into one Int64, for faster group-bys and sorts.
+
+Polars groups and sorts by one Int64 column much faster than by several columns (which it first
+encodes row by row): on a million records, ``group_by(key, pane)`` takes ~35 ms and the same
+group-by on one packed column ~24 ms; sorting 100k window results by ``(window_end, key)``
+~7 ms, by one packed column ~4 ms. Window operators group by keys and pane and sort by window
+end and keys on every batch, so when those columns are integers whose ranges in the batch fit
+into 63 bits together (keys ``0..999`` and a hundred panes take 17 bits), they are packed.
+
+The packing keeps the columns' lexicographic order: sorting by the packed value is sorting by
+the columns, first column first. Columns with nulls or other types are not packed (the callers
+then use the columns as they are).
+
+Examples
+--------
+>>> frame = pl.DataFrame({"pane": [2000, 1000, 2000, 1000], "key": [7, 3, 3, 7]})
+>>> packing = Packing.of(frame, ["pane", "key"])
+>>> frame.sort(packing.expr()).rows() == frame.sort(["pane", "key"]).rows()
+True
+>>> grouped = frame.group_by(packing.expr().alias(PACKED)).len()
+>>> sorted(grouped.with_columns(packing.unpacked()).select("pane", "key", "len").rows())
+[(1000, 3, 1), (1000, 7, 1), (2000, 3, 1), (2000, 7, 1)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+__all__ = ["PACKED", "Packing"]
+
+PACKED = "__packed"
+_LIMIT = 1 << 62  # stay clear of the sign bit and of overflow in intermediate products
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How to pack ``columns`` of one frame: each column's minimum, range and stride.
+
+    ``packed = Σ (column - minimum) * stride``, the last column with stride 1.
+    """
+
+    columns: tuple[str, ...]
+    dtypes: tuple[pl.DataType, ...]
+    minimums: tuple[int, ...]
+    strides: tuple[int, ...]
+    ranges: tuple[int, ...]
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame, columns: Sequence[str]) -> Packing | None:
+        """The packing of ``columns`` for the values in ``frame``, or ``None`` if they cannot be
+        packed (a column that is not an integer, has nulls, or ranges too wide together)."""
+        schema = frame.schema
+        dtypes = [schema[c] for c in columns]
+        if not columns or frame.height == 0 or not all(d.is_integer() for d in dtypes):
+            return None
+        stats = frame.select(
+            *[pl.col(c).min().cast(pl.Int128).alias(f"{i}min") for i, c in enumerate(columns)],
+            *[pl.col(c).max().cast(pl.Int128).alias(f"{i}max") for i, c in enumerate(columns)],
+            *[pl.col(c).null_count().alias(f"{i}nulls") for i, c in enumerate(columns)],
+        ).row(0)
+        n = len(columns)
+        lows, highs, nulls = stats[:n], stats[n : 2 * n], stats[2 * n :]
+        if any(nulls) or any(lo < -_LIMIT or hi >= _LIMIT for lo, hi in zip(lows, highs, strict=True)):
+            return None
+        ranges = [hi - lo + 1 for lo, hi in zip(lows, highs, strict=True)]
+        strides = [1] * n
+        for i in range(n - 2, -1, -1):
+            strides[i] = strides[i + 1] * ranges[i + 1]
+        if strides[0] * ranges[0] >= _LIMIT:
+            return None
+        return cls(tuple(columns), tuple(dtypes), tuple(lows), tuple(strides), tuple(ranges))
+
+    def expr(self) -> pl.Expr:
+        """The packed value (Int64) of each row."""
+        terms = [
+            (pl.col(c).cast(pl.Int64) - lo) * stride
+            for c, lo, stride in zip(self.columns, self.minimums, self.strides, strict=True)
+        ]
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total
+
+    def unpacked(self, packed: str = PACKED) -> list[pl.Expr]:
+        """Expressions giving back the columns (names and types as they were) from ``packed``."""
+        col = pl.col(packed)
+        return [
+            ((col // stride) % width + lo).cast(dtype).alias(c)
+            for c, dtype, lo, stride, width in zip(
+                self.columns, self.dtypes, self.minimums, self.strides, self.ranges, strict=True
+            )
+        ]

@@ -1,0 +1,237 @@
+"""Grouping by counting (dense.py), packed sort keys (packed.py) and the exact sums computed by
+counting: each against the Polars way it replaces, and through window operators."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rheon.operators import exactsum
+from rheon.operators.dense import DenseGroups, Workspace
+from rheon.operators.packed import PACKED, Packing
+from rheon.operators.window import common
+from tests.reference import reference, run_engine
+
+INT_TYPES = [pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64]
+
+
+@st.composite
+def keyed_frames(draw: st.DrawFn) -> tuple[pl.DataFrame, list[str], dict[str, int]]:
+    """Frames with one or two integer key columns of any width and a pane column on a grid."""
+    n = draw(st.integers(1, 300))
+    columns: dict[str, pl.Series] = {}
+    for name in draw(st.sampled_from([["a"], ["a", "b"]])):
+        dtype = draw(st.sampled_from(INT_TYPES))
+        info = np.iinfo(_numpy_type(dtype))
+        lo = draw(st.integers(max(int(info.min), -(2**40)), min(int(info.max), 2**40)))
+        width = draw(st.integers(0, 40))
+        hi = min(lo + width, int(info.max))
+        columns[name] = pl.Series(name, [draw(st.integers(lo, hi)) for _ in range(n)], dtype=dtype)
+    step = draw(st.sampled_from([1, 3, 1000]))
+    offset = draw(st.integers(-5000, 5000))
+    panes = [offset + step * draw(st.integers(-3, 6)) for _ in range(n)]
+    columns["pane"] = pl.Series("pane", panes, dtype=pl.Int64)
+    frame = pl.DataFrame(list(columns.values()))
+    return frame, list(frame.columns), {"pane": step}
+
+
+def _numpy_type(dtype: pl.DataType) -> type[np.integer]:
+    return {
+        pl.Int8: np.int8,
+        pl.Int16: np.int16,
+        pl.Int32: np.int32,
+        pl.Int64: np.int64,
+        pl.UInt8: np.uint8,
+        pl.UInt16: np.uint16,
+        pl.UInt32: np.uint32,
+        pl.UInt64: np.uint64,
+    }[dtype]
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=keyed_frames(), seed=st.integers(0, 1000))
+def test_dense_groups_count_and_add_like_a_group_by(case, seed):
+    frame, columns, steps = case
+    weights = np.random.default_rng(seed).integers(-1000, 1000, frame.height).astype(np.float64)
+    groups = DenseGroups.of(frame, columns, steps, Workspace())
+    assert groups is not None  # small grids are always dense enough
+    got = groups.columns().with_columns(n=pl.Series(groups.counts), w=pl.Series(groups.sums(weights)))
+    expected = (
+        frame.with_columns(w=pl.Series(weights))
+        .group_by(columns)
+        .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("w").sum())
+        .sort(columns)
+    )
+    assert got.schema == expected.schema  # key columns keep their types
+    assert got.rows() == expected.rows()  # and come out in the columns' order
+
+
+def test_dense_groups_decline_what_they_cannot_count():
+    ints = pl.DataFrame({"k": [1, 2, None]})
+    assert DenseGroups.of(ints, ["k"]) is None  # nulls
+    assert DenseGroups.of(pl.DataFrame({"k": ["a", "b"]}), ["k"]) is None  # not integers
+    assert DenseGroups.of(pl.DataFrame({"k": [0, 10**12]}), ["k"]) is None  # a sparse grid
+    huge = pl.DataFrame({"k": pl.Series([0, 2**64 - 1], dtype=pl.UInt64)})
+    assert DenseGroups.of(huge, ["k"]) is None  # beyond Int64
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=keyed_frames())
+def test_packing_sorts_and_groups_like_the_columns(case):
+    frame, columns, _ = case
+    packing = Packing.of(frame, columns)
+    assert packing is not None
+    assert frame.sort(packing.expr()).rows() == frame.sort(columns, maintain_order=True).rows()
+    grouped = frame.group_by(packing.expr().alias(PACKED)).len().with_columns(packing.unpacked())
+    assert grouped.select(*columns, "len").sort(columns).rows() == frame.group_by(columns).len().sort(columns).rows()
+
+
+def test_packing_declines_nulls_and_wide_ranges():
+    assert Packing.of(pl.DataFrame({"a": [1, None]}), ["a"]) is None
+    wide = pl.DataFrame({"a": [0, 2**40], "b": [0, 2**40]})
+    assert Packing.of(wide, ["a", "b"]) is None
+    assert Packing.of(pl.DataFrame({"a": [0.5]}), ["a"]) is None
+
+
+one_bin_floats = st.builds(
+    lambda m, e, s: s * m * 2.0**e,
+    st.floats(1, 2, exclude_max=True),
+    st.integers(-26, 17),  # the everyday bin: 2**-26 <= |x| < 2**18
+    st.sampled_from([1.0, -1.0]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(one_bin_floats | st.just(0.0), min_size=1, max_size=400),
+    keys=st.integers(1, 5),
+    seed=st.integers(0, 1000),
+)
+def test_exact_sums_by_counting_equal_the_group_by_path(values, keys, seed):
+    """The partials (Int128 sums, bins, counts) are the same, bit for bit, either way."""
+    rnd = random.Random(seed)
+    frame = pl.DataFrame({"k": [rnd.randrange(keys) for _ in values], "x": values})
+    groups = DenseGroups.of(frame, ["k"], space=Workspace())
+    assert groups is not None
+    done = exactsum.dense(frame, "x", "p", groups)
+    if done is None:
+        assert not any(values)  # only zeros have no bin: the general path takes them
+        return
+    columns, post = done
+    got = post(pl.concat([groups.columns(), columns], how="horizontal"))
+    rows, exprs, complete = exactsum.plan(frame, "x", "p")
+    expected = rows.group_by("k").agg(exprs)
+    expected = complete(expected) if complete is not None else expected
+    expected = expected.select(got.columns).sort("k")
+    assert got.equals(expected)
+    total = exactsum.finish(got, "p").get_column("p_sum").to_list()
+    for k, s in zip(got["k"], total, strict=True):
+        exact = math.fsum(v for v, key in zip(values, frame["k"], strict=True) if key == k)
+        assert s == pytest.approx(exact, rel=1e-15, abs=0)
+
+
+def test_exact_sums_by_counting_split_wide_values_into_pieces():
+    """A million values of one group, large and small in one bin: each value's grid integer
+    needs three pieces, and the total is still exact."""
+    rng = np.random.default_rng(5)
+    signs = rng.choice([-1.0, 1.0], 1_000_000)
+    values = signs * rng.uniform(1, 2, 1_000_000) * 2.0 ** rng.integers(-26, 18, 1_000_000)
+    frame = pl.DataFrame({"k": np.zeros(len(values), dtype=np.int64), "x": values})
+    groups = DenseGroups.of(frame, ["k"], space=Workspace())
+    assert groups is not None
+    done = exactsum.dense(frame, "x", "p", groups)
+    assert done is not None
+    columns, post = done
+    got = exactsum.finish(post(pl.concat([groups.columns(), columns], how="horizontal")), "p")
+    assert got.get_column("p_sum").item() == pytest.approx(math.fsum(values), rel=1e-15, abs=0)
+    assert got.get_column("p_q").item() == sum(int(v * 2.0**78) for v in values.tolist())
+
+
+def test_exact_sums_by_counting_decline_other_batches():
+    groups = DenseGroups.of(pl.DataFrame({"k": [0, 0]}), ["k"])
+    assert groups is not None
+    assert exactsum.dense(pl.DataFrame({"x": [1.0, None]}), "x", "p", groups) is None  # nulls
+    assert exactsum.dense(pl.DataFrame({"x": [1.0, 1e30]}), "x", "p", groups) is None  # two bins
+    assert exactsum.dense(pl.DataFrame({"x": [1.0, math.inf]}), "x", "p", groups) is None
+
+
+FAST_AGGS = {"n": ("count", None), "nf": ("count", "f"), "total": ("sum", "f"), "avg": ("mean", "f")}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {
+                "k": st.integers(0, 3),
+                "ts": st.integers(0, 400),
+                "f": st.one_of(st.none(), st.just(0.0), one_bin_floats),
+            }
+        ),
+        max_size=60,
+    ),
+    window=st.one_of(
+        st.integers(1, 80).map(lambda s: ("tumbling", s, s)),
+        st.tuples(st.integers(1, 20), st.integers(1, 5)).map(lambda p: ("sliding", p[0] * p[1], p[0])),
+    ),
+    lateness=st.sampled_from([0, 10]),
+    batches=st.lists(st.integers(1, 25), min_size=1, max_size=2),
+)
+def test_windows_with_the_fast_paths_on_every_batch_give_reference_output(monkeypatch, rows, window, lateness, batches):
+    """With the size threshold at 1, every batch is grouped by counting (or by the packed
+    key) where it can be: results equal the reference and do not depend on batching."""
+    monkeypatch.setattr(common, "PACK_MIN_ROWS", 1)
+    expected = reference(rows, keys=["k"], time="ts", window=window, aggs=FAST_AGGS, max_delay=20, lateness=lateness)
+    outputs = [
+        run_engine(rows, keys=["k"], window=window, aggs=FAST_AGGS, max_delay=20, lateness=lateness, batch_size=b)
+        for b in [*batches, len(rows) or 1]
+    ]
+    for got in outputs:
+        assert got == outputs[0]
+    assert [r["n"] for r in outputs[0][0]] == [r["n"] for r in expected[0]]
+    assert outputs[0][1] == expected[1]
+    for got_row, want in zip(outputs[0][0], expected[0], strict=True):
+        assert got_row.keys() == want.keys()
+        for field, value in want.items():
+            if isinstance(value, float):  # fsum in the reference; faithfully rounded here
+                assert got_row[field] == pytest.approx(value, rel=1e-15, abs=0)
+            else:
+                assert got_row[field] == value
+
+
+def test_big_batches_take_the_fast_paths_and_match_the_reference(monkeypatch):
+    """20,000 events in batches above the threshold: the dense grouping and the packed sort are
+    used (counted here), and the rows are the reference's at every batch size."""
+    rnd = random.Random(3)
+    rows = [
+        {"k": rnd.randrange(50), "ts": max(i // 4 + rnd.randint(-40, 40), 0), "f": rnd.uniform(-5, 5)}
+        for i in range(20_000)
+    ]
+    calls = {"dense": 0}
+    original = DenseGroups.of
+
+    def counted(*args, **kwargs):
+        groups = original(*args, **kwargs)
+        calls["dense"] += groups is not None
+        return groups
+
+    monkeypatch.setattr(common.DenseGroups, "of", counted)
+    aggs = {"n": ("count", None), "total": ("sum", "f"), "avg": ("mean", "f")}
+    for window in [("tumbling", 100, 100), ("sliding", 300, 100)]:
+        expected = reference(rows, keys=["k"], time="ts", window=window, aggs=aggs, max_delay=30)
+        outputs = [
+            run_engine(rows, keys=["k"], window=window, aggs=aggs, max_delay=30, batch_size=b) for b in (20_000, 6_000)
+        ]
+        assert outputs[0] == outputs[1]
+        assert [(r["k"], r["window_end"], r["n"]) for r in outputs[0][0]] == [
+            (r["k"], r["window_end"], r["n"]) for r in expected[0]
+        ]
+        for got_row, want in zip(outputs[0][0], expected[0], strict=True):
+            assert got_row["total"] == pytest.approx(want["total"], rel=1e-15, abs=1e-300)
+    assert calls["dense"] >= 4
