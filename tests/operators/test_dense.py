@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rheon.operators import exactsum
+from rheon.operators import aggregations, exactsum
 from rheon.operators.dense import DenseGroups, Workspace
 from rheon.operators.packed import PACKED, Packing
 from rheon.operators.window import common
@@ -129,6 +129,7 @@ def test_exact_sums_by_counting_equal_the_group_by_path(values, keys, seed):
     expected = rows.group_by("k").agg(exprs)
     expected = complete(expected) if complete is not None else expected
     expected = expected.select(got.columns).sort("k")
+    assert got.schema == expected.schema
     assert got.equals(expected)
     total = exactsum.finish(got, "p").get_column("p_sum").to_list()
     for k, s in zip(got["k"], total, strict=True):
@@ -161,7 +162,43 @@ def test_exact_sums_by_counting_decline_other_batches():
     assert exactsum.dense(pl.DataFrame({"x": [1.0, math.inf]}), "x", "p", groups) is None
 
 
-FAST_AGGS = {"n": ("count", None), "nf": ("count", "f"), "total": ("sum", "f"), "avg": ("mean", "f")}
+@settings(max_examples=200, deadline=None)
+@given(
+    dtype=st.sampled_from(INT_TYPES),
+    data=st.data(),
+    keys=st.integers(1, 5),
+    seed=st.integers(0, 1000),
+)
+def test_integer_sums_by_counting_equal_polars_sums(dtype, data, keys, seed):
+    """Integer ``sum`` by counting: Polars' result type and value, or the Polars path when a
+    sum could leave the range where float addition is exact (or Polars' Int32 wraps)."""
+    info = np.iinfo(_numpy_type(dtype))
+    bound = data.draw(st.sampled_from([100, 2**20, 2**40, 2**62]))
+    value = st.integers(max(int(info.min), -bound), min(int(info.max), bound))
+    values = data.draw(st.lists(st.none() | value, min_size=1, max_size=200))
+    rnd = random.Random(seed)
+    frame = pl.DataFrame([pl.Series("k", [rnd.randrange(keys) for _ in values]), pl.Series("x", values, dtype=dtype)])
+    groups = DenseGroups.of(frame, ["k"], space=Workspace())
+    assert groups is not None
+    agg = aggregations.Sum("x")
+    done = agg.dense(frame, "p", groups)
+    present = [abs(v) for v in values if v is not None]
+    if done is None:
+        assert not present or max(present) * int(groups.counts.max()) >= 2**31
+        return
+    got = pl.concat([groups.columns(), done[0]], how="horizontal")
+    expected = frame.group_by("k").agg(agg.partials("p")).sort("k")
+    assert got.schema == expected.schema
+    assert got.equals(expected)
+
+
+FAST_AGGS = {
+    "n": ("count", None),
+    "nf": ("count", "f"),
+    "total": ("sum", "f"),
+    "avg": ("mean", "f"),
+    "isum": ("sum", "v"),
+}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -172,6 +209,7 @@ FAST_AGGS = {"n": ("count", None), "nf": ("count", "f"), "total": ("sum", "f"), 
                 "k": st.integers(0, 3),
                 "ts": st.integers(0, 400),
                 "f": st.one_of(st.none(), st.just(0.0), one_bin_floats),
+                "v": st.one_of(st.none(), st.integers(-(2**40), 2**40)),
             }
         ),
         max_size=60,
