@@ -22,7 +22,7 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.errors import SourceError
-from rheon.io.base import SourceLogic
+from rheon.io.base import KeepsDeadLetters, SourceLogic
 from rheon.time.clock import Clock
 
 __all__ = ["LineTail", "NewFiles", "list_files"]
@@ -59,7 +59,7 @@ class _Cursor:
         self.header = header
 
 
-class LineTail(SourceLogic):
+class LineTail(KeepsDeadLetters, SourceLogic):
     """Follow line-based files: the logic of ``JsonLines(..., follow=True)`` and ``Csv``."""
 
     def __init__(
@@ -142,11 +142,6 @@ class LineTail(SourceLogic):
     @override
     def restore(self, position: Any) -> None:
         self.cursors = {name: _Cursor(*values) for name, values in dict(position).items()}
-
-    @override
-    def take_dead_letters(self) -> list[tuple[str, str]]:
-        out, self.dead = self.dead, []
-        return out
 
 
 class NewFiles(SourceLogic):

@@ -18,7 +18,7 @@ import polars as pl
 from rheon.core.errors import SourceError
 from rheon.time.clock import Clock, SystemClock
 
-__all__ = ["BuildContext", "Sink", "SinkLogic", "Source", "SourceLogic"]
+__all__ = ["BuildContext", "KeepsDeadLetters", "Sink", "SinkLogic", "Source", "SourceLogic"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,34 @@ class SourceLogic(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections and files."""
+
+
+class KeepsDeadLetters:
+    """For a source or sink logic that sets records aside in ``self.dead`` as ``(reason,
+    payload)``: :meth:`take_dead_letters` hands them over once. Put it first among the bases.
+
+    >>> class Lines(KeepsDeadLetters, SourceLogic):
+    ...     def __init__(self, lines: list[str]) -> None:
+    ...         self.lines, self.dead = lines, []
+    ...     def next_batch(self) -> pl.DataFrame | None:
+    ...         self.dead += [("not JSON", line) for line in self.lines if not line.startswith("{")]
+    ...         rows, self.lines = [line for line in self.lines if line.startswith("{")], []
+    ...         return pl.DataFrame({"line": rows})
+    ...     def done(self) -> bool:
+    ...         return not self.lines
+    >>> logic = Lines(['{"a": 1}', "{oops", "oops"])
+    >>> logic.next_batch().height
+    2
+    >>> logic.take_dead_letters(), logic.take_dead_letters()
+    ([('not JSON', 'oops')], [])
+    """
+
+    dead: list[tuple[str, str]]
+
+    def take_dead_letters(self) -> list[tuple[str, str]]:
+        """The records set aside since the last call, as ``(reason, payload)``."""
+        dead, self.dead = self.dead, []
+        return dead
 
 
 class Source(ABC):

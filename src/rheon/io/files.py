@@ -17,7 +17,7 @@ from typing_extensions import override
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import SourceError
 from rheon.io._tail import LineTail, NewFiles, Parsed, exists_parent, list_files
-from rheon.io.base import BuildContext, Source, SourceLogic
+from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
 
 __all__ = ["Csv", "JsonLines", "Parquet"]
 
@@ -62,7 +62,7 @@ class _FileSource(Source):
         return f"{self.kind}({self.path!r})"
 
 
-class _FileLogic(SourceLogic):
+class _FileLogic(KeepsDeadLetters, SourceLogic):
     def __init__(self, source: _FileSource) -> None:
         self.source = source
         self.file_index = 0
@@ -120,11 +120,6 @@ class _FileLogic(SourceLogic):
         self.frame = None
         self.offset = 0
         self.skip = int(position["offset"])
-
-    @override
-    def take_dead_letters(self) -> list[tuple[str, str]]:
-        out, self.dead = self.dead, []
-        return out
 
 
 class JsonLines(_FileSource):

@@ -25,7 +25,7 @@ from rheon.core.batch import RAW_COL
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
-from rheon.io.base import BuildContext, Source, SourceLogic
+from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
 from rheon.io.kafka.codec import decoder_for, raw_payload
 
 __all__ = ["Mqtt"]
@@ -241,7 +241,7 @@ class _Message(NamedTuple):
     received_ns: int
 
 
-class _MqttLogic(SourceLogic):
+class _MqttLogic(KeepsDeadLetters, SourceLogic):
     def __init__(self, cfg: Mqtt, ctx: BuildContext) -> None:
         self.mqtt = mqtt = _paho()
         self.cfg = cfg
@@ -402,11 +402,6 @@ class _MqttLogic(SourceLogic):
     @override
     def wait_hint_s(self) -> float | None:
         return self._lingering() or _WAIT_HINT_S
-
-    @override
-    def take_dead_letters(self) -> list[tuple[str, str]]:
-        out, self.dead = self.dead, []
-        return out
 
     @override
     def snapshot(self) -> Any:

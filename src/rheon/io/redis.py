@@ -26,7 +26,7 @@ from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError, columns_hint, did_you_mean
 from rheon.core.extras import import_extra
 from rheon.io._reconnect import Reconnects
-from rheon.io.base import BuildContext, Sink, SinkLogic
+from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 
 if TYPE_CHECKING:
     import redis
@@ -195,7 +195,7 @@ def _redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-class _RedisLogic(SinkLogic):
+class _RedisLogic(KeepsDeadLetters, SinkLogic):
     def __init__(self, cfg: Redis, ctx: BuildContext) -> None:
         import redis
         from redis.backoff import NoBackoff
@@ -338,11 +338,6 @@ class _RedisLogic(SinkLogic):
         if failed:
             log.info("redis_rejected sink=%s rows=%d first=%r", self.name, len(failed), next(iter(failed.values())))
             self.dead.extend((failed[i], payload_of(frame.row(i, named=True))) for i in sorted(failed))
-
-    @override
-    def take_dead_letters(self) -> list[tuple[str, str]]:
-        dead, self.dead = self.dead, []
-        return dead
 
     @override
     def close(self) -> None:

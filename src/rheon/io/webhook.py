@@ -23,7 +23,7 @@ from typing_extensions import override
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError
 from rheon.core.extras import import_extra
-from rheon.io.base import BuildContext, Sink, SinkLogic
+from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 from rheon.time.clock import Clock
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ class _Breaker:
             )
 
 
-class _WebhookLogic(SinkLogic):
+class _WebhookLogic(KeepsDeadLetters, SinkLogic):
     def __init__(self, cfg: Webhook, ctx: BuildContext) -> None:
         self.httpx = _httpx()
         self.cfg = cfg
@@ -297,11 +297,6 @@ class _WebhookLogic(SinkLogic):
         if retry_after_s is not None:
             delay = max(delay, retry_after_s)
         return min(delay, cap_s)
-
-    @override
-    def take_dead_letters(self) -> list[tuple[str, str]]:
-        out, self.dead = self.dead, []
-        return out
 
     @override
     def close(self) -> None:

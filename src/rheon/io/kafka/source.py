@@ -14,7 +14,7 @@ from rheon.core.batch import RAW_COL, SPLIT_COL
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
-from rheon.io.base import BuildContext, Source, SourceLogic
+from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
 from rheon.io.kafka.codec import decoder_for, raw_payload
 
 __all__ = ["Kafka"]
@@ -130,7 +130,7 @@ def _split(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-class _KafkaLogic(SourceLogic):
+class _KafkaLogic(KeepsDeadLetters, SourceLogic):
     def __init__(self, cfg: Kafka, ctx: BuildContext) -> None:
         kafka = _kafka()
         self.kafka = kafka
@@ -263,11 +263,6 @@ class _KafkaLogic(SourceLogic):
     @override
     def splits(self) -> list[str] | None:
         return list(self.assigned)
-
-    @override
-    def take_dead_letters(self) -> list[tuple[str, str]]:
-        out, self.dead = self.dead, []
-        return out
 
     # -- positions ----------------------------------------------------------------------------
 

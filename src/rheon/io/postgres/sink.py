@@ -38,7 +38,7 @@ from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError, columns_hint
 from rheon.core.extras import import_extra
 from rheon.io._reconnect import Reconnects
-from rheon.io.base import BuildContext, Sink, SinkLogic
+from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 from rheon.io.postgres.encoding import copy_csv, redact, sql_type
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class Postgres(Sink):
         return _PostgresLogic(self, ctx)
 
 
-class _PostgresLogic(SinkLogic):
+class _PostgresLogic(KeepsDeadLetters, SinkLogic):
     def __init__(self, cfg: Postgres, ctx: BuildContext) -> None:
         import psycopg
         from psycopg import sql
@@ -477,11 +477,6 @@ class _PostgresLogic(SinkLogic):
         self._drop()
         self._retrying(lambda conn: None)
         self._commit()
-
-    @override
-    def take_dead_letters(self) -> list[tuple[str, str]]:
-        dead, self.dead = self.dead, []
-        return dead
 
     @override
     def close(self) -> None:
