@@ -79,6 +79,38 @@ def test_dense_groups_decline_what_they_cannot_count():
     assert DenseGroups.of(pl.DataFrame({"k": [0, 10**12]}), ["k"]) is None  # a sparse grid
     huge = pl.DataFrame({"k": pl.Series([0, 2**64 - 1], dtype=pl.UInt64)})
     assert DenseGroups.of(huge, ["k"]) is None  # beyond Int64
+    above = pl.DataFrame({"k": pl.Series([2**63, 2**63 + 1], dtype=pl.UInt64)})
+    assert DenseGroups.of(above, ["k"]) is None  # all of them beyond Int64
+    assert DenseGroups.of(pl.DataFrame({"k": pl.Series([1, 2], dtype=pl.Int128)}), ["k"]) is None  # not in NumPy
+    groups = DenseGroups.of(pl.DataFrame({"k": [0, 1]}), ["k"])
+    assert groups is not None
+    wide_values = pl.DataFrame({"x": pl.Series([1, 2], dtype=pl.Int128)})
+    assert aggregations.Sum("x").dense(wide_values, "p", groups) is None
+
+
+@pytest.mark.parametrize(
+    ("keys", "values"),
+    [
+        (pl.Series("k", [2**63 + 7, 2**63 + 9] * 3000, dtype=pl.UInt64), pl.Series("v", [1.5, 2.5] * 3000)),
+        (pl.Series("k", [1, 2] * 3000, dtype=pl.Int128), pl.Series("v", [1, 2] * 3000, dtype=pl.Int128)),
+    ],
+    ids=["uint64-above-2**63", "int128"],
+)
+def test_windows_over_keys_and_values_numpy_cannot_hold(keys, values):
+    """Batches above the threshold whose keys or values do not fit NumPy take the Polars path."""
+    import rheon as rh
+
+    frame = pl.DataFrame([keys, values, pl.Series("ts", list(range(keys.len())))])
+    flow = rh.Flow("wide-keys")
+    out = rh.io.Collect()
+    windows = flow.source(rh.io.Records(frame, batch_size=10_000), time="ts").key_by("k")
+    windows.window(rh.tumbling("10s")).agg(n=rh.count(), total=rh.sum("v")).sink(out)
+    flow.run()
+    rows = sorted(out.rows, key=lambda r: r["k"])
+    assert [(r["k"], r["n"], r["total"]) for r in rows] == [
+        (keys[0], 3000, values[0] * 3000),
+        (keys[1], 3000, values[1] * 3000),
+    ]
 
 
 @settings(max_examples=200, deadline=None)

@@ -26,7 +26,7 @@ from typing_extensions import override
 
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.operators import exactsum
-from rheon.operators.dense import DenseGroups
+from rheon.operators.dense import DenseGroups, numpy_integer
 from rheon.operators.exactsum import Post
 
 __all__ = ["Aggregation", "Count", "CountDistinct", "FloatMean", "FloatSum", "Max", "Mean", "Min", "Sum"]
@@ -167,7 +167,7 @@ class Sum(Aggregation):
         # Polars' sum type, which keeps Int32 and UInt32), so the same as Polars' sum then.
         series = frame.get_column(self.column or "")
         dtype = series.dtype
-        if not dtype.is_integer() or series.null_count() == len(series):
+        if not numpy_integer(dtype) or series.null_count() == len(series):
             return None
         result = self.result_dtype(dtype)
         limit = 2**31 if result in (pl.Int32, pl.UInt32) else 2**53

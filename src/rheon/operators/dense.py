@@ -26,7 +26,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import polars as pl
 
-__all__ = ["DenseGroups", "Workspace"]
+__all__ = ["DenseGroups", "Workspace", "numpy_integer"]
+
+
+def numpy_integer(dtype: pl.DataType) -> bool:
+    """Whether ``dtype`` is an integer type NumPy has (not the 128-bit ones).
+
+    >>> numpy_integer(pl.UInt8()), numpy_integer(pl.Int128()), numpy_integer(pl.Float64())
+    (True, False, False)
+    """
+    return dtype.is_integer() and dtype not in (pl.Int128, pl.UInt128)
 
 
 class Workspace:
@@ -105,16 +114,16 @@ class DenseGroups:
         steps = steps or {}
         schema = frame.schema
         dtypes = [schema[c] for c in columns]
-        if not columns or frame.height == 0 or not all(d.is_integer() for d in dtypes):
+        if not columns or frame.height == 0 or not all(numpy_integer(d) for d in dtypes):
             return None
         n = len(columns)
         stats = frame.select(
-            *[pl.col(c).min().cast(pl.Int64).alias(f"{i}min") for i, c in enumerate(columns)],
+            *[pl.col(c).min().cast(pl.Int64, strict=False).alias(f"{i}min") for i, c in enumerate(columns)],
             *[pl.col(c).max().cast(pl.Int64, strict=False).alias(f"{i}max") for i, c in enumerate(columns)],
             *[pl.col(c).null_count().alias(f"{i}nulls") for i, c in enumerate(columns)],
         ).row(0)
         lows, highs, nulls = stats[:n], stats[n : 2 * n], stats[2 * n :]
-        if any(nulls) or any(h is None for h in highs):  # nulls, or values beyond Int64
+        if any(nulls) or None in lows or None in highs:  # nulls, or values beyond Int64
             return None
         spacing = [steps.get(c, 1) for c in columns]
         ranges = [(hi - lo) // step + 1 for lo, hi, step in zip(lows, highs, spacing, strict=True)]
