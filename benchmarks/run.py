@@ -55,6 +55,14 @@ WORKLOADS: dict[str, tuple[str, Build]] = {
         lambda s: s.key_by("key").window(rh.session(gap="500ms")).agg(n=rh.count()),
     ),
 }
+WORKLOADS["Q2A"] = (
+    "Q2 with count, sum, min, max, mean",
+    lambda s: (
+        s.key_by("key")
+        .window(rh.tumbling("1s"))
+        .agg(n=rh.count(), total=rh.sum("value"), lo=rh.min("value"), hi=rh.max("value"), avg=rh.mean("value"))
+    ),
+)
 WORKLOADS["Q2C"] = ("Q2 with a checkpoint every second", WORKLOADS["Q2"][1])
 WORKLOADS["Q2C100"] = ("Q2 with a checkpoint every 100 ms", WORKLOADS["Q2"][1])
 CHECKPOINT_EVERY = {"Q2C": "1s", "Q2C100": "100ms"}

@@ -224,12 +224,46 @@ def test_integer_sums_by_counting_equal_polars_sums(dtype, data, keys, seed):
     assert got.equals(expected)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    dtype=st.sampled_from([*INT_TYPES, pl.Float32, pl.Float64]),
+    data=st.data(),
+    keys=st.integers(1, 5),
+    seed=st.integers(0, 1000),
+)
+def test_min_and_max_by_counting_equal_polars(dtype, data, keys, seed):
+    """``min``/``max`` by counting: Polars' values and type, nulls for groups of only nulls;
+    batches with NaN or -0.0 take the Polars path."""
+    if dtype.is_float():
+        value = st.floats(allow_nan=True, allow_infinity=True, width=32 if dtype == pl.Float32 else 64)
+    else:
+        info = np.iinfo(_numpy_type(dtype))
+        value = st.integers(int(info.min), int(info.max))
+    values = data.draw(st.lists(st.none() | value, min_size=1, max_size=100))
+    rnd = random.Random(seed)
+    frame = pl.DataFrame([pl.Series("k", [rnd.randrange(keys) for _ in values]), pl.Series("x", values, dtype=dtype)])
+    groups = DenseGroups.of(frame, ["k"], space=Workspace())
+    assert groups is not None
+    for agg in (aggregations.Min("x"), aggregations.Max("x")):
+        done = agg.dense(frame, "p", groups)
+        if done is None:
+            odd = [v for v in values if v is not None and (math.isnan(v) or (math.copysign(1, v) < 0 and v == 0))]
+            assert odd or all(v is None for v in values)
+            continue
+        got = pl.concat([groups.columns(), done[0]], how="horizontal")
+        expected = frame.group_by("k").agg(agg.partials("p")).sort("k")
+        assert got.schema == expected.schema
+        assert got.equals(expected)
+
+
 FAST_AGGS = {
     "n": ("count", None),
     "nf": ("count", "f"),
     "total": ("sum", "f"),
     "avg": ("mean", "f"),
     "isum": ("sum", "v"),
+    "fmin": ("min", "f"),
+    "imax": ("max", "v"),
 }
 
 

@@ -203,11 +203,41 @@ class Sum(Aggregation):
         _numeric(self, where, field_name, dtype)
 
 
+def _dense_extreme(
+    column: str, frame: pl.DataFrame, p: str, groups: DenseGroups, *, smallest: bool
+) -> tuple[pl.DataFrame, Post | None] | None:
+    """``min``/``max`` by counting: numbers NumPy holds, without NaN or negative zero (whose
+    order against 0.0 is Polars' choice); else ``None``."""
+    series = frame.get_column(column)
+    dtype = series.dtype
+    if not (numpy_integer(dtype) or dtype in (pl.Float32, pl.Float64)) or series.null_count() == len(series):
+        return None
+    if (
+        dtype.is_float()
+        and frame.select((pl.col(column).is_nan() | ((pl.col(column) == 0) & (1 / pl.col(column) < 0))).any()).item()
+    ):
+        return None
+    nulls = series.null_count()
+    if nulls:  # stand-ins that cannot win; groups of only nulls get null below
+        series = series.fill_null(series.max() if smallest else series.min())
+    extremes = pl.Series(p, groups.extremes(series.to_numpy(), smallest=smallest), dtype=dtype)
+    if not nulls:
+        return pl.DataFrame([extremes]), None
+    present = groups.sums(frame.get_column(column).is_not_null().to_numpy().astype(np.float64)) > 0
+    return pl.DataFrame([extremes, pl.Series("present", present)]).select(
+        pl.when(pl.col("present")).then(pl.col(p)).alias(p)
+    ), None
+
+
 @dataclass(frozen=True, repr=False)
 class Min(Aggregation):
     """Smallest non-null value."""
 
     fn_name = "min"
+
+    @override
+    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
+        return _dense_extreme(self.column or "", frame, p, groups, smallest=True)
 
     @override
     def partials(self, p: str) -> list[pl.Expr]:
@@ -227,6 +257,10 @@ class Max(Aggregation):
     """Largest non-null value."""
 
     fn_name = "max"
+
+    @override
+    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
+        return _dense_extreme(self.column or "", frame, p, groups, smallest=False)
 
     @override
     def partials(self, p: str) -> list[pl.Expr]:

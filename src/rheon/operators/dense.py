@@ -153,6 +153,23 @@ class DenseGroups:
         below 2**53, as :mod:`rheon.operators.exactsum` arranges)."""
         return np.bincount(self.index, weights=weights, minlength=self.size)[self.slots]
 
+    def extremes(self, values: np.ndarray, *, smallest: bool) -> np.ndarray:
+        """The smallest (or largest) of ``values`` per group; ``values`` of a NumPy integer or
+        float type without NaN.
+
+        >>> groups = DenseGroups.of(pl.DataFrame({"k": [0, 1, 0]}), ["k"])
+        >>> groups.extremes(np.array([5, 7, 3]), smallest=True).tolist()
+        [3, 7]
+        """
+        if values.dtype.kind == "f":
+            fill = np.inf if smallest else -np.inf
+        else:
+            info = np.iinfo(values.dtype)
+            fill = info.max if smallest else info.min
+        out = np.full(self.size, fill, dtype=values.dtype)
+        (np.minimum if smallest else np.maximum).at(out, self.index, values)
+        return out[self.slots]
+
     def columns(self) -> pl.DataFrame:
         """The group columns (names and types as in the frame), one row per group."""
         return pl.DataFrame(
