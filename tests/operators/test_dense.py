@@ -288,9 +288,10 @@ FAST_AGGS = {
     batches=st.lists(st.integers(1, 25), min_size=1, max_size=2),
 )
 def test_windows_with_the_fast_paths_on_every_batch_give_reference_output(monkeypatch, rows, window, lateness, batches):
-    """With the size threshold at 1, every batch is grouped by counting (or by the packed
+    """With the size thresholds at 1, every batch is grouped by counting (or by the packed
     key) where it can be: results equal the reference and do not depend on batching."""
-    monkeypatch.setattr(common, "PACK_MIN_ROWS", 1)
+    for threshold in ("DENSE_MIN_ROWS", "PACK_SORT_MIN_ROWS", "PACK_GROUP_MIN_ROWS"):
+        monkeypatch.setattr(common, threshold, 1)
     expected = reference(rows, keys=["k"], time="ts", window=window, aggs=FAST_AGGS, max_delay=20, lateness=lateness)
     outputs = [
         run_engine(rows, keys=["k"], window=window, aggs=FAST_AGGS, max_delay=20, lateness=lateness, batch_size=b)
@@ -310,8 +311,8 @@ def test_windows_with_the_fast_paths_on_every_batch_give_reference_output(monkey
 
 
 def test_big_batches_take_the_fast_paths_and_match_the_reference(monkeypatch):
-    """20,000 events in batches above the threshold: the dense grouping and the packed sort are
-    used (counted here), and the rows are the reference's at every batch size."""
+    """20,000 events in batches above the threshold: the batches are grouped by counting
+    (counted here), and the rows are the reference's at every batch size."""
     rnd = random.Random(3)
     rows = [
         {"k": rnd.randrange(50), "ts": max(i // 4 + rnd.randint(-40, 40), 0), "f": rnd.uniform(-5, 5)}

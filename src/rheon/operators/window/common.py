@@ -32,7 +32,10 @@ __all__ = ["WE", "WS", "RecordBuffer", "WindowOperator"]
 
 WS = "__ws"  # window start, ticks
 WE = "__we"  # window end, ticks
-PACK_MIN_ROWS = 4096  # below, packing or counting (packed.py, dense.py) gains nothing
+# Fewer rows than these and the fast paths gain nothing (their own set-up costs more):
+DENSE_MIN_ROWS = 4_096  # grouping by counting (dense.py)
+PACK_SORT_MIN_ROWS = 10_000  # sorting by one packed column (packed.py)
+PACK_GROUP_MIN_ROWS = 50_000  # grouping by one packed column
 
 
 class RecordBuffer:
@@ -140,7 +143,7 @@ class WindowOperator(Operator):
         lie on a grid, and its spacing) is grouped by counting (:mod:`rheon.operators.dense`)
         when every aggregation can be done that way.
         """
-        if rows.height >= PACK_MIN_ROWS:
+        if rows.height >= DENSE_MIN_ROWS:
             groups = DenseGroups.of(rows, group, steps, self.space)
             if groups is not None:
                 done = self._dense_partials(rows, group, groups)
@@ -177,7 +180,7 @@ class WindowOperator(Operator):
         then completed by its step: ``group``, ``first``, then ``partial_cols``."""
         exprs = [*first, *(e for agg_exprs, _ in plans for e in agg_exprs)]
         posts = [post for _, post in plans if post is not None]
-        packing = Packing.of(frame, group) if frame.height >= PACK_MIN_ROWS and len(group) > 1 else None
+        packing = Packing.of(frame, group) if frame.height >= PACK_GROUP_MIN_ROWS and len(group) > 1 else None
         if packing is None:
             out = frame.group_by(group).agg(exprs)
         else:
@@ -317,7 +320,7 @@ class WindowOperator(Operator):
         its position, as in Flink, where results precede the watermark that triggered them.
         """
         by = [WE, *self.tiebreak, *self.keys]
-        packing = Packing.of(windows, by) if windows.height >= PACK_MIN_ROWS else None
+        packing = Packing.of(windows, by) if windows.height >= PACK_SORT_MIN_ROWS else None
         windows = windows.sort(by if packing is None else packing.expr())
         if pre is None or len(pre) == 0:
             return windows.with_columns(pl.lit(lo, pl.Int64).alias(WM_COL))
