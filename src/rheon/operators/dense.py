@@ -72,6 +72,10 @@ class DenseGroups:
     ``index`` holds each row's slot; ``counts`` the rows per group and :meth:`sums` the sums per
     group, for the groups that have rows, in slot order (which is the lexicographic order of
     the group columns).
+
+    >>> groups = DenseGroups.of(pl.DataFrame({"k": [5, 7, 5]}), ["k"])
+    >>> groups.index.tolist(), groups.size, groups.slots.tolist(), groups.counts.tolist()
+    ([0, 2, 0], 3, [0, 2], [2, 1])
     """
 
     def __init__(

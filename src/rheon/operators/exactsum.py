@@ -178,6 +178,11 @@ def dense(frame: pl.DataFrame, column: str, p: str, groups: DenseGroups) -> tupl
     Each value's integer ``q`` on the bin's grid is split into signed pieces of ``P`` bits, with
     ``P`` small enough that the float sum of a group's pieces stays an integer below 2**53:
     exact. The pieces' sums are then put together in Int128.
+
+    >>> frame = pl.DataFrame({"k": [0, 1, 0], "x": [0.1, 0.2, 0.3]})
+    >>> columns, complete = dense(frame, "x", "p", DenseGroups.of(frame, ["k"]))
+    >>> finish(complete(columns), "p").get_column("p_sum").to_list()
+    [0.4, 0.2]
     """
     series = frame.get_column(column)
     bins = _batch_bins(frame, column) if series.null_count() == 0 else None

@@ -40,6 +40,12 @@ class Packing:
     """How to pack ``columns`` of one frame: each column's minimum, range and stride.
 
     ``packed = Σ (column - minimum) * stride``, the last column with stride 1.
+
+    >>> packing = Packing.of(pl.DataFrame({"end": [10, 12], "key": [4, 1]}), ["end", "key"])
+    >>> packing.minimums, packing.strides, packing.ranges
+    ((10, 1), (4, 1), (3, 4))
+    >>> pl.DataFrame({"end": [10, 12], "key": [4, 1]}).select(packing.expr()).to_series().to_list()
+    [3, 8]
     """
 
     columns: tuple[str, ...]
