@@ -212,10 +212,7 @@ def _dense_extreme(
     dtype = series.dtype
     if not (numpy_integer(dtype) or dtype in (pl.Float32, pl.Float64)) or series.null_count() == len(series):
         return None
-    if (
-        dtype.is_float()
-        and frame.select((pl.col(column).is_nan() | ((pl.col(column) == 0) & (1 / pl.col(column) < 0))).any()).item()
-    ):
+    if dtype.is_float() and (series.is_nan().any() or ((series == 0) & (1 / series < 0)).any()):
         return None
     nulls = series.null_count()
     if nulls:  # stand-ins that cannot win; groups of only nulls get null below

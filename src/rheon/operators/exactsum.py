@@ -86,19 +86,21 @@ def _batch_bins(frame: pl.DataFrame, column: str) -> tuple[int, int, bool, float
     """The lowest and highest bin of the non-zero values of ``column`` in ``frame``, whether
     there are zeros, and the largest magnitude; ``None`` when a short path cannot be taken (no
     values, an infinity or NaN, or values in the lowest bins)."""
-    x = pl.col(column).cast(pl.Float64)
-    smallest, largest, total, zeros = frame.select(
-        x.min().alias("min"), x.max().alias("max"), x.sum().alias("sum"), (x == 0).any().alias("zeros")
-    ).row(0)
-    if smallest is None or not math.isfinite(total):  # a NaN or an infinity makes the sum not finite
+    # Series methods, not a select: no query to plan, which is most of the cost on small batches.
+    x = frame.get_column(column).cast(pl.Float64)
+    smallest, largest = x.min(), x.max()
+    if not isinstance(smallest, float) or not isinstance(largest, float) or not math.isfinite(x.sum()):
+        return None  # no values; or a NaN or an infinity, which make the sum not finite
+    zeros = bool((x == 0).any())
+    hi = max(abs(smallest), abs(largest))
+    lo = (
+        min(abs(smallest), abs(largest))
+        if not zeros and (smallest > 0 or largest < 0)
+        else x.filter(x != 0).abs().min()
+    )
+    if not isinstance(lo, float) or _bin_of(lo) < _FIRST_PLAIN:
         return None
-    if not zeros and (smallest > 0 or largest < 0):
-        lo, hi = min(abs(smallest), abs(largest)), max(abs(smallest), abs(largest))
-    else:
-        lo, hi = frame.select(x.abs().filter(x != 0).min().alias("lo"), x.abs().max().alias("hi")).row(0)
-    if lo is None or hi is None or _bin_of(lo) < _FIRST_PLAIN:
-        return None
-    return _bin_of(lo), _bin_of(hi), bool(zeros), hi
+    return _bin_of(lo), _bin_of(hi), zeros, hi
 
 
 def _one_bin(p: str, low: int, zeros: bool) -> Post:
@@ -257,11 +259,12 @@ def merge_plan(frame: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]
     """Aggregations merging partial rows (and a completing step), like :func:`plan`: when every
     row's values lie in one and the same bin, only the total, the count and the float sum need
     adding up."""
-    lo, hi, x = pl.col(p + "_lo"), pl.col(p + "_hi"), pl.col(p + "_x")
-    low, high, finite = frame.select(lo.min().alias("lo"), hi.max().alias("hi"), x.is_finite().all().alias("f")).row(0)
-    if low is None or low != high or not finite or frame.select(hi.null_count()).item():
+    his = frame.get_column(p + "_hi")
+    low, high = frame.get_column(p + "_lo").min(), his.max()
+    if not isinstance(low, int) or low != high or his.null_count() or not frame.get_column(p + "_x").is_finite().all():
         return merges(p), None
-    bin_ = int(low)
+    bin_ = low
+    x = pl.col(p + "_x")
 
     def one_bin(part: pl.DataFrame) -> pl.DataFrame:
         q = pl.col(p + "_q")
@@ -292,8 +295,8 @@ def finish(frame: pl.DataFrame, p: str) -> pl.DataFrame:
     """
     hi, x = pl.col(p + "_hi"), pl.col(p + "_x")
     # One bin, or no bin at all (only zeros or nulls: then the float sum is exact).
-    simple = (hi.is_null() | (pl.col(p + "_lo") == hi)) & x.is_finite().fill_null(value=True)
-    if frame.select(simple.all()).item():
+    his, finite = frame.get_column(p + "_hi"), frame.get_column(p + "_x").is_finite().fill_null(value=True)
+    if ((his.is_null() | (frame.get_column(p + "_lo") == his)) & finite).all():
         total = _times_power_of_two(pl.col(p + "_q").cast(pl.Float64), hi.cast(pl.Int64) * W - SHIFT - 1075)
         return frame.with_columns(pl.when(hi.is_null()).then(x).otherwise(total).alias(p + "_sum"))
     return frame.with_columns(final(p).alias(p + "_sum"))

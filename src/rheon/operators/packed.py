@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from rheon.operators.dense import integer_bounds
+
 __all__ = ["PACKED", "Packing"]
 
 PACKED = "__packed"
@@ -62,15 +64,11 @@ class Packing:
         dtypes = [schema[c] for c in columns]
         if not columns or frame.height == 0 or not all(d.is_integer() for d in dtypes):
             return None
-        stats = frame.select(
-            *[pl.col(c).min().cast(pl.Int128).alias(f"{i}min") for i, c in enumerate(columns)],
-            *[pl.col(c).max().cast(pl.Int128).alias(f"{i}max") for i, c in enumerate(columns)],
-            *[pl.col(c).null_count().alias(f"{i}nulls") for i, c in enumerate(columns)],
-        ).row(0)
-        n = len(columns)
-        lows, highs, nulls = stats[:n], stats[n : 2 * n], stats[2 * n :]
-        if any(nulls) or any(lo < -_LIMIT or hi >= _LIMIT for lo, hi in zip(lows, highs, strict=True)):
+        bounds = integer_bounds(frame, columns)
+        if bounds is None or any(lo < -_LIMIT or hi >= _LIMIT for lo, hi in bounds):
             return None
+        n = len(columns)
+        lows, highs = [lo for lo, _ in bounds], [hi for _, hi in bounds]
         ranges = [hi - lo + 1 for lo, hi in zip(lows, highs, strict=True)]
         strides = [1] * n
         for i in range(n - 2, -1, -1):
