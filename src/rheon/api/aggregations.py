@@ -54,7 +54,8 @@ def sum(column: str) -> Sum:
 
 
 def min(column: str) -> Min:
-    """Smallest non-null value of a column.
+    """Smallest non-null value of a column. Of floats, a zero comes out as ``0.0`` even if the
+    window held ``-0.0`` (which of two equal zeros wins would otherwise depend on batching).
 
     Examples
     --------
@@ -70,7 +71,8 @@ def min(column: str) -> Min:
 
 
 def max(column: str) -> Max:
-    """Largest non-null value of a column.
+    """Largest non-null value of a column. Of floats, a zero comes out as ``0.0`` even if the
+    window held ``-0.0`` (which of two equal zeros wins would otherwise depend on batching).
 
     Examples
     --------

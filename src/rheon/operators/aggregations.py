@@ -18,7 +18,7 @@ Nulls are ignored like SQL: ``sum``/``min``/``max``/``mean`` of no non-null valu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -226,11 +226,23 @@ def _dense_extreme(
     ), None
 
 
+def _zero_as_positive(column: str) -> pl.Expr:
+    """``column`` with -0.0 as 0.0: which of two equal zeros a min or max returns would otherwise
+    depend on the order rows meet, so on batching."""
+    x = pl.col(column)
+    return pl.when(x == 0).then(0.0).otherwise(x)
+
+
 @dataclass(frozen=True, repr=False)
 class Min(Aggregation):
-    """Smallest non-null value."""
+    """Smallest non-null value (of floats, a zero comes out as 0.0, never -0.0)."""
 
     fn_name = "min"
+    floats: bool = False
+
+    @override
+    def for_input(self, dtype: pl.DataType) -> Aggregation:
+        return replace(self, floats=True) if dtype.is_float() else self
 
     @override
     def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
@@ -238,7 +250,8 @@ class Min(Aggregation):
 
     @override
     def partials(self, p: str) -> list[pl.Expr]:
-        return [pl.col(self.column or "").min().alias(p)]
+        x = _zero_as_positive(self.column or "") if self.floats else pl.col(self.column or "")
+        return [x.min().alias(p)]
 
     @override
     def merges(self, p: str) -> list[pl.Expr]:
@@ -251,9 +264,14 @@ class Min(Aggregation):
 
 @dataclass(frozen=True, repr=False)
 class Max(Aggregation):
-    """Largest non-null value."""
+    """Largest non-null value (of floats, a zero comes out as 0.0, never -0.0)."""
 
     fn_name = "max"
+    floats: bool = False
+
+    @override
+    def for_input(self, dtype: pl.DataType) -> Aggregation:
+        return replace(self, floats=True) if dtype.is_float() else self
 
     @override
     def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
@@ -261,7 +279,8 @@ class Max(Aggregation):
 
     @override
     def partials(self, p: str) -> list[pl.Expr]:
-        return [pl.col(self.column or "").max().alias(p)]
+        x = _zero_as_positive(self.column or "") if self.floats else pl.col(self.column or "")
+        return [x.max().alias(p)]
 
     @override
     def merges(self, p: str) -> list[pl.Expr]:
