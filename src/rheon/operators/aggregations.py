@@ -124,11 +124,7 @@ class Count(Aggregation):
 
     @override
     def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
-        if self.column is None or frame.get_column(self.column).null_count() == 0:
-            counts = groups.counts
-        else:
-            counts = groups.sums(frame.get_column(self.column).is_not_null().to_numpy().astype(np.float64))
-            counts = counts.astype(np.int64)
+        counts = groups.counts if self.column is None else groups.present(frame.get_column(self.column))
         return pl.DataFrame([pl.Series(p, counts, dtype=pl.Int64)]), None
 
     @override
@@ -177,11 +173,10 @@ class Sum(Aggregation):
             return None
         weights = groups.space.array("weights", len(series), np.float64)
         np.copyto(weights, series.fill_null(0).to_numpy(), casting="unsafe")
-        if series.null_count():
-            counts = groups.sums(series.is_not_null().to_numpy().astype(np.float64))
-        else:
-            counts = groups.counts
-        columns = [pl.Series(p + "_s", groups.sums(weights).astype(np.int64)), pl.Series(p + "_n", counts)]
+        columns = [
+            pl.Series(p + "_s", groups.sums(weights).astype(np.int64)),
+            pl.Series(p + "_n", groups.present(series)),
+        ]
         return pl.DataFrame(columns).cast({p + "_s": result or pl.Int64(), p + "_n": pl.Int64()}), None
 
     @override
@@ -203,92 +198,67 @@ class Sum(Aggregation):
         _numeric(self, where, field_name, dtype)
 
 
-def _dense_extreme(
-    column: str, frame: pl.DataFrame, p: str, groups: DenseGroups, *, smallest: bool
-) -> tuple[pl.DataFrame, Post | None] | None:
-    """``min``/``max`` by counting: numbers NumPy holds, without NaN or negative zero (whose
-    order against 0.0 is Polars' choice); else ``None``."""
-    series = frame.get_column(column)
-    dtype = series.dtype
-    if not (numpy_integer(dtype) or dtype in (pl.Float32, pl.Float64)) or series.null_count() == len(series):
-        return None
-    if dtype.is_float() and (series.is_nan().any() or ((series == 0) & (1 / series < 0)).any()):
-        return None
-    nulls = series.null_count()
-    if nulls:  # stand-ins that cannot win; groups of only nulls get null below
-        series = series.fill_null(series.max() if smallest else series.min())
-    extremes = pl.Series(p, groups.extremes(series.to_numpy(), smallest=smallest), dtype=dtype)
-    if not nulls:
-        return pl.DataFrame([extremes]), None
-    present = groups.sums(frame.get_column(column).is_not_null().to_numpy().astype(np.float64)) > 0
-    return pl.DataFrame([extremes, pl.Series("present", present)]).select(
-        pl.when(pl.col("present")).then(pl.col(p)).alias(p)
-    ), None
+@dataclass(frozen=True, repr=False)
+class _Extreme(Aggregation):
+    """``min`` or ``max`` (``smallest``). Of floats, -0.0 is taken as 0.0: which of two equal
+    zeros wins would otherwise depend on the order rows meet, so on batching."""
 
+    floats: bool = False
+    smallest = True
 
-def _zero_as_positive(column: str) -> pl.Expr:
-    """``column`` with -0.0 as 0.0: which of two equal zeros a min or max returns would otherwise
-    depend on the order rows meet, so on batching."""
-    x = pl.col(column)
-    return pl.when(x == 0).then(0.0).otherwise(x)
+    @override
+    def for_input(self, dtype: pl.DataType) -> Aggregation:
+        return replace(self, floats=True) if dtype.is_float() else self
+
+    def _pick(self, x: pl.Expr) -> pl.Expr:
+        return x.min() if self.smallest else x.max()
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        x = pl.col(self.column or "")
+        return [self._pick(pl.when(x == 0).then(0.0).otherwise(x) if self.floats else x).alias(p)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [self._pick(pl.col(p))]
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.col(p)
+
+    @override
+    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
+        """By counting: numbers NumPy holds, without NaN or -0.0 (those batches take the
+        group-by, which treats them as :meth:`partials` says)."""
+        series = frame.get_column(self.column or "")
+        dtype = series.dtype
+        if not (numpy_integer(dtype) or dtype in (pl.Float32, pl.Float64)) or series.null_count() == len(series):
+            return None
+        if dtype.is_float() and (series.is_nan().any() or ((series == 0) & (1 / series < 0)).any()):
+            return None
+        # Nulls get stand-ins that cannot win; groups of only nulls get null below.
+        filled = series.fill_null(series.max() if self.smallest else series.min())
+        extremes = pl.Series(p, groups.extremes(filled.to_numpy(), smallest=self.smallest), dtype=dtype)
+        if not series.null_count():
+            return pl.DataFrame([extremes]), None
+        frame = pl.DataFrame([extremes, pl.Series("present", groups.present(series))])
+        return frame.select(pl.when(pl.col("present") > 0).then(pl.col(p)).alias(p)), None
 
 
 @dataclass(frozen=True, repr=False)
-class Min(Aggregation):
+class Min(_Extreme):
     """Smallest non-null value (of floats, a zero comes out as 0.0, never -0.0)."""
 
     fn_name = "min"
-    floats: bool = False
-
-    @override
-    def for_input(self, dtype: pl.DataType) -> Aggregation:
-        return replace(self, floats=True) if dtype.is_float() else self
-
-    @override
-    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
-        return _dense_extreme(self.column or "", frame, p, groups, smallest=True)
-
-    @override
-    def partials(self, p: str) -> list[pl.Expr]:
-        x = _zero_as_positive(self.column or "") if self.floats else pl.col(self.column or "")
-        return [x.min().alias(p)]
-
-    @override
-    def merges(self, p: str) -> list[pl.Expr]:
-        return [pl.col(p).min()]
-
-    @override
-    def final(self, p: str) -> pl.Expr:
-        return pl.col(p)
+    smallest = True
 
 
 @dataclass(frozen=True, repr=False)
-class Max(Aggregation):
+class Max(_Extreme):
     """Largest non-null value (of floats, a zero comes out as 0.0, never -0.0)."""
 
     fn_name = "max"
-    floats: bool = False
-
-    @override
-    def for_input(self, dtype: pl.DataType) -> Aggregation:
-        return replace(self, floats=True) if dtype.is_float() else self
-
-    @override
-    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
-        return _dense_extreme(self.column or "", frame, p, groups, smallest=False)
-
-    @override
-    def partials(self, p: str) -> list[pl.Expr]:
-        x = _zero_as_positive(self.column or "") if self.floats else pl.col(self.column or "")
-        return [x.max().alias(p)]
-
-    @override
-    def merges(self, p: str) -> list[pl.Expr]:
-        return [pl.col(p).max()]
-
-    @override
-    def final(self, p: str) -> pl.Expr:
-        return pl.col(p)
+    smallest = False
 
 
 @dataclass(frozen=True, repr=False)

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import polars as pl
 
-__all__ = ["DenseGroups", "Workspace", "integer_bounds", "numpy_integer"]
+__all__ = ["DenseGroups", "Workspace", "integer_bounds", "numpy_integer", "strides_of"]
 
 
 def numpy_integer(dtype: pl.DataType) -> bool:
@@ -53,6 +53,18 @@ def integer_bounds(frame: pl.DataFrame, columns: Sequence[str]) -> list[tuple[in
             return None
         bounds.append((low, high))
     return bounds
+
+
+def strides_of(ranges: Sequence[int]) -> list[int]:
+    """Strides of a row-major grid with these ranges (the last column varies fastest).
+
+    >>> strides_of([3, 4, 5])
+    [20, 5, 1]
+    """
+    strides = [1] * len(ranges)
+    for i in range(len(ranges) - 2, -1, -1):
+        strides[i] = strides[i + 1] * ranges[i + 1]
+    return strides
 
 
 class Workspace:
@@ -137,21 +149,16 @@ class DenseGroups:
         dtypes = [schema[c] for c in columns]
         if not columns or frame.height == 0 or not all(numpy_integer(d) for d in dtypes):
             return None
-        n = len(columns)
         bounds = integer_bounds(frame, columns)
         if bounds is None or any(lo < -(2**63) or hi >= 2**63 for lo, hi in bounds):  # nulls, or beyond Int64
             return None
         lows, highs = [lo for lo, _ in bounds], [hi for _, hi in bounds]
         spacing = [steps.get(c, 1) for c in columns]
         ranges = [(hi - lo) // step + 1 for lo, hi, step in zip(lows, highs, spacing, strict=True)]
-        size = 1
-        for r in ranges:
-            size *= r
+        strides = strides_of(ranges)
+        size = strides[0] * ranges[0]
         if size > max(_MAX_SLOTS_PER_ROW * frame.height, _MIN_SLOTS):
             return None
-        strides = [1] * n
-        for i in range(n - 2, -1, -1):
-            strides[i] = strides[i + 1] * ranges[i + 1]
         index = space.array("index", frame.height, np.int64)
         term = space.array("term", frame.height, np.int64)
         for i, (c, lo, step, stride) in enumerate(zip(columns, lows, spacing, strides, strict=True)):
@@ -169,6 +176,17 @@ class DenseGroups:
         """Float sums of ``weights`` per group (exact when every partial sum is an integer
         below 2**53, as :mod:`rheon.operators.exactsum` arranges)."""
         return np.bincount(self.index, weights=weights, minlength=self.size)[self.slots]
+
+    def present(self, series: pl.Series) -> np.ndarray:
+        """The number of non-null values of ``series`` (the frame's rows) per group.
+
+        >>> groups = DenseGroups.of(pl.DataFrame({"k": [0, 1, 0]}), ["k"])
+        >>> groups.present(pl.Series([1, None, None])).tolist()
+        [1, 0]
+        """
+        if not series.null_count():
+            return self.counts
+        return self.sums(series.is_not_null().to_numpy().astype(np.float64)).astype(np.int64)
 
     def extremes(self, values: np.ndarray, *, smallest: bool) -> np.ndarray:
         """The smallest (or largest) of ``values`` per group; ``values`` of a NumPy integer or

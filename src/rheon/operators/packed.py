@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from rheon.operators.dense import integer_bounds
+from rheon.operators.dense import integer_bounds, strides_of
 
 __all__ = ["PACKED", "Packing"]
 
@@ -67,12 +67,9 @@ class Packing:
         bounds = integer_bounds(frame, columns)
         if bounds is None or any(lo < -_LIMIT or hi >= _LIMIT for lo, hi in bounds):
             return None
-        n = len(columns)
-        lows, highs = [lo for lo, _ in bounds], [hi for _, hi in bounds]
-        ranges = [hi - lo + 1 for lo, hi in zip(lows, highs, strict=True)]
-        strides = [1] * n
-        for i in range(n - 2, -1, -1):
-            strides[i] = strides[i + 1] * ranges[i + 1]
+        lows = [lo for lo, _ in bounds]
+        ranges = [hi - lo + 1 for lo, hi in bounds]
+        strides = strides_of(ranges)
         if strides[0] * ranges[0] >= _LIMIT:
             return None
         return cls(tuple(columns), tuple(dtypes), tuple(lows), tuple(strides), tuple(ranges))
