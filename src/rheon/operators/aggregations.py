@@ -236,11 +236,12 @@ class _Extreme(Aggregation):
             return None
         if dtype.is_float() and (series.is_nan().any() or ((series == 0) & (1 / series < 0)).any()):
             return None
+        if not series.null_count():
+            extremes = pl.Series(p, groups.extremes(series.to_numpy(), smallest=self.smallest), dtype=dtype)
+            return pl.DataFrame([extremes]), None
         # Nulls get stand-ins that cannot win; groups of only nulls get null below.
         filled = series.fill_null(series.max() if self.smallest else series.min())
         extremes = pl.Series(p, groups.extremes(filled.to_numpy(), smallest=self.smallest), dtype=dtype)
-        if not series.null_count():
-            return pl.DataFrame([extremes]), None
         frame = pl.DataFrame([extremes, pl.Series("present", groups.present(series))])
         return frame.select(pl.when(pl.col("present") > 0).then(pl.col(p)).alias(p)), None
 
