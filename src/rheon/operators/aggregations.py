@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,8 @@ class Aggregation(ABC):
     column: str | None = None
 
     fn_name = "agg"
+    default_input: ClassVar[pl.DataType | None] = None
+    """The type to read the input column as while no record has given it one (all nulls so far)."""
 
     def for_input(self, dtype: pl.DataType) -> Aggregation:
         """The implementation for an input column of type ``dtype`` (this one, by default)."""
@@ -145,6 +148,7 @@ class Sum(Aggregation):
     """Sum of non-null values; null when there are none."""
 
     fn_name = "sum"
+    default_input = pl.Float64()
 
     @override
     def for_input(self, dtype: pl.DataType) -> Aggregation:
@@ -267,6 +271,7 @@ class Mean(Aggregation):
     """Arithmetic mean of non-null values (Float64); null when there are none."""
 
     fn_name = "mean"
+    default_input = pl.Float64()
 
     @override
     def for_input(self, dtype: pl.DataType) -> Aggregation:

@@ -18,8 +18,8 @@ from typing_extensions import override
 
 from rheon.core.batch import MIN_WM, WM_COL, Batch
 from rheon.core.deadletters import payloads_of
-from rheon.core.errors import FlowError, columns_hint
 from rheon.core.eventtime import TimeType, time_type_of
+from rheon.operators._conform import ColumnTypes
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
 from rheon.operators.dense import DenseGroups, Workspace
@@ -116,7 +116,11 @@ class WindowOperator(Operator):
         self.prefix = {field: f"__a{i}" for i, field in enumerate(self.aggs)}
         self.input_types: dict[str, pl.DataType] | None = None
         self._set_aggs(self.aggs)
-        self.needed = list(dict.fromkeys([*self.keys, time_col, *(a.column for a in self.aggs.values() if a.column)]))
+        needed = [*self.keys, time_col, *(a.column for a in self.aggs.values() if a.column)]
+        defaults = {a.column: a.default_input for a in self.aggs.values() if a.column and a.default_input is not None}
+        self.input = ColumnTypes([*needed, WM_COL], where=self.label, defaults=defaults)
+        """The columns buffered and aggregated, in one order and with fixed types (records of one
+        stream may come with fields in any order, missing, extra or of drifting types)."""
         self.out_schema: pl.Schema | None = None
         self.space = Workspace()  # scratch arrays for dense grouping
         self._init_state()
@@ -203,10 +207,12 @@ class WindowOperator(Operator):
 
     @abstractmethod
     def _ingest(
-        self, frame: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
+        self, records: pl.DataFrame, work: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
     ) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
         """Process a batch of valid records; fire up to ``hi``.
 
+        ``records`` are the records as received (what the late output gets), ``work`` the same
+        rows with just the columns the window reads (``self.input``), including ``WM_COL``.
         Returns the result frames in emission order and the late records (or ``None``).
         """
 
@@ -237,7 +243,8 @@ class WindowOperator(Operator):
 
     @override
     def snapshot(self, files: SharedFiles) -> State:
-        return self._state_frames(), {"wm": self.wm, "time_type": self.ttype, "input_types": self.input_types}
+        objects = {"wm": self.wm, "time_type": self.ttype, "input_types": self.input_types}
+        return self._state_frames(), {**objects, "column_types": self.input.snapshot()}
 
     @override
     def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
@@ -249,6 +256,7 @@ class WindowOperator(Operator):
             self._resolved()
         if self.input_types is None and objects.get("input_types") is not None:
             self._specialize(objects["input_types"])
+        self.input.restore(objects.get("column_types"))
         self._load_frames(frames)
 
     # -- shared machinery ------------------------------------------------------------------
@@ -258,18 +266,27 @@ class WindowOperator(Operator):
         assert self.ttype is not None
         return self.ttype.ticks(self.lateness_ms)
 
-    def _check_columns(self, frame: pl.DataFrame) -> None:
-        missing = [c for c in self.needed if c not in frame.columns]
-        if missing:
-            cols = [c for c in frame.columns if c != WM_COL]
-            msg = f"{self.label}: unknown column '{missing[0]}' in the records {columns_hint(cols)}"
-            raise FlowError(msg)
-        if self.ttype is None:
-            self.ttype = time_type_of(frame.schema[self.time_col], column=self.time_col, where=self.label)
+    def _accept(self, frame: pl.DataFrame, batch: Batch, outputs: list[Output]) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The records of ``frame`` the window can use, as received and as ``self.input``'s
+        columns; the others (a field of another type, no event time) go to the dead letters."""
+        if WM_COL not in frame.columns:
+            frame = frame.with_columns(pl.lit(self.wm, pl.Int64).alias(WM_COL))
+        work, bad, reasons = self.input.conform(frame)
+        if bad is not None:
+            outputs.append(self.dead(reasons, payloads_of(frame.filter(bad)), batch))
+            frame = frame.filter(~bad)
+        nulls = work.get_column(self.time_col).is_null()
+        if nulls.any():
+            reason = f"record has no event time (column '{self.time_col}' is null)"
+            outputs.append(self.dead(reason, payloads_of(frame.filter(nulls)), batch))
+            frame, work = frame.filter(~nulls), work.filter(~nulls)
+        if work.height and self.ttype is None:
+            self.ttype = time_type_of(work.schema[self.time_col], column=self.time_col, where=self.label)
             self._resolved()
-        if self.input_types is None:
-            schema = frame.schema
+        if work.height and self.input_types is None:
+            schema = work.schema
             self._specialize({f: schema[a.column] for f, a in self.aggs.items() if a.column is not None})
+        return frame, work
 
     def _results(self, merged: pl.DataFrame) -> pl.DataFrame:
         """``keys, WS, WE, aggs...`` (and ``WM`` if there): merged partials turned into results."""
@@ -332,24 +349,13 @@ class WindowOperator(Operator):
     def process(self, port: int, batch: Batch) -> list[Output]:
         outputs: list[Output] = []
         results: list[pl.DataFrame] = []
-        frame = batch.frame
-        if frame.height:
-            self._check_columns(frame)
-            assert self.ttype is not None
-            if frame.get_column(self.time_col).null_count():
-                nulls = frame.get_column(self.time_col).is_null()
-                bad = frame.filter(nulls)
-                reason = f"record has no event time (column '{self.time_col}' is null)"
-                outputs.append(self.dead(reason, payloads_of(bad), batch))
-                frame = frame.filter(~nulls)
-            if frame.height:
-                tick_series = frame.get_column(self.time_col).cast(pl.Int64)
-                if WM_COL in frame.columns:
-                    pre = frame.get_column(WM_COL)
-                else:
-                    pre = pl.Series(WM_COL, [self.wm] * frame.height, dtype=pl.Int64)
-                    frame = frame.with_columns(pre)
-                pieces, late = self._ingest(frame, tick_series, pre, batch.watermark)
+        if batch.frame.height:
+            records, work = self._accept(batch.frame, batch, outputs)
+            if work.height:
+                assert self.ttype is not None
+                tick_series = work.get_column(self.time_col).cast(pl.Int64)
+                pre = work.get_column(WM_COL)
+                pieces, late = self._ingest(records, work, tick_series, pre, batch.watermark)
                 results.extend(pieces)
                 if late is not None and late.height:
                     outputs.append((LATE, Batch(late, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))

@@ -135,7 +135,7 @@ class PaneWindowOperator(WindowOperator):
 
     @override
     def _ingest(
-        self, frame: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
+        self, records: pl.DataFrame, work: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
     ) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
         g = self.geo
         assert g is not None
@@ -146,7 +146,7 @@ class PaneWindowOperator(WindowOperator):
         pane = (t - g.offset) // g.pane * g.pane + g.offset
         first_end = (pane - g.size - g.offset) // g.every * g.every + g.offset + g.every + g.size
         wm = pre.to_numpy()
-        work = frame.hstack([pl.Series(PANE, pane, dtype=pl.Int64)])
+        work = work.hstack([pl.Series(PANE, pane, dtype=pl.Int64)])
         late = None
         special_idx: list[int] = []
         if (first_end <= wm).any():
@@ -155,7 +155,7 @@ class PaneWindowOperator(WindowOperator):
             touched = first_end <= wm
             if late_mask.any():
                 keep = pl.Series(~late_mask)
-                late = frame.filter(pl.Series(late_mask))
+                late = records.filter(pl.Series(late_mask))
                 work = work.filter(keep)
                 touched = touched[~late_mask]
             special_idx = np.flatnonzero(touched).tolist()

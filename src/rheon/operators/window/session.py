@@ -148,9 +148,9 @@ class SessionWindowOperator(WindowOperator):
 
     @override
     def _ingest(
-        self, frame: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
+        self, records: pl.DataFrame, work: pl.DataFrame, ticks: pl.Series, pre: pl.Series, hi: int
     ) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
-        work = frame.hstack([ticks.alias(T)])
+        work = work.hstack([ticks.alias(T)])
         behind = (ticks < pre).arg_true().to_list()
         pieces: list[pl.DataFrame] = []
         late: list[pl.DataFrame] = []
@@ -167,7 +167,7 @@ class SessionWindowOperator(WindowOperator):
             if updated is None:
                 pass
             elif updated.height == 0:
-                late.append(frame.slice(i, 1))
+                late.append(records.slice(i, 1))
             else:
                 pieces.append(updated)
             start = i + 1
@@ -176,7 +176,7 @@ class SessionWindowOperator(WindowOperator):
         fired = self._fire(hi, tail.get_column(WM_COL))
         if fired is not None:
             pieces.append(fired)
-        return pieces, (pl.concat(late) if late else None)
+        return pieces, (pl.concat(late, how="diagonal") if late else None)
 
     def _behind(self, row: pl.DataFrame, pre_i: int) -> pl.DataFrame | None:
         """Handle one record behind the watermark.
