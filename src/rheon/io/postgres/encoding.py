@@ -47,7 +47,18 @@ def sql_type(dtype: pl.DataType) -> str:
 
 
 def copy_csv(frame: pl.DataFrame) -> bytes:
-    """Encode rows as CSV that ``COPY ... (FORMAT csv)`` reads: empty is NULL, ``""`` is ''."""
+    r"""Encode rows as CSV that ``COPY ... (FORMAT csv)`` reads: NULL as an empty unquoted field,
+    every other non-numeric value quoted.
+
+    Quoting every text value (not only those plain CSV needs quoted) keeps any value from being
+    read as COPY syntax: ``\.`` alone on a line is COPY's end-of-data marker, which silently ended
+    a single-column batch, while a quoted ``"\."`` is data. A quoted ``""`` is the empty string.
+
+    Examples
+    --------
+    >>> copy_csv(pl.DataFrame({"s": ["a", "\\.", "", None], "n": [1, 2, None, 4]}))
+    b'"a",1\n"\\.",2\n"",\n,4\n'
+    """
     fixes = []
     for name, dtype in frame.schema.items():
         col = pl.col(name)
@@ -61,7 +72,7 @@ def copy_csv(frame: pl.DataFrame) -> bytes:
         elif isinstance(dtype, pl.Object):
             fixes.append(col.map_elements(str, return_dtype=pl.String).alias(name))
     buf = io.BytesIO()
-    (frame.with_columns(fixes) if fixes else frame).write_csv(buf, include_header=False)
+    (frame.with_columns(fixes) if fixes else frame).write_csv(buf, include_header=False, quote_style="non_numeric")
     return buf.getvalue()
 
 
