@@ -22,6 +22,7 @@ from rheon.core.batch import MIN_WM, WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payload_of
 from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
+from rheon.operators._keys import key_getter
 from rheon.operators._rows import frame_to_rows, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend, MemoryBackend
@@ -295,7 +296,7 @@ class KeyedProcess(Operator):
     def _records(self, frame: pl.DataFrame) -> None:
         rows, _ = frame_to_rows(frame)
         pre = frame.get_column(WM_COL).to_list() if WM_COL in frame.columns else [self.forwarded] * frame.height
-        key_of = itemgetter(*self.keys)
+        key_of = key_getter(self.keys, frame.schema)
         per_ms = self.ttype.ticks_per_ms if self.ttype is not None else 1
         ctx, fn, time_col = self.ctx, self.fn, self.time_col
         heap = self.event_timers
@@ -309,6 +310,9 @@ class KeyedProcess(Operator):
                 ctx._bind(key_of(row))
             except KeyError as exc:
                 self._dead.append((f"missing key column {exc}", payload_of(row)))
+                continue
+            except TypeError as exc:  # a key no dict can hold (a list)
+                self._dead.append((f"bad key {self.keys}: {exc}", payload_of(row)))
                 continue
             ctx.timestamp = row.get(time_col) if time_col is not None else None
             ctx.watermark = wm // per_ms if wm > MIN_WM else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from operator import itemgetter
 from typing import Any
 
 import polars as pl
@@ -11,6 +10,7 @@ from typing_extensions import override
 
 from rheon.core.batch import WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payload_of
+from rheon.operators._keys import key_getter
 from rheon.operators._rows import ROW_CHUNK, concat_frames, frame_to_rows, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend, MemoryBackend
@@ -85,7 +85,7 @@ class Reduce(Operator):
 
     def _chunk(self, frame: pl.DataFrame, dead_reasons: list[str], dead_payloads: list[str]) -> pl.DataFrame:
         rows, _ = frame_to_rows(frame)
-        key_of = itemgetter(*self.keys)
+        key_of = key_getter(self.keys, frame.schema)
         cells_of, fn = self.backend.cells, self.fn
         out: list[Row] = []
         idx: list[int] = []

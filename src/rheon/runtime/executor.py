@@ -263,6 +263,8 @@ class Executor:
         else:
             converted = original.cast(expected, strict=False)
         failed = converted.is_null() & original.is_not_null()
+        if dtype.is_float():  # 1.9 is not the millisecond 1: no silent truncation
+            failed = failed | (converted.cast(dtype) != original).fill_null(False)
         if failed.any():
             bad = frame.filter(failed)
             values = ", ".join(repr(v) for v in bad.get_column(column).head(3).to_list())
@@ -271,6 +273,34 @@ class Executor:
             task.stats.dead_letters += bad.height
             frame, converted = frame.filter(~failed), converted.filter(~failed)
         return frame.with_columns(converted.alias(column))
+
+    def _check_times(self, task: _SourceTask, frame: pl.DataFrame) -> pl.DataFrame:
+        """Records without an event time, or with one outside ``[MIN_WM, MAX_WM)`` ticks (where
+        watermark arithmetic would overflow and windows could never fire), become dead letters."""
+        column = task.node.time
+        assert column is not None
+        assert task.time_type is not None
+        ticks = frame.get_column(column).cast(pl.Int64)
+        low, high = ticks.min(), ticks.max()
+        nulls = ticks.null_count() > 0
+        outside = low is not None and high is not None and (low < MIN_WM or high >= MAX_WM)  # type: ignore[operator]
+        if not (nulls or outside):
+            return frame
+        first, last = pl.Series([MIN_WM, MAX_WM - 1]).cast(task.time_type.dtype).to_list()
+        for bad, reason in (
+            (ticks.is_null(), f"record has no event time (column '{column}' is null)"),
+            (
+                (ticks < MIN_WM) | (ticks >= MAX_WM),
+                f"event time in column '{column}' is outside the range a flow can handle ({first} to {last})",
+            ),
+        ):
+            bad = bad.fill_null(False)
+            if bad.any():
+                rows = frame.filter(bad)
+                self._dead(Batch(dead_letter_frame(task.node.label, reason, payloads_of(rows))))
+                task.stats.dead_letters += rows.height
+                frame, ticks = frame.filter(~bad), ticks.filter(~bad)
+        return frame
 
     def _source_batch(self, task: _SourceTask, frame: pl.DataFrame, now_ns: int) -> None:
         node = task.node
@@ -284,14 +314,7 @@ class Executor:
                 task.stats.dead_letters += frame.height
                 frame = frame.clear()
             else:
-                frame = self._resolve_time(task, frame)
-                nulls = frame.get_column(column).is_null()
-                if nulls.any():
-                    reason = f"record has no event time (column '{column}' is null)"
-                    bad = frame.filter(nulls)
-                    self._dead(Batch(dead_letter_frame(node.label, reason, payloads_of(bad))))
-                    task.stats.dead_letters += bad.height
-                    frame = frame.filter(~nulls)
+                frame = self._check_times(task, self._resolve_time(task, frame))
                 ticks = frame.get_column(column).cast(pl.Int64)
                 if SPLIT_COL in frame.columns:
                     splits = self._splits(task, now_ns)

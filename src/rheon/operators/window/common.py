@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 from typing_extensions import override
 
-from rheon.core.batch import MIN_WM, WM_COL, Batch
+from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
 from rheon.core.deadletters import payloads_of
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._conform import ColumnTypes
@@ -26,7 +26,7 @@ from rheon.operators.dense import DenseGroups, Workspace
 from rheon.operators.exactsum import Post
 from rheon.operators.packed import PACKED, Packing
 from rheon.state.shared import SharedFiles
-from rheon.time.windows import WindowAssigner
+from rheon.time.windows import Session, WindowAssigner
 
 __all__ = ["WE", "WS", "RecordBuffer", "WindowOperator"]
 
@@ -283,6 +283,20 @@ class WindowOperator(Operator):
         if work.height and self.ttype is None:
             self.ttype = time_type_of(work.schema[self.time_col], column=self.time_col, where=self.label)
             self._resolved()
+        if work.height:
+            assert self.ttype is not None
+            extent = self.ttype.ticks(
+                self.assigner.gap_ms if isinstance(self.assigner, Session) else self.assigner.size_ms
+            )
+            times = work.get_column(self.time_col).cast(pl.Int64)
+            if times.max() > MAX_WM - extent:  # type: ignore[operator]
+                beyond = times > MAX_WM - extent
+                reason = (
+                    f"event time in column '{self.time_col}' is too close to the largest one a flow can handle: "
+                    f"its windows would end after the end-of-input watermark ({MAX_WM} ticks) and never fire"
+                )
+                outputs.append(self.dead(reason, payloads_of(frame.filter(beyond)), batch))
+                frame, work = frame.filter(~beyond), work.filter(~beyond)
         if work.height and self.input_types is None:
             schema = work.schema
             self._specialize({f: schema[a.column] for f, a in self.aggs.items() if a.column is not None})
