@@ -2,11 +2,17 @@
 
 A batch goes to the server as CSV, encoded by Polars, through ``COPY`` into a temporary staging
 table, then ``INSERT INTO table SELECT ... FROM staging ON CONFLICT (key) DO UPDATE``. Without
-``key`` the batch is copied straight into the table (append).
+``key`` the batch is copied straight into the table (append). Every text value is quoted in the
+CSV, so no value can be read as COPY syntax (``\\.`` alone on a line ends COPY's data).
+
+Values are checked against the columns' types first (:class:`~rheon.io.postgres.fit.ColumnFit`):
+a row with a value the column would change (``"yes"`` for a boolean, ``7`` for text, a number
+where a ``jsonb`` column held objects so far) goes to the dead-letter output, as does one with a
+NUL character in a string.
 
 Transactions: with checkpoints, one transaction holds a checkpoint interval's rows and commits in
-``commit(n)``, once checkpoint ``n`` is on disk. The interval's rows and the transaction's id also
-go into the checkpoint: after a crash between the checkpoint and the ``COMMIT`` the restarted sink
+``commit(n)``, once checkpoint ``n`` is on disk. The interval's rows (each batch as written, never
+concatenated into other types) and the transaction's id also go into the checkpoint: after a crash between the checkpoint and the ``COMMIT`` the restarted sink
 asks the server (``txid_status``) whether it committed and writes the rows again if not. Without
 checkpoints each batch commits (or every ``commit_rows`` rows / ``commit_every``).
 
@@ -40,6 +46,7 @@ from rheon.core.extras import import_extra
 from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 from rheon.io.postgres.encoding import copy_csv, redact, sql_type
+from rheon.io.postgres.fit import ColumnFit
 
 if TYPE_CHECKING:
     import psycopg
@@ -76,8 +83,11 @@ class Postgres(Sink):
         How long to wait for the server; how often to reconnect when the connection fails while
         running, waiting ``retry_backoff`` and then twice as long each time (up to 30 s).
 
-    Values: None is NULL, nested values JSON. Rows the server rejects (NOT NULL, CHECK, a value
-    too long, ...) go to the dead-letter output with its message; the rest is written.
+    Values: None is NULL, nested values JSON. A value must fit its column as it is: a row with
+    one that does not (a string for a boolean or a number column, a number for a text column, a
+    number where a ``jsonb`` column held objects so far, a string with a NUL character) goes to
+    the dead-letter output with the field, the value and the column's type; so do rows the server
+    rejects (NOT NULL, CHECK, a value too long, ...), with its message. The rest is written.
 
     Guarantees. With ``key`` and checkpoints: exactly-once for the table's contents. A checkpoint
     interval's upserts commit in one transaction when the checkpoint completes, so readers see
@@ -139,6 +149,17 @@ class Postgres(Sink):
         return _PostgresLogic(self, ctx)
 
 
+def _runs(frames: list[pl.DataFrame], dedupe: Callable[[pl.DataFrame], pl.DataFrame]) -> list[pl.DataFrame]:
+    """Consecutive frames of one schema concatenated (strictly, so no value changes type); others apart."""
+    runs: list[list[pl.DataFrame]] = []
+    for frame in frames:
+        if runs and runs[-1][-1].schema == frame.schema:
+            runs[-1].append(frame)
+        else:
+            runs.append([frame])
+    return [dedupe(pl.concat(run)) if len(run) > 1 else run[0] for run in runs]
+
+
 class _PostgresLogic(KeepsDeadLetters, SinkLogic):
     def __init__(self, cfg: Postgres, ctx: BuildContext) -> None:
         import psycopg
@@ -154,11 +175,12 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         self.server = f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
         self.conn: psycopg.Connection[Any] | None = None
         self.columns: dict[str, str] | None = None  # the table's columns and types; None: no table
+        self.fit = ColumnFit(cfg.table, self.where)
         self.checked: set[tuple[str, ...]] = set()
         self.stages: dict[tuple[str, ...], sql.Identifier] = {}
         self.xid: int | None = None  # the open transaction, once it has written something
         self.open: list[pl.DataFrame] = []  # rows in the open transaction, after the last pre-commit
-        self.pending: dict[int, pl.DataFrame] = {}  # rows pre-committed for a checkpoint
+        self.pending: dict[int, list[pl.DataFrame]] = {}  # rows pre-committed for a checkpoint
         self.dead: list[tuple[str, str]] = []
         self.rows_open = 0
         self.opened_ns = ctx.clock.now_ns()
@@ -230,7 +252,7 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
             return
         if status is None and not self.cfg.key:
             log.warning("postgres_resync_unknown sink=%s xid=%s risk=rows_appended_twice", self.name, lost)
-        self.pending = {cid: self._send(frame) for cid, frame in self.pending.items()}
+        self.pending = {cid: [self._send(frame) for frame in frames] for cid, frames in self.pending.items()}
         self.open = [self._send(frame) for frame in self.open]
 
     def _lost_status(self, xid: int) -> str | None:
@@ -420,6 +442,13 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
     @override
     def write(self, frame: pl.DataFrame) -> None:
         self._prepare(frame)
+        assert self.columns is not None
+        frame, misfits = self.fit.split(frame, self.columns)
+        if misfits:
+            self.dead.extend(misfits)
+            log.info("postgres_misfit sink=%s rows=%d first=%r", self.name, len(misfits), misfits[0][0])
+            if not frame.height:
+                return
         frame = self._dedupe(frame)
         self._retrying(lambda conn: self.open.append(self._send(frame)))
         self.rows_open += frame.height
@@ -442,11 +471,12 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
 
     @override
     def pre_commit(self, checkpoint_id: int) -> None:
-        # Rows are in the open transaction already; keep them for the checkpoint until it commits.
+        # Rows are in the open transaction already; keep them for the checkpoint until it commits,
+        # each batch as written (a relaxed concat would change values' types).
         frames = [f for f in self.open if f.height]
-        if frames:
-            self.pending[checkpoint_id] = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
         self.open = []
+        if frames:
+            self.pending[checkpoint_id] = _runs(frames, self._dedupe)
 
     @override
     def commit(self, checkpoint_id: int) -> None:
@@ -457,14 +487,17 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
     def state(self) -> tuple[dict[str, pl.DataFrame], dict[str, Any]] | None:
         if not self.pending:
             return None
-        return {f"pending_{cid}": f for cid, f in self.pending.items()}, {
+        frames = {f"pending_{cid}_{i}": f for cid, fs in self.pending.items() for i, f in enumerate(fs)}
+        return frames, {
             "xid": self.xid,
-            "pending": list(self.pending),
+            "pending": [[cid, len(fs)] for cid, fs in self.pending.items()],
+            "kinds": dict(self.fit.kinds),
         }
 
     @override
     def load_state(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
-        self.pending = {int(cid): frames[f"pending_{cid}"] for cid in objects["pending"]}
+        self.pending = {int(cid): [frames[f"pending_{cid}_{i}"] for i in range(n)] for cid, n in objects["pending"]}
+        self.fit.kinds.update(objects.get("kinds") or {})
         self.xid = objects["xid"]
 
     @override
