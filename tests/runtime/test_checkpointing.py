@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
+import logging
 import random
+import resource
 from pathlib import Path
 
 import polars as pl
@@ -12,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rheon as rh
+from rheon.core.errors import CheckpointError
 from rheon.state.checkpoints import CheckpointStore
 
 EVENTS = [
@@ -323,3 +328,124 @@ def test_file_sources_resume_mid_file_after_a_crash(tmp_path, fmt):
     got = [r for f in sorted(out.glob("part-*")) for r in pl.read_ndjson(f).to_dicts()]
     assert len(expected) > 10
     assert got == expected
+
+
+# -- damaged checkpoints and failed writes --------------------------------------------------------
+
+
+def _flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _newest_own_shared_file(ckpt: Path, newest: int) -> Path:
+    """A keyed-state file in checkpoint_dir/shared that the newest checkpoint uses and the one
+    before it does not."""
+
+    def shared(cid: int) -> set[str]:
+        manifest = json.loads((ckpt / f"chk-{cid:08d}" / "manifest.json").read_bytes())
+        return set(manifest["shared_files"])
+
+    return ckpt / "shared" / sorted(shared(newest) - shared(newest - 1))[0]
+
+
+def _damage(kind: str, chk: Path) -> str:
+    """Damage checkpoint directory ``chk``; return what the report must say about it."""
+    if kind == "one byte flipped in an .arrow file":
+        _flip_one_byte(max(chk.glob("*.arrow"), key=lambda p: p.stat().st_size))
+        return "-panes.arrow does not match its checksum"
+    if kind == "a .pkl file truncated":
+        for path in chk.glob("*.pkl"):
+            path.write_bytes(path.read_bytes()[:10])
+        return ".pkl is truncated (10 of"
+    if kind == "the manifest deleted":
+        (chk / "manifest.json").unlink()
+        return "manifest.json is missing"
+    assert kind == "a keyed-state file deleted"
+    shared = _newest_own_shared_file(chk.parent, int(chk.name.removeprefix("chk-")))
+    shared.unlink()
+    return f"shared/{shared.name} is missing"
+
+
+DAMAGES = [
+    "one byte flipped in an .arrow file",
+    "a .pkl file truncated",
+    "the manifest deleted",
+    "a keyed-state file deleted",
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_newest_checkpoint_is_reported_and_the_flow_resumes_from_the_one_before(tmp_path, caplog, damage):
+    """Before, a damaged file gave a raw UnpicklingError/InvalidFooter/FileNotFoundError, or, for
+    a changed byte in an .arrow file, wrong sums without any error."""
+    expected = uninterrupted(tmp_path)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        build(EVENTS, out, batch_size=30, crash_after=333).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
+    newest = CheckpointStore(ckpt).latest_id()
+    assert newest is not None
+    assert newest >= 3
+    problem = _damage(damage, ckpt / f"chk-{newest:08d}")
+    holder: list = []
+    with caplog.at_level(logging.WARNING, logger="rheon"):
+        build(EVENTS, out, batch_size=30, flow_holder=holder).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
+    assert holder[0].metrics().restored_from == newest - 1
+    damaged = [r.getMessage() for r in caplog.records if "checkpoint_damaged" in r.getMessage()]
+    assert len(damaged) == 1
+    assert f"chk-{newest:08d}" in damaged[0]
+    assert problem in damaged[0]
+    assert committed(out) == expected
+
+
+def test_a_flow_with_no_intact_checkpoint_refuses_to_start(tmp_path):
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        build(EVENTS, out, batch_size=30, crash_after=333).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
+    checkpoints = sorted(ckpt.glob("chk-*"))
+    assert len(checkpoints) == 3
+    for chk in checkpoints:
+        _flip_one_byte(max(chk.glob("*.arrow"), key=lambda p: p.stat().st_size))
+    before = sorted(p.name for p in out.rglob("*"))
+    flow = build(EVENTS, out, batch_size=30)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"checkpoint_dir {ckpt}: no intact checkpoint to resume from \(chk-\d+: op-\d+-panes\.arrow does not "
+        r"match its checksum .*\)\. Start with a new checkpoint_dir, or delete the damaged chk-\* directories",
+    ):
+        flow.run(checkpoint_dir=ckpt, checkpoint_every="0ms")
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing written, nothing committed
+    assert sorted(ckpt.glob("chk-*")) == checkpoints
+
+
+def test_a_checkpoint_write_that_fails_says_so_naming_the_operator_and_the_path(tmp_path):
+    """The disk fills up while keyed state is written. As root a chmod does not stop writes, so the
+    full disk is RLIMIT_FSIZE: any write past 256 KiB fails with EFBIG (Python ignores SIGXFSZ)."""
+    rows = [{"k": i, "v": i, "ts": i} for i in range(20_000)]
+    flow = rh.Flow("full")
+    src = flow.source(rh.io.Records(rows, batch_size=len(rows)), time="ts", name="in")
+    src.key_by("k").reduce(lambda a, r: {**r, "v": a["v"] + r["v"]}, name="running").sink(rh.io.Collect())
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))
+    try:
+        with pytest.raises(CheckpointError) as info:
+            flow.run(checkpoint_dir=tmp_path / "ckpt")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.EFBIG
+    assert str(info.value).startswith(
+        f"reduce 'running': checkpoint 1 could not be written: writing {tmp_path / 'ckpt' / 'shared'}"
+    )
+    assert "failed: File too large. Free space on that disk" in str(info.value)
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_a_clear_error(tmp_path):
+    """A read-only directory does not stop root (tests run as root): a file where the directory
+    must be does."""
+    (tmp_path / "ckpt").write_text("")
+    flow = rh.Flow("blocked")
+    flow.source(rh.io.Records([{"a": 1}])).sink(rh.io.Collect())
+    with pytest.raises(CheckpointError, match=rf"checkpoint_dir '{tmp_path / 'ckpt'}' cannot be used: File exists"):
+        flow.run(checkpoint_dir=tmp_path / "ckpt")

@@ -6,7 +6,8 @@
     ├── FlowError              build-time mistake in a flow (unknown column, bad window size, ...)
     ├── RecordError            a record failed at run time and the flow's policy is on_error="fail"
     ├── SourceError            a source could not read (file missing, server down, ...)
-    └── SinkError              a sink could not write
+    ├── SinkError              a sink could not write
+    └── CheckpointError        a checkpoint could not be written, or none on disk is intact
 
 Run-time bad data is not an exception by default: it goes to the dead-letter stream
 (``flow.dead_letters()``) with the reason and the original payload.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["FlowError", "RecordError", "RheonError", "SinkError", "SourceError", "did_you_mean"]
+__all__ = ["CheckpointError", "FlowError", "RecordError", "RheonError", "SinkError", "SourceError", "did_you_mean"]
 
 
 class RheonError(Exception):
@@ -92,6 +93,21 @@ class SinkError(RheonError):
     --------
     >>> import rheon as rh
     >>> issubclass(rh.SinkError, rh.RheonError)
+    True
+    """
+
+
+class CheckpointError(RheonError):
+    """A checkpoint could not be written, or no checkpoint on disk is intact to resume from.
+
+    The message names the path and what is wrong with it (a failed write, a missing or truncated
+    file, a checksum mismatch) and the remedy.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> from rheon.core.errors import CheckpointError
+    >>> issubclass(CheckpointError, rh.RheonError)
     True
     """
 

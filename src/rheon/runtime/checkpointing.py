@@ -10,9 +10,10 @@ out: a consistent cut, with no barriers to align. A checkpoint is taken there:
    ``checkpoint_dir/chk-n`` (atomically, see :mod:`rheon.state.checkpoints`);
 3. each sink ``commit(n)``: the output of the interval becomes visible.
 
-On start the latest complete checkpoint is loaded: sources rewind to their positions, operators
-reload their state, and each sink ``recover(n)`` completes commits up to ``n`` (a crash between
-steps 2 and 3) and deletes anything later. Since results do not depend on batching, the replay
+On start the newest intact checkpoint is loaded (each is verified against the checksums in its
+manifest first; a damaged one is reported and the one before it is tried): sources rewind to
+their positions, operators reload their state, and each sink ``recover(n)`` completes commits up
+to ``n`` (a crash between steps 2 and 3) and deletes anything later. Since results do not depend on batching, the replay
 writes exactly the rows that were discarded: replayable sources + this state + committing sinks
 give exactly-once output.
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rheon.core.errors import FlowError
+from rheon.core.errors import CheckpointError, FlowError
 from rheon.operators.sink import SinkOperator
 from rheon.state.checkpoints import CheckpointStore, OperatorSnapshot
 
@@ -79,7 +80,11 @@ class CheckpointCoordinator:
         return FlowError(msg)
 
     def restore(self) -> None:
-        """Load the latest complete checkpoint, if any, into the executor's sources and operators."""
+        """Load the newest intact checkpoint, if any, into the executor's sources and operators.
+
+        Damaged newer checkpoints are logged and set aside; if no checkpoint is intact this
+        raises :class:`~rheon.core.errors.CheckpointError` and the flow does not start.
+        """
         started = time.perf_counter()
         try:
             self._restore()
@@ -157,7 +162,17 @@ class CheckpointCoordinator:
             )
         for group, op in zip(ex.plan.groups, ex.ops, strict=True):
             files = self.store.shared_for(group.tail.name)
-            state = op.snapshot(files) if op.stateful else None
+            try:
+                state = op.snapshot(files) if op.stateful else None
+            except OSError as exc:  # keyed state written to checkpoint_dir/shared
+                where = exc.filename if isinstance(exc.filename, str) else str(files.directory)
+                msg = (
+                    f"{group.label}: checkpoint {checkpoint_id} could not be written: writing {where} failed: "
+                    f"{exc.strerror or exc}. Free space on that disk or make {self.store.directory} writable (or "
+                    "point checkpoint_dir elsewhere); the flow resumes from the last complete checkpoint when "
+                    "restarted."
+                )
+                raise CheckpointError(msg) from exc
             if state is not None:
                 frames, objects = state
                 snaps[group.tail.name] = OperatorSnapshot(
