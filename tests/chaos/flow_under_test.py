@@ -3,6 +3,10 @@ event-time timers and an interval join; files out.
 
 Run: python flow_under_test.py INPUT_GLOB OUT_DIR CHECKPOINT_DIR
 
+It prints ``checkpointed N`` after each checkpoint, so that the test can time its kills by the
+flow's progress: on a loaded machine start-up (``import rheon``) alone takes seconds, so a timer
+started with the process says nothing about how far the flow has got.
+
 With CHAOS_KILL_P=p (and CHAOS_SEED), the process SIGKILLs itself with probability p at points
 inside the checkpoint protocol: halfway through writing one of the checkpoint's files, after
 they are written but before the atomic rename, right after the rename, and between the renames
@@ -22,6 +26,7 @@ import rheon as rh
 import rheon.io.filesink as filesink_module
 import rheon.state.checkpoints as checkpoints_module
 from rheon.operators.process import ProcessContext
+from rheon.runtime.checkpointing import CheckpointCoordinator
 
 
 def _install_crash_points() -> None:
@@ -64,6 +69,19 @@ def _install_crash_points() -> None:
     checkpoints_module._fsync_dir = fsync_dir  # type: ignore[assignment]
     checkpoints_module._write_file = write_file  # type: ignore[assignment]
     filesink_module._FileSinkLogic._rename = rename  # type: ignore[method-assign]
+
+
+def _report_progress() -> None:
+    """Print ``checkpointed N`` once checkpoint N is complete (written and committed)."""
+    real_checkpoint = CheckpointCoordinator.checkpoint
+
+    def checkpoint(self: CheckpointCoordinator, *, final: bool = False) -> int:
+        checkpoint_id = real_checkpoint(self, final=final)
+        sys.stdout.write(f"checkpointed {checkpoint_id}\n")
+        sys.stdout.flush()
+        return checkpoint_id
+
+    CheckpointCoordinator.checkpoint = checkpoint  # type: ignore[method-assign]
 
 
 class Bursts:
@@ -111,6 +129,7 @@ def build(input_glob: str, out: Path) -> rh.Flow:
 def main() -> None:
     input_glob, out, ckpt = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     _install_crash_points()
+    _report_progress()
     flow = build(input_glob, out)
     flow.run(checkpoint_dir=ckpt, checkpoint_every=os.environ.get("CHAOS_EVERY", "100ms"))
     stats = flow.metrics()
