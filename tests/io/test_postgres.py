@@ -243,7 +243,7 @@ def test_the_server_going_away_mid_run_writes_each_row_once(dsn, table, tmp_path
     assert rows == [(i, i * 2) for i in range(n)]  # nothing lost
     delays = [float(d) for d in re.findall(r"sink=out attempt=\d+ retries=5 delay_s=([\d.]+)", caplog.text)]
     assert delays[:3] == [0.2, 0.4, 0.8]  # paced, until the server was back
-    assert re.search(r"postgres_resync sink=out xid=\d+ status=aborted", caplog.text)
+    assert re.search(r"postgres_resync sink=out writer=\w+ checkpoint=None marker=0 status=aborted", caplog.text)
     assert ("postgres_lost_session sink=out" in caplog.text) == half_open  # ended, so its locks were freed
 
 

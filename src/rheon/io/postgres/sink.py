@@ -10,11 +10,31 @@ a row with a value the column would change (``"yes"`` for a boolean, ``7`` for t
 where a ``jsonb`` column held objects so far) goes to the dead-letter output, as does one with a
 NUL character in a string.
 
-Transactions: with checkpoints, one transaction holds a checkpoint interval's rows and commits in
-``commit(n)``, once checkpoint ``n`` is on disk. The interval's rows (each batch as written, never
-concatenated into other types) and the transaction's id also go into the checkpoint: after a crash between the checkpoint and the ``COMMIT`` the restarted sink
-asks the server (``txid_status``) whether it committed and writes the rows again if not. Without
-checkpoints each batch commits (or every ``commit_rows`` rows / ``commit_every``).
+Transactions, with checkpoints: one transaction holds a checkpoint interval's rows and commits in
+``commit(n)``, once checkpoint ``n`` is on disk; the interval's rows (each batch as written, never
+concatenated into other types) also go into the checkpoint. Whether that transaction committed is
+recorded in the database, in the transaction itself. A run started without a checkpoint gets a
+*writer id*, and the writer's row in a progress table (``progress_table``, ``rheon_progress`` by
+default: writer, flow, sink, table, checkpoint) holds the last checkpoint whose rows committed.
+Each transaction locks that row first (``SELECT ... FOR UPDATE``) and sets it to ``n`` before its
+``COMMIT``. After a lost connection, or on restart from checkpoint ``n``, the sink locks the row
+again in a new transaction and reads it: at ``n`` or beyond, the rows committed; below, the old
+transaction was aborted, and its rows are written again, with the marker, in the new one. A
+session that the server still runs for a lost connection (a network failure it did not notice)
+holds the lock; the sink ends that session (its own role may) before reading. The answer comes
+from the data, so it holds whenever the connection or the process dies: in a commit whose reply
+never came, and also after a rewritten transaction committed but before the next checkpoint,
+where a transaction id kept in the checkpoint (what this sink used to keep) named the first,
+aborted attempt and the rows were appended twice on restart.
+
+Not two-phase commit (``PREPARE TRANSACTION``): it needs ``max_prepared_transactions`` above 0,
+which is 0 by default and often cannot be changed on hosted servers, and a prepared transaction
+left behind by a crash keeps its locks until someone resolves it by hand. The marker needs only a
+table the sink's role can create (or that is created for it) and write.
+
+Without checkpoints each batch commits (or every ``commit_rows`` rows / ``commit_every``), and a
+lost connection is resolved by asking the server (``txid_status``) whether the lost transaction
+committed, which it knows within a run.
 
 Rejected rows: a batch is written in a savepoint. If the server rejects it for its data (SQLSTATE
 class 22 or 23: NOT NULL, CHECK, value too long, out of range, ...) the batch is halved and each
@@ -22,9 +42,8 @@ half retried in a savepoint, down to single rows; those go to the dead-letter ou
 server's message and the rest is written.
 
 Lost connections: the rows of the open transaction are kept until it commits. When the connection
-fails the sink reconnects with exponential backoff on the flow's clock, asks the server whether the
-lost transaction committed, and writes its rows again if it did not. A transaction the server
-still runs (its session did not notice the network failing) is ended first.
+fails the sink reconnects with exponential backoff on the flow's clock, finds out as above whether
+the lost transaction committed, and writes its rows again if it did not.
 """
 
 from __future__ import annotations
@@ -33,6 +52,7 @@ import contextlib
 import logging
 import math
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +77,7 @@ __all__ = ["Postgres"]
 log = logging.getLogger(__name__)
 
 _END_WAIT_STEPS, _END_WAIT_STEP_S = 100, 0.05  # wait up to 5 s for a lost session to end
+_NAME = r"[^.]+(\.[^.]+)?"
 
 
 class Postgres(Sink):
@@ -82,6 +103,11 @@ class Postgres(Sink):
     connect_timeout, retries, retry_backoff
         How long to wait for the server; how often to reconnect when the connection fails while
         running, waiting ``retry_backoff`` and then twice as long each time (up to 30 s).
+    progress_table
+        With checkpoints: the table (``"name"`` or ``"schema.name"``) where the sink records, in
+        the same transaction as the rows, the last checkpoint whose rows committed; created when
+        missing. One row per run started without a checkpoint (column ``writer``, also in the
+        checkpoints); the rows of checkpoint directories no longer used may be deleted.
 
     Values: None is NULL, nested values JSON. A value must fit its column as it is: a row with
     one that does not (a string for a boolean or a number column, a number for a text column, a
@@ -89,17 +115,14 @@ class Postgres(Sink):
     the dead-letter output with the field, the value and the column's type; so do rows the server
     rejects (NOT NULL, CHECK, a value too long, ...), with its message. The rest is written.
 
-    Guarantees. With ``key`` and checkpoints: exactly-once for the table's contents. A checkpoint
-    interval's upserts commit in one transaction when the checkpoint completes, so readers see
-    only the output of completed checkpoints; after a crash the sink re-applies the last
-    checkpoint's rows if their transaction did not commit, and the replay upserts the rest again:
-    the table ends as an uninterrupted run leaves it, each key once. Without checkpoints, with
-    ``key``: each batch commits by itself; rows are delivered at least once, as idempotent
-    upserts, so a rerun leaves each key once with its latest values. Without ``key`` (append),
-    with checkpoints: exactly-once too, since the restarted or reconnected sink asks the server
-    (``txid_status``) whether an interrupted transaction committed before writing its rows again
-    (should the server no longer know, it warns that rows may be appended twice). Without
-    ``key`` or checkpoints: at-least-once (a rerun appends its rows again).
+    Guarantees. With checkpoints, with or without ``key``: exactly-once for the table's contents.
+    A checkpoint interval's rows commit in one transaction when the checkpoint completes, so
+    readers see only the output of completed checkpoints; the transaction also records the
+    checkpoint in ``progress_table``, so after a lost connection or a crash the sink asks the
+    database whether it committed and writes the rows again only if it did not, whatever moment
+    the failure hit. Without checkpoints, with ``key``: each batch commits by itself; rows are
+    delivered at least once, as idempotent upserts, so a rerun leaves each key once with its
+    latest values. Without ``key`` or checkpoints: at-least-once (a rerun appends its rows again).
 
     Examples
     --------
@@ -120,9 +143,13 @@ class Postgres(Sink):
         connect_timeout: Duration = "5s",
         retries: int = 5,
         retry_backoff: Duration = "200ms",
+        progress_table: str = "rheon_progress",
     ) -> None:
         problems = {
-            f"table must be 'name' or 'schema.name' (got {table!r})": not re.fullmatch(r"[^.]+(\.[^.]+)?", table),
+            f"table must be 'name' or 'schema.name' (got {table!r})": not re.fullmatch(_NAME, table),
+            f"progress_table must be 'name' or 'schema.name' (got {progress_table!r})": not re.fullmatch(
+                _NAME, progress_table
+            ),
             f"commit_rows must be at least 1 (got {commit_rows})": commit_rows is not None and commit_rows < 1,
             f"retries must not be negative (got {retries})": retries < 0,
         }
@@ -139,6 +166,7 @@ class Postgres(Sink):
         self.connect_timeout_ms = to_ms(connect_timeout, what="Postgres: connect_timeout")
         self.retries = retries
         self.retry_backoff_ms = to_ms(retry_backoff, what="Postgres: retry_backoff")
+        self.progress_table = progress_table
 
     def __repr__(self) -> str:
         return f"Postgres({self.table!r}, dsn={redact(self.dsn)!r}, key={self.key})"
@@ -171,6 +199,7 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         self.name = ctx.operator  # for logs
         self.app_name = f"rheon {ctx.flow}/{ctx.operator}"[:63]
         self.target = sql.Identifier(*cfg.table.split("."))
+        self.progress = sql.Identifier(*cfg.progress_table.split("."))
         info = conninfo_to_dict(cfg.dsn)
         self.server = f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
         self.conn: psycopg.Connection[Any] | None = None
@@ -178,7 +207,11 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         self.fit = ColumnFit(cfg.table, self.where)
         self.checked: set[tuple[str, ...]] = set()
         self.stages: dict[tuple[str, ...], sql.Identifier] = {}
-        self.xid: int | None = None  # the open transaction, once it has written something
+        # With checkpoints (once recover() ran): this run's row in the progress table, and whether
+        # the open transaction holds its lock. Without: the open transaction's id, once it wrote.
+        self.writer: str | None = None
+        self.locked = False
+        self.xid: int | None = None
         self.open: list[pl.DataFrame] = []  # rows in the open transaction, after the last pre-commit
         self.pending: dict[int, list[pl.DataFrame]] = {}  # rows pre-committed for a checkpoint
         self.dead: list[tuple[str, str]] = []
@@ -204,6 +237,7 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         timeout_s = max(1, math.ceil(self.cfg.connect_timeout_ms / 1000))
         conn = psycopg.connect(self.cfg.dsn, connect_timeout=timeout_s, application_name=self.app_name)
         self.stages = {}
+        self.locked = False
         return conn
 
     def _drop(self) -> None:
@@ -241,19 +275,34 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
 
     def _resync(self) -> None:
         """On a new connection: find out whether the lost transaction committed; if not, write its rows again."""
-        lost = self.xid
-        if lost is None and not (self.pending or self.open):
-            return
-        status = None if lost is None else self._lost_status(lost)
-        self.xid = None  # only now: should this fail, the next connection asks about the same transaction
-        log.info("postgres_resync sink=%s xid=%s status=%s", self.name, lost, status)
+        if self.writer is not None:
+            if not (self.pending or self.open):
+                return
+            marker = self._lock_marker()
+            done = max(self.pending, default=None)
+            status = "committed" if done is not None and marker >= done else "aborted"
+            log.info(
+                "postgres_resync sink=%s writer=%s checkpoint=%s marker=%s status=%s",
+                self.name, self.writer, done, marker, status,
+            )  # fmt: skip
+        else:
+            lost = self.xid
+            if lost is None and not (self.pending or self.open):
+                return
+            txid_status = None if lost is None else self._lost_status(lost)
+            self.xid = None  # only now: should this fail, the next connection asks about the same transaction
+            log.info("postgres_resync sink=%s xid=%s status=%s", self.name, lost, txid_status)
+            status = "committed" if txid_status == "committed" else "aborted"
+            if txid_status is None and not self.cfg.key:
+                log.warning("postgres_resync_unknown sink=%s xid=%s risk=rows_appended_twice", self.name, lost)
         if status == "committed":
+            assert self.conn is not None
+            self.conn.commit()  # ends the new transaction (and its lock on the progress row)
             self._committed()
             return
-        if status is None and not self.cfg.key:
-            log.warning("postgres_resync_unknown sink=%s xid=%s risk=rows_appended_twice", self.name, lost)
         self.pending = {cid: [self._send(frame) for frame in frames] for cid, frames in self.pending.items()}
         self.open = [self._send(frame) for frame in self.open]
+        self._mark()
 
     def _lost_status(self, xid: int) -> str | None:
         """``txid_status`` of the lost transaction, ending it first if the server still runs it.
@@ -283,6 +332,107 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
             if found != "in progress" or self.ctx.stop.is_set():
                 break
         return found
+
+    # -- the progress marker (with checkpoints) ---------------------------------------------
+
+    def _register(self, conn: psycopg.Connection[Any]) -> None:
+        """Create the progress table if it is missing and add this writer's row (checkpoint 0)."""
+        import psycopg
+        from psycopg import sql
+
+        try:
+            row = conn.execute("SELECT to_regclass(%s)", [self.progress.as_string(conn)]).fetchone()
+            if row is None or row[0] is None:
+                create = sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (writer text PRIMARY KEY, flow text NOT NULL, sink text NOT NULL, "
+                    "target text NOT NULL, checkpoint bigint NOT NULL, updated timestamptz NOT NULL DEFAULT now())"
+                )
+                try:
+                    conn.execute(create.format(self.progress))
+                    conn.commit()
+                except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                    conn.rollback()  # another sink created it at the same moment
+            insert = sql.SQL(
+                "INSERT INTO {} (writer, flow, sink, target, checkpoint) VALUES (%s, %s, %s, %s, 0) "
+                "ON CONFLICT (writer) DO NOTHING"
+            )
+            conn.execute(insert.format(self.progress), [self.writer, self.ctx.flow, self.ctx.operator, self.cfg.table])
+            conn.commit()
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            msg = (
+                f"{self.where}: cannot create or write the progress table {self.cfg.progress_table} "
+                f"({_first_line(exc)}), where the sink records which checkpoints committed. Let the sink's role "
+                "create it (GRANT CREATE ON SCHEMA ...), create it for the sink (see rh.io.Postgres), or pass "
+                "progress_table= naming a table it may write."
+            )
+            raise SinkError(msg) from exc
+
+    def _lock_marker(self) -> int:
+        """Lock this writer's progress row in a new transaction and return its checkpoint.
+
+        The row is locked by every transaction of the writer from its start, so a lock held by
+        another session means an earlier transaction of this writer that the server still runs
+        for a lost connection: the sink ends that session and waits until the lock is free.
+        """
+        import psycopg
+        from psycopg import sql
+
+        assert self.conn is not None
+        assert self.writer is not None
+        conn = self.conn
+        lock = sql.SQL("SELECT checkpoint FROM {} WHERE writer = %s FOR UPDATE NOWAIT").format(self.progress)
+        for _ in range(_END_WAIT_STEPS):
+            try:
+                row = conn.execute(lock, [self.writer]).fetchone()
+            except psycopg.errors.LockNotAvailable:
+                conn.rollback()
+                self._end_holder()
+                self.ctx.clock.sleep(_END_WAIT_STEP_S, self.ctx.stop)
+                continue
+            if row is None:
+                conn.rollback()
+                msg = (
+                    f"{self.where}: the progress row of writer {self.writer} is missing from table "
+                    f"{self.cfg.progress_table}, so the sink cannot tell whether the rows of its last checkpoint "
+                    f"reached table {self.cfg.table}. Was it deleted? Restore the row (writer {self.writer}, the "
+                    "last committed checkpoint), or start the flow from a new checkpoint_dir."
+                )
+                raise SinkError(msg)
+            self.locked = True
+            return int(row[0])
+        msg = (
+            f"{self.where}: another session has held the progress row of writer {self.writer} in table "
+            f"{self.cfg.progress_table} for {_END_WAIT_STEPS * _END_WAIT_STEP_S:.0f} s and could not be ended. "
+            "Is another copy of this flow running with the same checkpoint_dir? Stop it, or end the session "
+            "(pg_terminate_backend)."
+        )
+        raise SinkError(msg)
+
+    def _end_holder(self) -> None:
+        """End the session whose transaction holds this writer's progress row (``xmax`` names it)."""
+        from psycopg import sql
+
+        assert self.conn is not None
+        query = sql.SQL(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a JOIN {} p ON a.backend_xid = p.xmax "
+            "WHERE p.writer = %s AND a.pid <> pg_backend_pid()"
+        ).format(self.progress)
+        ended = self.conn.execute(query, [self.writer]).fetchall()
+        self.conn.commit()
+        log.warning("postgres_lost_session sink=%s writer=%s still_open=true terminated=%d", self.name, self.writer, len(ended))  # fmt: skip
+
+    def _mark(self) -> None:
+        """Record, in the open transaction, that it holds the rows up to the latest pending checkpoint."""
+        from psycopg import sql
+
+        if self.writer is None or not self.pending:
+            return
+        assert self.conn is not None
+        assert self.locked
+        update = sql.SQL("UPDATE {} SET checkpoint = %s, updated = now() WHERE writer = %s").format(self.progress)
+        self.conn.execute(update, [max(self.pending), self.writer])
 
     # -- the table ---------------------------------------------------------------------------
 
@@ -418,7 +568,10 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
     def _send(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Write ``frame`` in the open transaction; rows the server rejects become dead letters."""
         assert self.conn is not None
-        if self.xid is None:
+        if self.writer is not None:
+            if not self.locked:  # the transaction's first write: take the progress row first
+                self._lock_marker()
+        elif self.xid is None:
             row = self.conn.execute("SELECT txid_current()").fetchone()
             self.xid = int(row[0]) if row else None
         stage = self._stage(frame.columns) if self.cfg.key else None
@@ -430,7 +583,7 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         return written
 
     def _committed(self) -> None:
-        self.xid, self.open, self.pending, self.rows_open = None, [], {}, 0
+        self.xid, self.locked, self.open, self.pending, self.rows_open = None, False, [], {}, 0
         self.opened_ns = self.ctx.clock.now_ns()
 
     def _commit(self) -> None:
@@ -466,50 +619,81 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
 
     @override
     def flush(self) -> None:
-        if self.xid is not None or self.open:
+        if self.xid is not None or self.locked or self.open:
             self._commit()
 
     @override
     def pre_commit(self, checkpoint_id: int) -> None:
         # Rows are in the open transaction already; keep them for the checkpoint until it commits,
-        # each batch as written (a relaxed concat would change values' types).
+        # each batch as written (a relaxed concat would change values' types), and record the
+        # checkpoint in the progress row, in the same transaction.
         frames = [f for f in self.open if f.height]
         self.open = []
         if frames:
             self.pending[checkpoint_id] = _runs(frames, self._dedupe)
+        if self.pending and self.writer is not None:
+            self._retrying(lambda conn: self._mark())
 
     @override
     def commit(self, checkpoint_id: int) -> None:
-        if self.xid is not None or self.pending:
+        if self.xid is not None or self.locked or self.pending:
             self._commit()
 
     @override
     def state(self) -> tuple[dict[str, pl.DataFrame], dict[str, Any]] | None:
-        if not self.pending:
+        if self.writer is None and not self.pending:
             return None
         frames = {f"pending_{cid}_{i}": f for cid, fs in self.pending.items() for i, f in enumerate(fs)}
         return frames, {
-            "xid": self.xid,
+            "writer": self.writer,
             "pending": [[cid, len(fs)] for cid, fs in self.pending.items()],
             "kinds": dict(self.fit.kinds),
+            "xid": self.xid,
         }
 
     @override
     def load_state(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
-        self.pending = {int(cid): [frames[f"pending_{cid}_{i}"] for i in range(n)] for cid, n in objects["pending"]}
-        self.fit.kinds.update(objects.get("kinds") or {})
-        self.xid = objects["xid"]
+        if "writer" in objects:
+            self.writer = objects["writer"]
+            self.pending = {int(cid): [frames[f"pending_{cid}_{i}"] for i in range(n)] for cid, n in objects["pending"]}
+            self.fit.kinds.update(objects.get("kinds") or {})
+        else:  # written before the progress table: the transaction id decides (see recover)
+            self.pending = {int(cid): [frames[f"pending_{cid}"]] for cid in objects["pending"]}
+        self.xid = objects.get("xid")
 
     @override
     def recover(self, checkpoint_id: int | None) -> None:
         self.pending = {cid: f for cid, f in self.pending.items() if checkpoint_id is not None and cid <= checkpoint_id}
-        if not self.pending:
-            self.xid = None
+        if self.writer is None:
+            if self.pending:  # a checkpoint without a writer: resolved by txid_status, as it was written
+                self._drop()
+                self._retrying(lambda conn: None)
+                self._commit()
+            self.pending, self.xid = {}, None
+            self.writer = uuid.uuid4().hex
+            self._retrying(self._register)
+            log.info("postgres_writer sink=%s writer=%s progress=%s", self.name, self.writer, self.cfg.progress_table)
             return
-        # The checkpoint's transaction may or may not have committed: reconnecting resolves it.
+        # Reconnecting resolves the checkpoint's transaction: committed, or written again now.
         self._drop()
-        self._retrying(lambda conn: None)
+        self._retrying(lambda conn: self._check_progress(conn, checkpoint_id))
         self._commit()
+
+    def _check_progress(self, conn: psycopg.Connection[Any], checkpoint_id: int | None) -> None:
+        """Warn when the table holds the output of a later checkpoint than the one restored."""
+        from psycopg import sql
+
+        query = sql.SQL("SELECT checkpoint FROM {} WHERE writer = %s").format(self.progress)
+        row = conn.execute(query, [self.writer]).fetchone()
+        if row is None:  # nothing pending (else resyncing failed): nothing to decide, so start the row again
+            log.warning("postgres_progress_missing sink=%s writer=%s recreated=true", self.name, self.writer)
+            self._register(conn)
+        elif checkpoint_id is not None and int(row[0]) > checkpoint_id:
+            log.warning(
+                "postgres_restored_older sink=%s writer=%s restored=%d committed=%d risk=%s",
+                self.name, self.writer, checkpoint_id, int(row[0]),
+                "none_upserts_again" if self.cfg.key else "rows_of_later_checkpoints_appended_again",
+            )  # fmt: skip
 
     @override
     def close(self) -> None:
