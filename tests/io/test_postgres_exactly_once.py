@@ -200,6 +200,49 @@ def test_a_session_left_open_by_a_dead_process_is_ended_on_restart(dsn, table, b
     assert rows == expected_rows(None)
 
 
+def test_restoring_a_checkpoint_older_than_the_table_is_reported_and_counted_from_there(dsn, table, caplog):
+    """Checkpoints 1 and 2 committed, then checkpoint 2 is found damaged and 1 restored: the sink
+    says the table holds later output, and sets its progress row back to 1, so that a crash of
+    the new checkpoint 2 before its commit is still told apart from the old one (else its rows,
+    taken for committed, would be lost)."""
+    ctx = BuildContext(flow="older", operator="out", checkpointing=True)
+    a, b, c = (pl.DataFrame({"id": [i], "k": [i]}) for i in (1, 2, 3))
+    first = _PostgresLogic(Postgres(table, dsn=dsn, key="k"), ctx)
+    try:
+        first.recover(None)
+        first.write(a)
+        first.pre_commit(1)
+        one = first.state()
+        first.commit(1)
+        first.write(b)
+        first.pre_commit(2)
+        first.commit(2)
+    finally:
+        first.close()
+    assert one is not None
+    second = _PostgresLogic(Postgres(table, dsn=dsn, key="k"), ctx)
+    try:
+        second.load_state(*one)
+        with caplog.at_level("INFO", logger="rheon.io"):
+            second.recover(1)
+        assert "postgres_restored_older sink=out" in caplog.text
+        assert "restored=1 committed=2" in caplog.text
+        second.write(b)  # the replay, going further this time
+        second.write(c)
+        second.pre_commit(2)
+        two = second.state()
+    finally:
+        second.close()  # dies before committing the new checkpoint 2
+    assert two is not None
+    restart = _PostgresLogic(Postgres(table, dsn=dsn, key="k"), ctx)
+    try:
+        restart.load_state(*two)
+        restart.recover(2)
+    finally:
+        restart.close()
+    assert contents(dsn, table) == [(1, 1), (2, 2), (3, 3)]
+
+
 def test_a_deleted_progress_row_with_rows_pending_is_a_clear_error(dsn, table):
     logic, saved = first_interval(dsn, table, None, "gone")
     logic.close()

@@ -211,6 +211,7 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         # the open transaction holds its lock. Without: the open transaction's id, once it wrote.
         self.writer: str | None = None
         self.locked = False
+        self.marker = 0  # the progress row's checkpoint, as last read or set
         self.xid: int | None = None
         self.open: list[pl.DataFrame] = []  # rows in the open transaction, after the last pre-commit
         self.pending: dict[int, list[pl.DataFrame]] = {}  # rows pre-committed for a checkpoint
@@ -400,8 +401,8 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
                     "last committed checkpoint), or start the flow from a new checkpoint_dir."
                 )
                 raise SinkError(msg)
-            self.locked = True
-            return int(row[0])
+            self.locked, self.marker = True, int(row[0])
+            return self.marker
         msg = (
             f"{self.where}: another session has held the progress row of writer {self.writer} in table "
             f"{self.cfg.progress_table} for {_END_WAIT_STEPS * _END_WAIT_STEP_S:.0f} s and could not be ended. "
@@ -433,6 +434,7 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         assert self.locked
         update = sql.SQL("UPDATE {} SET checkpoint = %s, updated = now() WHERE writer = %s").format(self.progress)
         self.conn.execute(update, [max(self.pending), self.writer])
+        self.marker = max(self.pending)
 
     # -- the table ---------------------------------------------------------------------------
 
@@ -680,20 +682,28 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         self._commit()
 
     def _check_progress(self, conn: psycopg.Connection[Any], checkpoint_id: int | None) -> None:
-        """Warn when the table holds the output of a later checkpoint than the one restored."""
+        """On restart from ``checkpoint_id``, with its transaction resolved: if the table holds the
+        output of a later checkpoint (an older checkpoint was restored, the newer ones being
+        damaged), say so and set the progress row back, so that it keeps telling which of the
+        checkpoints to come committed."""
         from psycopg import sql
 
-        query = sql.SQL("SELECT checkpoint FROM {} WHERE writer = %s").format(self.progress)
-        row = conn.execute(query, [self.writer]).fetchone()
-        if row is None:  # nothing pending (else resyncing failed): nothing to decide, so start the row again
-            log.warning("postgres_progress_missing sink=%s writer=%s recreated=true", self.name, self.writer)
-            self._register(conn)
-        elif checkpoint_id is not None and int(row[0]) > checkpoint_id:
+        if not self.locked:
+            query = sql.SQL("SELECT checkpoint FROM {} WHERE writer = %s").format(self.progress)
+            if conn.execute(query, [self.writer]).fetchone() is None:  # nothing pending, nothing to decide
+                log.warning("postgres_progress_missing sink=%s writer=%s recreated=true", self.name, self.writer)
+                self._register(conn)
+                return
+            self._lock_marker()
+        if checkpoint_id is not None and self.marker > checkpoint_id:
             log.warning(
                 "postgres_restored_older sink=%s writer=%s restored=%d committed=%d risk=%s",
-                self.name, self.writer, checkpoint_id, int(row[0]),
+                self.name, self.writer, checkpoint_id, self.marker,
                 "none_upserts_again" if self.cfg.key else "rows_of_later_checkpoints_appended_again",
             )  # fmt: skip
+            update = sql.SQL("UPDATE {} SET checkpoint = %s, updated = now() WHERE writer = %s").format(self.progress)
+            conn.execute(update, [checkpoint_id, self.writer])
+            self.marker = checkpoint_id
 
     @override
     def close(self) -> None:
