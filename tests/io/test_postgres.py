@@ -58,6 +58,8 @@ def table(dsn: str) -> Iterator[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for name in names + [f"{name}_ref" for name in names]:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+            if conn.execute("SELECT to_regclass('rheon_progress')").fetchone() != (None,):
+                conn.execute("DELETE FROM rheon_progress WHERE target = %s", [name])  # the sink's progress rows
 
 
 def query(dsn: str, text: str, *params: object) -> list[tuple]:
