@@ -36,8 +36,9 @@ def build(
     stop_after: int | None = None,
     crash_after: int | None = None,
     flow_holder: list | None = None,
+    state_backend: str = "memory",
 ) -> rh.Flow:
-    flow = rh.Flow("recover")
+    flow = rh.Flow("recover", state_backend=state_backend)
     if flow_holder is not None:
         flow_holder.append(flow)
     tx = flow.source(rh.io.Records(src_rows, batch_size=batch_size), time="ts", max_delay="200ms", name="tx")
@@ -340,12 +341,12 @@ def _flip_one_byte(path: Path) -> None:
 
 
 def _newest_own_shared_file(ckpt: Path, newest: int) -> Path:
-    """A keyed-state file in checkpoint_dir/shared that the newest checkpoint uses and the one
-    before it does not."""
+    """A keyed-state file (or RocksDB checkpoint directory) in checkpoint_dir/shared that the
+    newest checkpoint uses and the one before it does not."""
 
     def shared(cid: int) -> set[str]:
         manifest = json.loads((ckpt / f"chk-{cid:08d}" / "manifest.json").read_bytes())
-        return set(manifest["shared_files"])
+        return {name for entry in manifest["operators"].values() for name in entry["shared"]}
 
     return ckpt / "shared" / sorted(shared(newest) - shared(newest - 1))[0]
 
@@ -396,6 +397,32 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_flow_resumes_from_the_o
     assert len(damaged) == 1
     assert f"chk-{newest:08d}" in damaged[0]
     assert problem in damaged[0]
+    assert committed(out) == expected
+
+
+def test_a_damaged_file_of_a_rocksdb_checkpoint_is_found_too(tmp_path, caplog):
+    """A RocksDB checkpoint is a directory in checkpoint_dir/shared: each of its files is checked.
+    Its table files are hard links shared with older checkpoints; its MANIFEST is its own."""
+    pytest.importorskip("rocksdict")
+    expected = uninterrupted(tmp_path)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        build(EVENTS, out, batch_size=30, crash_after=333, state_backend="rocksdb").run(
+            checkpoint_dir=ckpt, checkpoint_every="0ms"
+        )
+    newest = CheckpointStore(ckpt).latest_id()
+    assert newest is not None
+    rocksdb_dir = _newest_own_shared_file(ckpt, newest)
+    assert rocksdb_dir.is_dir()
+    rocksdb_manifest = next(rocksdb_dir.glob("MANIFEST-*")).relative_to(ckpt / "shared").as_posix()
+    _flip_one_byte(ckpt / "shared" / rocksdb_manifest)
+    holder: list = []
+    with caplog.at_level(logging.WARNING, logger="rheon"):
+        build(EVENTS, out, batch_size=30, flow_holder=holder, state_backend="rocksdb").run(
+            checkpoint_dir=ckpt, checkpoint_every="0ms"
+        )
+    assert holder[0].metrics().restored_from == newest - 1
+    assert f"shared/{rocksdb_manifest} does not match its checksum" in caplog.text
     assert committed(out) == expected
 
 

@@ -553,8 +553,8 @@ class CheckpointStore:
                 raise CheckpointError(msg) from exc
             log.warning(
                 "checkpoint_fallback damaged=%s moved_to=%s restoring=%s: the flow resumes from the older "
-                "checkpoint; output that sinks committed after it is written again (FileSink replaces it; "
-                "sinks that cannot take output back, such as Kafka or PostgreSQL appends, may repeat it)",
+                "checkpoint, so output that sinks committed after it is produced again; a sink that cannot "
+                "take committed output back (Kafka, PostgreSQL appends) may then hold it twice",
                 source.name, target.name, restored.path.name,
             )  # fmt: skip
 
