@@ -67,7 +67,6 @@ _MANIFEST = "manifest.json"
 # so one changed byte anywhere in it is caught before a field of it is believed.
 _HEAD = b'{\n "manifest_sha256": "'
 _DIGEST_LEN = 64
-_CHUNK = 1 << 20
 
 
 def _fsync_dir(path: Path) -> None:
@@ -433,12 +432,20 @@ class CheckpointStore:
                 "its files are read without being verified",
                 path, manifest.get("format"),
             )  # fmt: skip
-            for entry in manifest.get("operators", {}).values():
-                for file in [*entry["frames"].values(), *([entry["objects"]] if entry["objects"] else [])]:
-                    try:
-                        contents[file] = (path / file).read_bytes()
-                    except OSError as exc:
-                        problems.append(_unreadable(file, exc))
+            try:
+                listed = [
+                    file
+                    for entry in manifest["operators"].values()
+                    for file in [*entry["frames"].values(), *([entry["objects"]] if entry["objects"] else [])]
+                ]
+            except (KeyError, TypeError, AttributeError) as exc:
+                problem = f"{_MANIFEST} is incomplete ({type(exc).__name__}: {exc})"
+                raise _Damaged(problem) from exc
+            for file in listed:
+                try:
+                    contents[file] = (path / file).read_bytes()
+                except OSError as exc:
+                    problems.append(_unreadable(file, exc))
         else:
             for file, expected in manifest.get("files", {}).items():
                 try:
