@@ -257,3 +257,34 @@ def test_kafka_records_with_a_bad_time_are_dead_letters_with_the_payload_as_sent
     good, dead = _bad_time_dead_letters(flow, flow.source(kafka, time="ts", name="in"))
     flow.run(duration="2s", drain=True)
     _check_bad_times(good, dead, flow)
+
+
+def test_kafka_keeps_the_types_it_learned_across_a_restart(kafka_brokers, new_topic, tmp_path):
+    """Without them in the checkpoint, "x" would be the first value the restarted source saw: text."""
+    name, ckpt = new_topic(), tmp_path / "ckpt"
+    runs = []
+    for messages, last in (([{"v": 1}], 1), ([{"v": "x"}, {"v": 2}], 2)):
+        produce(kafka_brokers, name, [(0, m) for m in messages])
+        flow = rh.Flow("learned")
+        src = flow.source(rh.io.Kafka(name, brokers=kafka_brokers, partitions="all", metadata=False, max_batch=1))
+        out, dead = collect(src), collect(flow.dead_letters())
+        src.sink(lambda row, flow=flow, last=last: flow.stop() if row["v"] == last else None)
+        flow.run(checkpoint_dir=ckpt, checkpoint_every="1h", duration="60s")
+        runs.append((out.rows, [d["payload"] for d in dead.rows]))
+    assert runs == [([{"v": 1}], []), ([{"v": 2}], ['{"v": "x"}'])]
+
+
+def test_mqtt_keeps_the_types_it_learned_across_a_restart(broker, topic, tmp_path):
+    client_id, ckpt = f"rheon-types-{topic[-12:]}", tmp_path / "ckpt"
+    runs = []
+    for messages, last in (([{"v": 1}], 1), ([{"v": "x"}, {"v": 2}], 2)):
+        flow = rh.Flow("learned")
+        src = flow.source(source(broker, topic, client_id=client_id, max_batch=1))
+        out, dead = collect(src), collect(flow.dead_letters())
+        src.sink(lambda row, flow=flow, last=last: flow.stop() if row["v"] == last else None)
+        flow.run(
+            checkpoint_dir=ckpt, checkpoint_every="1h", duration="60s",
+            on_start=lambda ex, m=messages: publish(broker, [(topic, e) for e in m]),
+        )  # fmt: skip
+        runs.append(([r["v"] for r in out.rows], [d["payload"] for d in dead.rows]))
+    assert runs == [([1], []), ([2], ['{"v": "x"}'])]

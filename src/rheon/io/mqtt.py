@@ -9,7 +9,6 @@ QoS 1 messages are acknowledged by hand, once their effects are safe (see :class
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -25,8 +24,9 @@ from rheon.core.batch import RAW_COL
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
+from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, JsonDecoder
 from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
-from rheon.io.kafka.codec import decoder_for, raw_payload
+from rheon.io.kafka.codec import Decoder, decoder_for, raw_payload
 
 __all__ = ["Mqtt"]
 
@@ -38,9 +38,6 @@ _PUT_TIMEOUT_S = 0.1  # how often a blocked network thread checks whether the so
 _WAIT_HINT_S = 0.005
 _ACK_BARRIER = "rheon/ack-barrier"  # a filter unsubscribed at close, never subscribed
 _CLOSE_WAIT_S = 2.0
-
-Decoded = tuple[pl.DataFrame, list[int], list[tuple[int, str, str]]]
-"""Rows, the message each row came from, and ``(message, reason, payload text)`` failures."""
 
 
 def _paho() -> Any:
@@ -73,38 +70,6 @@ def _client_id(flow: str, operator: str) -> str:
     return f"{clean[:52]}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
 
 
-def _decoder(
-    fmt: str | Callable[[bytes], Any], schema: pl.Schema | None, where: str
-) -> Callable[[list[bytes]], Decoded]:
-    """Kafka's decoders, where a JSON array payload carries several events."""
-    base = decoder_for(fmt, schema, where)
-
-    def decode(values: list[bytes]) -> Decoded:
-        parts: list[bytes] = []  # one payload per event: an array's elements follow each other
-        origin: list[int] = []  # the message each part came from
-        failed: list[tuple[int, str, str]] = []
-        for i, value in enumerate(values):
-            items = [value]
-            if fmt == "json" and value.lstrip()[:1] == b"[":
-                try:
-                    items = json.loads(value)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    failed.append((i, f"invalid JSON: {exc}", raw_payload(value)))
-                    continue
-                if kinds := sorted({type(item).__name__ for item in items if not isinstance(item, dict)}):
-                    reason = f"expected a JSON object or an array of objects, got an array of {', '.join(kinds)}"
-                    failed.append((i, reason, raw_payload(value)))
-                    continue
-                items = [json.dumps(item).encode() for item in items]
-            parts += items
-            origin += [i] * len(items)
-        frame, index, bad = base(parts)
-        failed += [(origin[j], reason, raw_payload(parts[j])) for j, reason in bad]
-        return frame, [origin[j] for j in index], sorted(failed)
-
-    return decode
-
-
 class Mqtt(Source):
     """Subscribe to MQTT topics: each message's payload becomes rows, its topic the ``_topic`` column.
 
@@ -123,6 +88,10 @@ class Mqtt(Source):
         ``bytes -> dict | list[dict] | None``.
     schema
         Column types for JSON payloads; a message that does not fit goes to the dead letters.
+    max_depth, max_fields
+        Caps on each JSON message, checked before it is parsed: levels of nested objects and arrays
+        (default 16), and distinct fields, nested ones included (default 1,000; also the most columns
+        the source learns without a schema). A message over a cap is a dead letter.
     metadata
         Besides ``_topic``, add ``_qos``, ``_retain`` and ``_received_ms`` (epoch ms of arrival).
     client_id
@@ -149,7 +118,10 @@ class Mqtt(Source):
         The MQTT keepalive interval.
 
     When the connection drops, the source reconnects with backoff (1 s doubling to 30 s) and the
-    session resumes. Undecodable messages go to the dead-letter output with their payload as text.
+    session resumes. Undecodable messages go to the dead-letter output with their payload as text:
+    not JSON or not UTF-8, over a cap, or with a value that does not fit the type its field has had
+    so far (see `rheon.io._json.JsonDecoder`; the types learned are kept in checkpoints). For an
+    array, each item that does not fit is a dead letter of its own, its reason naming the item.
 
     Guarantee: at-least-once with QoS 1, across crashes and reconnects. The session persists (no
     clean start) and messages are acknowledged by hand: with checkpoints, once the checkpoint
@@ -186,6 +158,8 @@ class Mqtt(Source):
         *,
         format: str | Callable[[bytes], Any] = "json",
         schema: pl.Schema | dict[str, pl.DataType] | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_fields: int = DEFAULT_MAX_FIELDS,
         metadata: bool = False,
         client_id: str | None = None,
         username: str | None = None,
@@ -220,7 +194,14 @@ class Mqtt(Source):
         self.connect_timeout_ms = to_ms(connect_timeout, what="Mqtt: connect_timeout")
         self.session_expiry_s = to_ms(session_expiry, what="Mqtt: session_expiry") // 1000
         self.keepalive_s = max(1, to_ms(keepalive, what="Mqtt: keepalive") // 1000)
-        decoder_for(format, self.value_schema, "Mqtt")  # validate now
+        self.max_depth, self.max_fields = max_depth, max_fields
+        self._decoder("Mqtt")  # validate now
+
+    def _decoder(self, where: str) -> Decoder:
+        """Kafka's decoders, where a JSON array payload carries several events."""
+        return decoder_for(
+            self.format, self.value_schema, where, max_depth=self.max_depth, max_fields=self.max_fields, arrays=True
+        )
 
     def __repr__(self) -> str:
         shown = self.filters[0] if len(self.filters) == 1 else self.filters
@@ -247,7 +228,7 @@ class _MqttLogic(KeepsDeadLetters, SourceLogic):
         self.cfg = cfg
         self.clock = ctx.clock
         self.where = f"source '{ctx.operator}'"
-        self.decode = _decoder(cfg.format, cfg.value_schema, self.where)
+        self.decode = cfg._decoder(self.where)
         self.keep_raw = ctx.event_time is not None  # dead letters for a bad time carry the payload
         self.client_id = cfg.client_id or _client_id(ctx.flow, ctx.operator)
         self.tag = f"source={self.where} client_id={self.client_id}"  # for log lines
@@ -380,7 +361,7 @@ class _MqttLogic(KeepsDeadLetters, SourceLogic):
         self.last_ingest_ns = items[0].received_ns
         self.unacked += [(m.mid, m.connection) for m in items if m.qos]
         frame, index, bad = self.decode([m.payload for m in items])
-        self.dead += [(f"{reason} (topic {items[i].topic})", payload) for i, reason, payload in bad]
+        self.dead += [(f"{reason} (topic {items[i].topic})", raw_payload(items[i].payload)) for i, reason in bad]
         if not index:
             return pl.DataFrame()
         picked = [items[i] for i in index]
@@ -405,10 +386,13 @@ class _MqttLogic(KeepsDeadLetters, SourceLogic):
 
     @override
     def snapshot(self) -> Any:
-        return {"client_id": self.client_id}  # the read position is the broker's session
+        types = self.decode.state() if isinstance(self.decode, JsonDecoder) else None
+        return {"client_id": self.client_id, "types": types}  # the read position is the broker's session
 
     @override
     def restore(self, position: Any) -> None:
+        if isinstance(self.decode, JsonDecoder):
+            self.decode.load_state((position or {}).get("types"))
         saved = (position or {}).get("client_id")
         if saved is not None and saved != self.client_id:  # the old session's messages stay there
             log.warning("mqtt_client_id_changed %s checkpoint_client_id=%s", self.tag, saved)

@@ -14,8 +14,9 @@ from rheon.core.batch import RAW_COL, SPLIT_COL
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
+from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, JsonDecoder
 from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
-from rheon.io.kafka.codec import decoder_for, raw_payload
+from rheon.io.kafka.codec import Decoder, decoder_for, raw_payload
 
 __all__ = ["Kafka"]
 
@@ -51,6 +52,10 @@ class Kafka(Source):
         Where to begin without a checkpoint: ``"earliest"`` or ``"latest"``.
     schema
         Column types for JSON payloads; a message that does not fit goes to the dead letters.
+    max_depth, max_fields
+        Caps on each JSON message, checked before it is parsed: levels of nested objects and arrays
+        (default 16), and distinct fields, nested ones included (default 1,000; also the most columns
+        the source learns without a schema). A message over a cap is a dead letter.
     metadata
         Add ``_key``, ``_partition``, ``_offset``, ``_timestamp`` (epoch ms) and ``_headers``
         columns (use ``time="_timestamp"`` for the broker's timestamps as event time).
@@ -64,7 +69,9 @@ class Kafka(Source):
     Watermarks are tracked per partition: the source's watermark is the minimum over its
     partitions, and a partition with no data for the flow source's ``idle_timeout`` stops
     holding it back. Messages that cannot be decoded go to the dead-letter output with their raw
-    payload. Consumer reads are ``read_committed``.
+    payload: not JSON or not UTF-8, over a cap, or with a value that does not fit the type its field
+    has had so far (see `rheon.io._json.JsonDecoder`); the types learned are kept in checkpoints.
+    Consumer reads are ``read_committed``.
 
     Guarantee: exactly-once with checkpoints: offsets are kept in rheon's checkpoints (not
     auto-committed) and a restarted flow resumes from them.
@@ -86,6 +93,8 @@ class Kafka(Source):
         partitions: Sequence[int] | str | None = None,
         start: str = "earliest",
         schema: pl.Schema | dict[str, pl.DataType] | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_fields: int = DEFAULT_MAX_FIELDS,
         metadata: bool = True,
         max_batch: int = 10_000,
         connect_timeout: Duration = "10s",
@@ -115,7 +124,11 @@ class Kafka(Source):
         self.max_batch = max_batch
         self.connect_timeout_ms = to_ms(connect_timeout, what="Kafka: connect_timeout")
         self.config = dict(config or {})
-        decoder_for(format, self.value_schema, "Kafka")  # validate now
+        self.max_depth, self.max_fields = max_depth, max_fields
+        self._decoder("Kafka")  # validate now
+
+    def _decoder(self, where: str) -> Decoder:
+        return decoder_for(self.format, self.value_schema, where, max_depth=self.max_depth, max_fields=self.max_fields)
 
     def __repr__(self) -> str:
         shown = self.topics[0] if len(self.topics) == 1 else self.topics
@@ -136,7 +149,7 @@ class _KafkaLogic(KeepsDeadLetters, SourceLogic):
         self.kafka = kafka
         self.cfg = cfg
         self.where = f"source '{ctx.operator}'"
-        self.decode = decoder_for(cfg.format, cfg.value_schema, self.where)
+        self.decode = cfg._decoder(self.where)
         self.keep_raw = ctx.event_time is not None  # dead letters for a bad time carry the payload
         settings = {
             "bootstrap.servers": cfg.brokers,
@@ -268,11 +281,17 @@ class _KafkaLogic(KeepsDeadLetters, SourceLogic):
 
     @override
     def snapshot(self) -> Any:
-        return dict(self.positions)
+        types = self.decode.state() if isinstance(self.decode, JsonDecoder) else None
+        return {"offsets": dict(self.positions), "types": types}
 
     @override
     def restore(self, position: Any) -> None:
-        self.restored = dict(position or {})
+        position = dict(position or {})
+        if isinstance(position.get("offsets"), dict):  # else a checkpoint of rheon 0.1: the offsets alone
+            if isinstance(self.decode, JsonDecoder):
+                self.decode.load_state(position.get("types"))
+            position = position["offsets"]
+        self.restored = position
         self.positions = dict(self.restored)
         if self.cfg.partitions is not None:
             wanted = [split.rsplit(":", 1) for split in self.assigned]
