@@ -1,15 +1,22 @@
 """``rh.io.HttpIngest``: receive events over HTTP (``pip install 'rheon[http]'``: Starlette + uvicorn).
 
 The server runs in a background thread started when the flow builds the source. Each request is
-parsed and checked by the handler (the whole request is accepted or rejected, so a client can fix
-and resend it) and its events, as one small Polars frame, go into a bounded in-memory queue;
-``next_batch`` drains the queue without blocking. When the queue is full the handler answers
-``429`` at once instead of waiting or growing memory.
+parsed and checked (the whole request is accepted or rejected, so a client can fix and resend it)
+in a worker thread, off the server's event loop, and its events, as one small Polars frame, go
+into a bounded in-memory queue; ``next_batch`` drains the queue without blocking. When the queue is
+full the handler answers ``429`` at once instead of waiting or growing memory.
+
+Rows are decoded by the Kafka and MQTT sources' `JsonDecoder`, so the three follow one typing rule:
+a value that does not fit a ``schema=`` type, or the type its field first had, is refused, never
+converted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
+import json
 import logging
 import math
 import socket
@@ -24,6 +31,7 @@ from typing_extensions import override
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
+from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, JsonDecoder, check_limits
 from rheon.io.base import BuildContext, Source, SourceLogic
 from rheon.io.http.parse import BadRequest, parse_events
 
@@ -37,6 +45,26 @@ log = logging.getLogger(__name__)
 
 _DEAD_PAYLOAD_CHARS = 1_000
 _KEEP_DEAD = 1_000
+_METADATA = ("_received_ms", "_client")
+
+
+class _Refused(Exception):
+    """A request refused after its body was read, with the status and body to answer."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _server_modules() -> tuple[Any, Any]:
@@ -54,22 +82,43 @@ class HttpIngest(Source):
     line), and answers:
 
     - ``202`` ``{"accepted": n}`` once the events are queued for the flow;
-    - ``400`` for a body that is not valid JSON, not objects, or does not fit ``schema`` (the
-      whole request is rejected and also sent to the dead-letter output, truncated);
+    - ``400`` for a body that is not UTF-8 JSON, not objects, nests deeper than ``max_depth``,
+      has more than ``max_fields`` distinct fields, or has an event with a value that does not
+      fit its type (see Types); the error names the event, field, value and expected type. The
+      whole request is refused (nothing of it is queued, so the client can fix and resend it) and
+      is sent to the dead-letter output once, truncated to 1,000 characters;
     - ``401`` without ``Authorization: Bearer <token>`` when ``token`` is set;
+    - ``408`` when the body has not arrived ``body_timeout`` after the headers (a connection
+      whose headers take longer than ``header_timeout`` is closed, with ``408`` if part of them
+      arrived);
     - ``413`` for a body over ``max_body`` bytes (stopped while reading, not after) or with
       more events than ``max_buffered``;
     - ``429`` with ``Retry-After`` when ``max_buffered`` events are already waiting (the flow
-      is behind): backpressure, never an unbounded queue.
+      is behind): backpressure, never an unbounded queue;
+    - ``503`` to a new connection when ``max_connections`` are open and every one of them is in
+      the middle of a request. Idle connections (keep-alive, or headers not complete) do not
+      count against others: when the limit is reached, the one idle longest is closed to make room.
 
-    ``GET /health`` answers ``200`` with the status, queue depth and counters (no token needed).
+    ``GET /health`` answers ``200`` with the status, queue depth, how many requests are being
+    turned into rows or waiting for their turn (``building``) and counters (no token needed).
+    Bodies are turned into rows in a worker thread, one at a time, so ``/health`` is answered
+    while a large body is decoded.
+
+    Types: with ``schema``, an event whose value for a schema field does not fit its type exactly
+    is refused (``1.9`` or ``"2"`` for an Int64, ``3`` for a String; ints for a Float64 are fine,
+    as is a missing field or ``null``); fields the schema does not name are left out. Without
+    ``schema``, each field keeps the type it first had in an accepted request, as for `Kafka`
+    (`rheon.io.kafka.codec.JsonDecoder`, the same decoder): ``2.5`` after ``1``, or ``"x"`` after
+    numbers, is refused. Requests may order fields differently and add or leave out fields: rows
+    are aligned by name (a missing field is null), never by position.
 
     Parameters
     ----------
     port
         TCP port; ``0`` picks a free one (see :attr:`url` and :meth:`wait_listening`).
     token
-        Bearer token clients must send, or ``None`` for no authentication.
+        Bearer token clients must send, or ``None`` for no authentication (an empty token is
+        refused). Listening beyond loopback without one logs a warning.
     host
         Address to listen on; ``"0.0.0.0"`` accepts connections from other machines.
     path
@@ -90,13 +139,29 @@ class HttpIngest(Source):
     retry_after
         What ``429`` responses ask clients to wait (whole seconds, at least 1).
     max_connections
-        Most concurrent connections (more get ``503``); with ``max_body`` it bounds memory.
+        Most connections open at once; with ``max_body`` it bounds memory. Idle ones are closed to
+        make room for new ones; a new connection gets ``503`` only when all are busy.
+    header_timeout
+        How long a connection may take to send a request's headers, from when it opened or its
+        previous response ended (however slowly bytes trickle in). Idle keep-alive connections are
+        closed after 5 s already.
+    body_timeout
+        How long the body may take to arrive once the headers have (``408`` after that).
+    max_depth
+        Deepest nesting of objects and arrays in an event (``{"a": [1]}`` is 2 deep; an array
+        around the events does not count), at most 256 (deeper: ``400``). Measured on the raw
+        bytes before parsing. The defaults of both caps are the other JSON sources'.
+    max_fields
+        Most distinct fields in one request, nested fields counted by path (more: ``400``);
+        without ``schema``, also the most columns the source's rows grow to: a request that would
+        add columns beyond it is refused (the fields already known keep working).
 
     Guarantee: at-most-once. A ``202`` means the events are queued *in memory*: events accepted
     but not yet processed are lost if the process crashes or the flow stops (they are counted
     and logged at close). HTTP cannot be replayed, so a restart from a checkpoint resumes with
-    new requests only. Clients that need more should resend on errors and timeouts and give
-    events an id to deduplicate on (a resend after a lost response is a duplicate).
+    new requests only (and with the field types learned so far, which checkpoints keep). Clients
+    that need more should resend on errors and timeouts and give events an id to deduplicate on (a
+    resend after a lost response is a duplicate).
 
     Examples
     --------
@@ -134,6 +199,10 @@ class HttpIngest(Source):
         client: bool = False,
         retry_after: Duration = "1s",
         max_connections: int = 1_000,
+        header_timeout: Duration = "10s",
+        body_timeout: Duration = "30s",
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_fields: int = DEFAULT_MAX_FIELDS,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65_535:
             msg = f"HttpIngest: port must be a number from 0 to 65535 (got {port!r}). Try port=0 for a free port."
@@ -150,6 +219,28 @@ class HttpIngest(Source):
             if not isinstance(value, int) or value < 1:
                 msg = f"HttpIngest: {name} must be a positive whole number (got {value!r})"
                 raise FlowError(msg)
+        check_limits("HttpIngest", max_depth, max_fields)
+        if token is not None:
+            got = None  # what is wrong with it, without echoing a secret
+            if not isinstance(token, str):
+                got = f"a {type(token).__name__}"
+            elif not token.strip():
+                got = repr(token)
+            elif token != token.strip():
+                got = "a token with surrounding spaces"
+            if got is not None:
+                msg = (
+                    f"HttpIngest: token must be a non-empty string without surrounding spaces (got {got}): an empty "
+                    f"token would let any client in. Give a secret (e.g. secrets.token_urlsafe()), or token=None for "
+                    f"no authentication on a loopback host"
+                )
+                raise FlowError(msg)
+        timeouts: dict[str, float] = {}
+        for name, duration in (("header_timeout", header_timeout), ("body_timeout", body_timeout)):
+            timeouts[name] = to_ms(duration, what=f"HttpIngest: {name}") / 1000
+            if timeouts[name] <= 0:
+                msg = f"HttpIngest: {name} must be positive (got {duration!r}). Try {name}='10s'."
+                raise FlowError(msg)
         self.port = port
         self.token = token
         self.host = host
@@ -162,8 +253,19 @@ class HttpIngest(Source):
         self.client = client
         self.retry_after_s = max(1, math.ceil(to_ms(retry_after, what="HttpIngest: retry_after") / 1000))
         self.max_connections = max_connections
+        self.header_timeout_s = timeouts["header_timeout"]
+        self.body_timeout_s = timeouts["body_timeout"]
+        self.max_depth = max_depth
+        self.max_fields = max_fields
         self._url: str | None = None
         self._listening = threading.Event()
+        if token is None and not _loopback(host):
+            log.warning(
+                "http_ingest_unauthenticated host=%s port=%s: any client that can reach this address can post events; "
+                "set token= (clients then send 'Authorization: Bearer <token>') or listen on host='127.0.0.1'",
+                host,
+                port,
+            )
 
     def __repr__(self) -> str:
         token = None if self.token is None else "***"
@@ -206,6 +308,64 @@ class HttpIngest(Source):
         self._url = None
 
 
+def _unfixed(dtype: pl.DataType) -> bool:
+    """Whether a column type is not known yet: ``Null`` (only nulls seen), or holds one, or an empty struct."""
+    if dtype == pl.Null or dtype == pl.Struct({}):
+        return True
+    if isinstance(dtype, pl.List | pl.Array):
+        inner = dtype.inner
+        return _unfixed(inner() if isinstance(inner, type) else inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_unfixed(f.dtype() if isinstance(f.dtype, type) else f.dtype) for f in dtype.fields)
+    return False
+
+
+def _aligned(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
+    """The frames stacked by column name (fields in any order, missing ones null, metadata last).
+
+    A column some frames only know as nulls takes the others' type; ``None`` when two frames give a
+    column different types (changing either would change values).
+
+    Examples
+    --------
+    >>> a = pl.DataFrame({"k": ["x"], "ts": [1]})
+    >>> b = pl.DataFrame({"ts": [2], "k": ["y"], "extra": [None]})
+    >>> c = pl.DataFrame({"extra": [1.5], "ts": [3]})
+    >>> _aligned([a, b, c]).rows()
+    [('x', 1, None), ('y', 2, None), (None, 3, 1.5)]
+    >>> _aligned([a, pl.DataFrame({"k": [1]})]) is None
+    True
+    """
+    types: dict[str, pl.DataType] = {}
+    for frame in frames:
+        for name, dtype in frame.schema.items():
+            known = types.get(name)
+            if known is None or (known != dtype and _unfixed(known) and not _unfixed(dtype)):
+                types[name] = dtype
+    order = [n for n in types if n not in _METADATA] + [n for n in _METADATA if n in types]
+    stacked: list[pl.DataFrame] = []
+    for frame in frames:
+        columns: list[pl.Expr] = []
+        for name in order:
+            dtype, have = types[name], frame.schema.get(name)
+            if have is None:
+                columns.append(pl.lit(None, dtype).alias(name))
+            elif have == dtype:
+                columns.append(pl.col(name))
+            elif _unfixed(have):
+                columns.append(pl.col(name).cast(dtype, strict=True))
+            else:
+                return None
+        try:
+            stacked.append(frame.select(columns))
+        except pl.exceptions.PolarsError:
+            return None
+    try:
+        return pl.concat(stacked, how="vertical")
+    except pl.exceptions.PolarsError:
+        return None
+
+
 @dataclass
 class _Chunk:
     frame: pl.DataFrame
@@ -222,12 +382,19 @@ class _HttpIngestLogic(SourceLogic):
         self.queue: deque[_Chunk] = deque()
         self.buffered = 0
         self.dead: deque[tuple[str, str]] = deque(maxlen=_KEEP_DEAD)
-        self.counts = dict.fromkeys(("requests", "accepted", *(f"rejected_{c}" for c in (400, 401, 413, 429))), 0)
+        statuses = (400, 401, 408, 413, 429, 503)
+        self.counts = dict.fromkeys(("requests", "accepted", *(f"rejected_{c}" for c in statuses)), 0)
+        self.building = 0  # requests being turned into rows, or waiting for their turn
+        self.decoder = JsonDecoder(cfg.value_schema, max_depth=cfg.max_depth, max_fields=cfg.max_fields)
+        self.build_lock = threading.Lock()  # one body turned into rows at a time (see _enqueue)
         self.sock = self._bind()
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://{cfg.host}:{self.port}"
         from starlette.routing import Route
 
+        from rheon.io.http.server import ConnectionLimits, protocol_for
+
+        limits = ConnectionLimits(cfg.max_connections, cfg.header_timeout_s, self._count_refused)
         routes = [Route(cfg.path, self._events, methods=["POST"]), Route("/health", self._health, methods=["GET"])]
         app = applications.Starlette(routes=routes)
         config = uvicorn.Config(
@@ -237,7 +404,9 @@ class _HttpIngestLogic(SourceLogic):
             lifespan="off",
             ws="none",
             server_header=False,
-            limit_concurrency=cfg.max_connections,
+            http=protocol_for(limits),  # h11 with a header timeout and a connection limit that sheds idle ones
+            limit_concurrency=None,  # uvicorn's counts idle connections too: 1,000 of them would lock clients out
+            timeout_keep_alive=5,
             timeout_graceful_shutdown=2,
         )
         self.server = uvicorn.Server(config)
@@ -270,12 +439,15 @@ class _HttpIngestLogic(SourceLogic):
 
     # -- the HTTP side (server thread) ---------------------------------------------------------
 
+    def _count_refused(self, status: int) -> None:
+        with self.lock:
+            self.counts[f"rejected_{status}"] = self.counts.get(f"rejected_{status}", 0) + 1
+
     def _answer(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
         from starlette.responses import JSONResponse
 
         if status >= 400:
-            with self.lock:
-                self.counts[f"rejected_{status}"] = self.counts.get(f"rejected_{status}", 0) + 1
+            self._count_refused(status)
         return JSONResponse(body, status_code=status, headers=headers)
 
     def _too_busy(self) -> Response:
@@ -287,34 +459,50 @@ class _HttpIngestLogic(SourceLogic):
         if self.cfg.token is None:
             return True
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.cfg.token.encode())
+        given = given.strip()
+        if not given or not self.cfg.token:  # an empty token never matches (and is refused at construction)
+            return False
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), self.cfg.token.encode())
 
     async def _read_body(self, request: Request) -> bytes | None:
-        """The body, or ``None`` once it is known to exceed ``max_body`` (the rest is not read)."""
+        """The body, or ``None`` once it is known to exceed ``max_body`` (the rest is not read).
+
+        Raises ``TimeoutError`` when it has not all arrived within ``body_timeout``.
+        """
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.cfg.max_body:
             return None
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.cfg.max_body:
-                return None
+        async with asyncio.timeout(self.cfg.body_timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.cfg.max_body:
+                    return None
         return bytes(body)
 
     async def _events(self, request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
         with self.lock:
             self.counts["requests"] += 1
         if not self._authorized(request):
             return self._answer(401, {"error": "missing or wrong bearer token"}, {"WWW-Authenticate": "Bearer"})
         if self.buffered >= self.cfg.max_buffered:
             return self._too_busy()
-        body = await self._read_body(request)
+        try:
+            body = await self._read_body(request)
+        except TimeoutError:
+            error = {"error": f"the body did not arrive within body_timeout={self.cfg.body_timeout_s:g}s"}
+            return self._answer(408, error, {"Connection": "close"})
         if body is None:
             error = {"error": f"body larger than max_body={self.cfg.max_body} bytes"}
             return self._answer(413, error, {"Connection": "close"})
         peer = request.client.host if request.client is not None else ""
-        try:
-            frame = self._frame(parse_events(body, request.headers.get("content-type", "")), peer)
+        content_type = request.headers.get("content-type", "")
+        with self.lock:
+            self.building += 1
+        try:  # parsing and building rows is CPU work: off the event loop, so /health and others are answered
+            n = await run_in_threadpool(self._enqueue, body, content_type, peer)
         except BadRequest as exc:
             text = body[:_DEAD_PAYLOAD_CHARS].decode("utf-8", errors="replace")
             if len(body) > _DEAD_PAYLOAD_CHARS:
@@ -323,38 +511,86 @@ class _HttpIngestLogic(SourceLogic):
                 self.dead.append((f"http: {exc} (from {peer or 'unknown'})", text))
             log.debug("http_ingest_rejected source=%s status=400 client=%s reason=%s", self.where, peer, exc)
             return self._answer(400, {"error": str(exc)})
-        n = frame.height
-        if n > self.cfg.max_buffered:
-            error = {"error": f"{n} events in one request, more than max_buffered={self.cfg.max_buffered}"}
-            return self._answer(413, error)
-        with self.lock:
-            if n and self.buffered + n > self.cfg.max_buffered:
-                full = True
-            else:
-                full = False
-                if n:
-                    self.queue.append(_Chunk(frame, self.clock.now_ns()))
-                    self.buffered += n
-                self.counts["accepted"] += n
-        if full:
-            return self._too_busy()
+        except _Refused as exc:
+            if exc.status == 429:
+                return self._too_busy()
+            return self._answer(exc.status, {"error": exc.error})
+        finally:
+            with self.lock:
+                self.building -= 1
         return self._answer(202, {"accepted": n})
 
-    def _frame(self, events: list[dict[str, Any]], peer: str) -> pl.DataFrame:
-        schema = self.cfg.value_schema
-        if not events:
-            return pl.DataFrame(schema=schema)
-        try:
-            frame = pl.from_dicts(events, schema=schema, infer_schema_length=None)
-        except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
-            first = str(exc).splitlines()[0]
-            what = "do not fit the schema" if schema is not None else "cannot form a table"
-            msg = f"events {what}: {first}"
-            raise BadRequest(msg) from exc
+    def _enqueue(self, body: bytes, content_type: str, peer: str) -> int:
+        """Parse, check and decode a body and queue its rows (in a worker thread); the number queued.
+
+        One body at a time: that bounds the memory parsed bodies take, and the decoder learns types.
+        Raises `BadRequest` (400) or `_Refused` (413, 429); then nothing of the request is queued and
+        the decoder forgets the types it learnt from it.
+        """
+        cfg = self.cfg
+        with self.build_lock:
+            try:
+                events = parse_events(body, content_type, max_depth=cfg.max_depth, max_fields=cfg.max_fields)
+            except RecursionError as exc:  # the depth check runs first; this is a last line of defence
+                msg = f"events nest too deeply to parse (max_depth={cfg.max_depth})"
+                raise BadRequest(msg) from exc
+            n = len(events)
+            if n > cfg.max_buffered:
+                raise _Refused(413, f"{n} events in one request, more than max_buffered={cfg.max_buffered}")
+            if n == 0:
+                return 0
+            names = set().union(*(event.keys() for event in events))
+            reserved = sorted(names.intersection(self._metadata_names()))
+            if reserved:
+                msg = (
+                    f"field {reserved[0]!r} is reserved: HttpIngest adds it (metadata={cfg.metadata}, "
+                    f"client={cfg.client}). Rename the field, or turn the option off"
+                )
+                raise BadRequest(msg)
+            learnt = dict(self.decoder.seen)
+            try:
+                frame = self._decode(events, names, peer)
+                with self.lock:
+                    if self.buffered + n > cfg.max_buffered:
+                        raise _Refused(429, "queue full")
+                    self.queue.append(_Chunk(frame, self.clock.now_ns()))
+                    self.buffered += n
+                    self.counts["accepted"] += n
+            except BaseException:
+                self.decoder.seen.clear()
+                self.decoder.seen.update(learnt)
+                raise
+        return n
+
+    def _metadata_names(self) -> set[str]:
+        return {name for name, on in zip(_METADATA, (self.cfg.metadata, self.cfg.client), strict=True) if on}
+
+    def _decode(self, events: list[dict[str, Any]], names: set[str], peer: str) -> pl.DataFrame:
+        """The events' rows, typed by the shared JSON decoder; `BadRequest` if one does not fit."""
+        cfg = self.cfg
+        if cfg.value_schema is None:
+            new = names.difference(self.decoder.seen)
+            if len(self.decoder.seen) + len(new) > cfg.max_fields:
+                msg = (
+                    f"the events would give this source {len(self.decoder.seen) + len(new)} columns, more than "
+                    f"max_fields={cfg.max_fields} (new fields: {', '.join(sorted(new)[:5])}"
+                    f"{', ...' if len(new) > 5 else ''}): give schema= to HttpIngest, or raise max_fields="
+                )
+                raise BadRequest(msg)
+        lines = [json.dumps(event).encode() for event in events]
+        frame, _, bad = self.decoder(lines)
+        if bad:
+            i, reason = bad[0]
+            others = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            msg = f"event {i} of {len(events)}{others}: {reason}; the whole request was refused, nothing of it queued"
+            raise BadRequest(msg)
+        if frame.height != len(events):  # the decoder accounts for every message: this cannot happen
+            msg = f"{len(events)} events gave {frame.height} rows"
+            raise BadRequest(msg)
         extra = []
-        if self.cfg.metadata:
+        if cfg.metadata:
             extra.append(pl.lit(self.clock.now_ns() // 1_000_000, dtype=pl.Int64).alias("_received_ms"))
-        if self.cfg.client:
+        if cfg.client:
             extra.append(pl.lit(peer, dtype=pl.String).alias("_client"))
         return frame.with_columns(extra) if extra else frame
 
@@ -365,6 +601,7 @@ class _HttpIngestLogic(SourceLogic):
                 "queued": self.buffered,
                 "max_buffered": self.cfg.max_buffered,
                 "backpressured": self.buffered >= self.cfg.max_buffered,
+                "building": self.building,
                 "counts": dict(self.counts),
             }
         return self._answer(200, body)
@@ -396,15 +633,15 @@ class _HttpIngestLogic(SourceLogic):
             return frames[0]
         if all(f.schema == frames[0].schema for f in frames):
             return pl.concat(frames, how="vertical")
-        try:
-            return pl.concat(frames, how="diagonal_relaxed")
-        except pl.exceptions.PolarsError:
-            # Requests whose columns cannot be unified go into separate batches.
-            with self.lock:
-                for chunk in reversed(taken[1:]):
-                    self.queue.appendleft(chunk)
-                    self.buffered += chunk.frame.height
-            return frames[0]
+        aligned = _aligned(frames)
+        if aligned is not None:
+            return aligned
+        # Requests whose columns cannot be unified without changing a value go into separate batches.
+        with self.lock:
+            for chunk in reversed(taken[1:]):
+                self.queue.appendleft(chunk)
+                self.buffered += chunk.frame.height
+        return frames[0]
 
     @override
     def done(self) -> bool:
@@ -418,8 +655,19 @@ class _HttpIngestLogic(SourceLogic):
         return out
 
     @override
+    def snapshot(self) -> Any:
+        """The field types learned so far (events themselves are not replayable: see the guarantee)."""
+        with self.build_lock:
+            return {"types": self.decoder.state()}
+
+    @override
     def restore(self, position: Any) -> None:
-        """Nothing to rewind: events are not replayable (see the guarantee)."""
+        """Go on with the field types a checkpoint kept; there are no events to rewind to."""
+        with self.build_lock:
+            learnt = dict(self.decoder.seen)  # from requests that came before the restore
+            self.decoder.load_state((position or {}).get("types"))
+            for name, dtype in learnt.items():
+                self.decoder.seen.setdefault(name, dtype)
 
     @override
     def close(self) -> None:
