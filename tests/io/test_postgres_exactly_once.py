@@ -288,8 +288,8 @@ def chaos(dsn: str, tmp_path: Path, *, mode: str, sigkills: int, session_kills: 
                     "PG_CHAOS_SEED": str(rnd.randrange(10**9)),
                     "PYTHONPATH": str(ROOT),
                 }
-                # A third of the runs are SIGKILLed from here, after a random number of committed checkpoints.
-                kill_at = rnd.randint(1, 30) if rnd.random() < 0.3 else None
+                # 40% of the runs are SIGKILLed from here, after a random number of committed checkpoints.
+                kill_at = rnd.randint(1, 12) if rnd.random() < 0.4 else None
                 err_path = tmp_path / f"stderr-{stats['runs']}.txt"
                 with err_path.open("w") as err:
                     proc = subprocess.Popen(
