@@ -6,9 +6,9 @@ in a worker thread, off the server's event loop, and its events, as one small Po
 into a bounded in-memory queue; ``next_batch`` drains the queue without blocking. When the queue is
 full the handler answers ``429`` at once instead of waiting or growing memory.
 
-Rows are decoded by the Kafka and MQTT sources' `JsonDecoder`, so the three follow one typing rule:
-a value that does not fit a ``schema=`` type, or the type its field first had, is refused, never
-converted.
+Rows are decoded by the JSON decoder every JSON source shares (`rheon.io._json.JsonDecoder`), so
+they all follow one typing rule: a value that does not fit a ``schema=`` type, or the type its
+field first had, is refused, never converted.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing_extensions import override
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
-from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, JsonDecoder, check_limits
+from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, JsonDecoder, check_limits, settled
 from rheon.io.base import BuildContext, Source, SourceLogic
 from rheon.io.http.parse import BadRequest, parse_events
 
@@ -108,7 +108,7 @@ class HttpIngest(Source):
     is refused (``1.9`` or ``"2"`` for an Int64, ``3`` for a String; ints for a Float64 are fine,
     as is a missing field or ``null``); fields the schema does not name are left out. Without
     ``schema``, each field keeps the type it first had in an accepted request, as for `Kafka`
-    (`rheon.io.kafka.codec.JsonDecoder`, the same decoder): ``2.5`` after ``1``, or ``"x"`` after
+    (`rheon.io._json.JsonDecoder`, the same decoder): ``2.5`` after ``1``, or ``"x"`` after
     numbers, is refused. Requests may order fields differently and add or leave out fields: rows
     are aligned by name (a missing field is null), never by position.
 
@@ -308,18 +308,6 @@ class HttpIngest(Source):
         self._url = None
 
 
-def _unfixed(dtype: pl.DataType) -> bool:
-    """Whether a column type is not known yet: ``Null`` (only nulls seen), or holds one, or an empty struct."""
-    if dtype == pl.Null or dtype == pl.Struct({}):
-        return True
-    if isinstance(dtype, pl.List | pl.Array):
-        inner = dtype.inner
-        return _unfixed(inner() if isinstance(inner, type) else inner)
-    if isinstance(dtype, pl.Struct):
-        return any(_unfixed(f.dtype() if isinstance(f.dtype, type) else f.dtype) for f in dtype.fields)
-    return False
-
-
 def _aligned(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
     """The frames stacked by column name (fields in any order, missing ones null, metadata last).
 
@@ -340,7 +328,7 @@ def _aligned(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
     for frame in frames:
         for name, dtype in frame.schema.items():
             known = types.get(name)
-            if known is None or (known != dtype and _unfixed(known) and not _unfixed(dtype)):
+            if known is None or (known != dtype and not settled(known) and settled(dtype)):
                 types[name] = dtype
     order = [n for n in types if n not in _METADATA] + [n for n in _METADATA if n in types]
     stacked: list[pl.DataFrame] = []
@@ -352,7 +340,7 @@ def _aligned(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
                 columns.append(pl.lit(None, dtype).alias(name))
             elif have == dtype:
                 columns.append(pl.col(name))
-            elif _unfixed(have):
+            elif not settled(have):
                 columns.append(pl.col(name).cast(dtype, strict=True))
             else:
                 return None
