@@ -39,7 +39,9 @@ def test_nan_keys_share_one_state_in_process_functions_issue_10(batch_size: int)
 def test_nan_keys_of_several_columns_and_in_reduce_issue_10() -> None:
     rows = pl.DataFrame({"a": [NAN, NAN, 1.0, NAN], "b": ["x", "x", "x", "y"], "v": [1, 2, 3, 4]})
     flow = rh.Flow("nan")
-    out = collect(flow.source(rh.io.Records(rows)).key_by("a", "b").reduce(lambda acc, r: {**r, "v": acc["v"] + r["v"]}))
+    out = collect(
+        flow.source(rh.io.Records(rows)).key_by("a", "b").reduce(lambda acc, r: {**r, "v": acc["v"] + r["v"]})
+    )
     flow.run()
     assert [r["v"] for r in out.rows] == [1, 3, 3, 4]
 
@@ -92,3 +94,24 @@ def test_a_fractional_millisecond_is_not_truncated_issue_10() -> None:
     assert [r["n"] for r in out.rows] == [2]
     assert [d["payload"] for d in dead.rows] == ['{"k": "a", "ts": 1500.7}']
     assert "unparseable event time in column 'ts' (expected Int64; got 1500.7)" in dead.rows[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [
+        (None, "record has no event time (column 'ts' is null)"),
+        ("soon", "time column 'ts' has type String; expected int64 epoch milliseconds or a Datetime"),
+        (True, "time column 'ts' has type Boolean"),
+        ([1], "time column 'ts' has type List"),
+    ],
+)
+def test_a_first_record_without_a_usable_time_does_not_stop_the_flow_issue_10(first: object, reason: str) -> None:
+    """It is a dead letter, and the next records give the column its type."""
+    script = [[{"k": "a", "ts": first}], [{"k": "a", "ts": 1_000}, {"k": "a", "ts": 2_000.0}]]
+    flow = rh.Flow("first")
+    per_k = flow.source(ScriptedSource(script), time="ts").key_by("k").window(rh.tumbling("10s")).agg(n=rh.count())
+    out, dead = collect(per_k), collect(flow.dead_letters())
+    flow.run()
+    assert [r["n"] for r in out.rows] == [2]
+    assert len(dead.rows) == 1
+    assert reason in dead.rows[0]["reason"]

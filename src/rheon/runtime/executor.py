@@ -21,7 +21,7 @@ import polars as pl
 
 from rheon.core.batch import MAX_WM, MIN_WM, RAW_COL, SPLIT_COL, WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payloads_of
-from rheon.core.errors import RecordError
+from rheon.core.errors import FlowError, RecordError
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.core.metrics import LatencyHistogram, OperatorStats
 from rheon.io.base import BuildContext, SourceLogic
@@ -247,10 +247,20 @@ class Executor:
         assert task.tracker is not None
         dtype = frame.schema[column]
         if task.time_type is None:
+            if dtype == pl.Null:
+                return frame  # no record has a time yet: nothing fixes the type (_check_times)
             kind = dtype
-            if dtype == pl.String and frame.get_column(column).cast(pl.Int64, strict=False).null_count() < frame.height:
-                kind = pl.Int64()  # numbers written as text are numbers; other text is the user's to parse
-            task.time_type = time_type_of(kind, column=column, where=node.label)
+            if dtype.is_float() or (
+                dtype == pl.String and frame.get_column(column).cast(pl.Int64, strict=False).null_count() < frame.height
+            ):
+                kind = pl.Int64()  # numbers (as text, or with a fraction of 0) are epoch ms; other text is to parse
+            try:
+                task.time_type = time_type_of(kind, column=column, where=node.label)
+            except FlowError as exc:  # no record of this batch has a time a flow can use
+                bad = frame.filter(frame.get_column(column).is_not_null())
+                self._dead(Batch(dead_letter_frame(node.label, str(exc), payloads_of(bad))))
+                task.stats.dead_letters += bad.height
+                return frame.filter(frame.get_column(column).is_null())
             task.tracker.max_delay = task.time_type.ticks(node.max_delay_ms)
         expected = task.time_type.dtype
         if dtype == expected:
@@ -279,7 +289,12 @@ class Executor:
         watermark arithmetic would overflow and windows could never fire), become dead letters."""
         column = task.node.time
         assert column is not None
-        assert task.time_type is not None
+        if task.time_type is None:  # every record left has a null time
+            if frame.height:
+                reason = f"record has no event time (column '{column}' is null)"
+                self._dead(Batch(dead_letter_frame(task.node.label, reason, payloads_of(frame))))
+                task.stats.dead_letters += frame.height
+            return frame.clear()
         ticks = frame.get_column(column).cast(pl.Int64)
         low, high = ticks.min(), ticks.max()
         nulls = ticks.null_count() > 0
@@ -287,14 +302,10 @@ class Executor:
         if not (nulls or outside):
             return frame
         first, last = pl.Series([MIN_WM, MAX_WM - 1]).cast(task.time_type.dtype).to_list()
-        for bad, reason in (
-            (ticks.is_null(), f"record has no event time (column '{column}' is null)"),
-            (
-                (ticks < MIN_WM) | (ticks >= MAX_WM),
-                f"event time in column '{column}' is outside the range a flow can handle ({first} to {last})",
-            ),
-        ):
-            bad = bad.fill_null(False)
+        nulls_reason = f"record has no event time (column '{column}' is null)"
+        range_reason = f"event time in column '{column}' is outside the range a flow can handle ({first} to {last})"
+        for reason in (nulls_reason, range_reason):
+            bad = ticks.is_null() if reason is nulls_reason else ((ticks < MIN_WM) | (ticks >= MAX_WM)).fill_null(False)
             if bad.any():
                 rows = frame.filter(bad)
                 self._dead(Batch(dead_letter_frame(task.node.label, reason, payloads_of(rows))))
