@@ -8,7 +8,7 @@ import rheon as rh
 import rheon.testing
 
 EXPECTED_RHEON = [
-    "Flow", "FlowError", "KeyedStream", "RecordError", "RheonError", "RunStats", "SinkError", "SourceError",
+    "CheckpointError", "Flow", "FlowError", "KeyedStream", "RecordError", "RheonError", "RunStats", "SinkError", "SourceError",
     "Stream", "WindowedStream", "__version__", "col", "configure_logging", "count", "count_distinct", "io", "lit",
     "max", "mean", "min", "session", "sliding", "sum", "tumbling",
 ]  # fmt: skip

@@ -21,7 +21,7 @@ from rheon import io
 from rheon.api.aggregations import count, count_distinct, max, mean, min, sum
 from rheon.api.flow import Flow
 from rheon.api.stream import KeyedStream, Stream, WindowedStream
-from rheon.core.errors import FlowError, RecordError, RheonError, SinkError, SourceError
+from rheon.core.errors import CheckpointError, FlowError, RecordError, RheonError, SinkError, SourceError
 from rheon.core.logs import configure_logging
 from rheon.runtime.stats import RunStats
 from rheon.time.windows import session, sliding, tumbling
@@ -32,6 +32,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "CheckpointError",
     "Flow",
     "FlowError",
     "KeyedStream",

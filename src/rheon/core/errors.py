@@ -106,8 +106,7 @@ class CheckpointError(RheonError):
     Examples
     --------
     >>> import rheon as rh
-    >>> from rheon.core.errors import CheckpointError
-    >>> issubclass(CheckpointError, rh.RheonError)
+    >>> issubclass(rh.CheckpointError, rh.RheonError)
     True
     """
 
