@@ -121,10 +121,11 @@ def _field_count(value: Any, limit: int) -> int:
     return len(paths)
 
 
-def oversized(lines: Sequence[bytes], max_depth: int, max_fields: int) -> dict[int, str]:
+def oversized(lines: Sequence[bytes] | bytes, max_depth: int, max_fields: int) -> dict[int, str]:
     """The lines over a cap, with the reason: ``{line index: reason}``.
 
-    ``lines`` hold one JSON text each, without newlines. The brackets and colons of the whole batch
+    ``lines`` hold one JSON text each, without newlines (or are given joined by newlines, as one
+    ``bytes``: then no line may be empty). The brackets and colons of the whole batch
     are counted first (C speed): as long as no line has more opening brackets than ``max_depth`` or
     more colons than ``max_fields``, nothing else is done. Lines over those bounds are measured
     exactly: their depth outside strings, and their distinct fields.
@@ -136,9 +137,11 @@ def oversized(lines: Sequence[bytes], max_depth: int, max_fields: int) -> dict[i
     >>> oversized([b'{"a": 1, "b": {"c": 2, "d": 3}}'], 8, 3)
     {0: 'has more than max_fields=3 distinct fields (nested ones included)'}
     """
-    buf = b"\n".join(lines)
+    buf = lines if isinstance(lines, bytes) else b"\n".join(lines)
     if buf.count(b"{") + buf.count(b"[") <= max_depth and buf.count(b":") <= max_fields:
         return {}
+    if isinstance(lines, bytes):
+        lines = buf.split(b"\n")
     keep = [i for i, line in enumerate(lines) if line]
     if len(keep) != len(lines):  # empty lines would be empty segments below
         return {keep[i]: reason for i, reason in oversized([lines[i] for i in keep], max_depth, max_fields).items()}
@@ -466,24 +469,46 @@ class JsonDecoder:
     def __call__(self, values: Sequence[bytes | None]) -> Decoded:
         return self._with_arrays(values) if self.arrays else self._objects(values)
 
+    def ndjson(self, text: bytes) -> Decoded:
+        """Decode newline-delimited JSON: what ``self(text.split(b"\\n"))`` gives, without splitting
+        the text when the whole of it goes through Polars' reader at once.
+
+        Examples
+        --------
+        >>> frame, index, bad = JsonDecoder().ndjson(b'{"v": 1}\\n{"v": 2}')
+        >>> frame["v"].to_list(), index, bad
+        ([1, 2], [0, 1], [])
+        """
+        if self.arrays or not text or text[:1] == b"\n" or text[-1:] == b"\n" or b"\n\n" in text:
+            return self(text.split(b"\n"))
+        count = text.count(b"\n") + 1
+        frame = None if oversized(text, self.max_depth, self.max_fields) else self._fast(text, count)
+        if frame is None:
+            return self(text.split(b"\n"))
+        self._learn(frame)
+        return frame, list(range(count)), []
+
     def _objects(self, values: Sequence[bytes | None]) -> Decoded:
         frame: pl.DataFrame | None = None
         too_big: dict[int, str] | None = None
         lines = [v for v in values if v and b"\n" not in v]
         if lines and len(lines) == len(values):
             ndjson = b"\n".join(lines)
-            too_big = oversized(lines, self.max_depth, self.max_fields)
+            too_big = oversized(ndjson, self.max_depth, self.max_fields)
             if not too_big:
                 frame = self._fast(ndjson, len(lines))
         if frame is None:
             frame, index, bad = self._slow(values, too_big)
         else:
             index, bad = list(range(len(values))), []
+        self._learn(frame)
+        return frame, index, bad
+
+    def _learn(self, frame: pl.DataFrame) -> None:
         if self.schema is None:
             for name, dtype in frame.schema.items():
                 if name not in self.seen and settled(dtype):
                     self.seen[name] = dtype
-        return frame, index, bad
 
     def _fast(self, ndjson: bytes, count: int) -> pl.DataFrame | None:
         """The whole batch through Polars' reader, or None if any message does not fit."""
@@ -536,16 +561,22 @@ class JsonDecoder:
         if not rows:
             bad.sort()
             return pl.DataFrame(schema=self.schema or self.seen), index, bad
-        target = self.schema if self.schema is not None else self._types(rows)
-        good: list[dict[str, Any]] = []
-        kept: list[int] = []
-        for row, i in zip(rows, index, strict=True):
-            reason = self._misfit(row, target)
-            if reason is None:
-                good.append(row)
-                kept.append(i)
-            else:
-                bad.append((i, reason))
+        good, kept = rows, index
+        while True:  # again without the rows that did not fit: they must not shape the types
+            target = self.schema if self.schema is not None else self._types(good)
+            fitting: list[dict[str, Any]] = []
+            fitting_index: list[int] = []
+            for row, i in zip(good, kept, strict=True):
+                reason = self._misfit(row, target)
+                if reason is None:
+                    fitting.append(row)
+                    fitting_index.append(i)
+                else:
+                    bad.append((i, reason))
+            done = len(fitting) == len(good) or self.schema is not None
+            good, kept = fitting, fitting_index
+            if done:
+                break
         frame, kept = self._build(good, kept, target, bad)
         bad.sort()
         return frame, kept, bad

@@ -14,9 +14,8 @@ from __future__ import annotations
 import glob as globlib
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 from typing_extensions import override
@@ -25,13 +24,38 @@ from rheon.core.errors import SourceError
 from rheon.io.base import KeepsDeadLetters, SourceLogic
 from rheon.time.clock import Clock
 
-__all__ = ["LineTail", "NewFiles", "list_files"]
+__all__ = ["FileReader", "LineTail", "NewFiles", "list_files"]
 
 log = logging.getLogger(__name__)
 
 Parsed = tuple[pl.DataFrame, list[tuple[str, str]]]
-ChunkParser = Callable[[bytes | None, bytes, str, int], Parsed]
-"""``parse(header, chunk, file name, number of the chunk's first line)``."""
+"""Rows, and ``(reason, payload)`` for the records that failed."""
+
+
+class FileReader(Protocol):
+    """Turns a file's bytes into rows, keeping column types the same across chunks and files.
+
+    One per running source: it learns the types of the first rows it reads, and saves them in the
+    source's checkpoints (`state`, `load_state`).
+    """
+
+    def parse(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
+        """Rows of complete lines: ``chunk`` (after the file's ``header`` line, if it has one), from
+        file ``name``, whose first line has number ``first_line``."""
+        ...
+
+    def read(self, path: Path) -> Parsed:
+        """Rows of a whole file."""
+        ...
+
+    def state(self) -> Any:
+        """What it learned (column types), for a checkpoint."""
+        ...
+
+    def load_state(self, state: Any) -> None:
+        """Go on from what `state` returned."""
+        ...
+
 
 _READ_BYTES = 8 * 1024 * 1024
 
@@ -63,11 +87,11 @@ class LineTail(KeepsDeadLetters, SourceLogic):
     """Follow line-based files: the logic of ``JsonLines(..., follow=True)`` and ``Csv``."""
 
     def __init__(
-        self, kind: str, pattern: str, parse: ChunkParser, *, header: bool, poll_ms: int, clock: Clock
+        self, kind: str, pattern: str, reader: FileReader, *, header: bool, poll_ms: int, clock: Clock
     ) -> None:
         self.kind = kind
         self.pattern = pattern
-        self.parse = parse
+        self.reader = reader
         self.has_header = header
         self.poll_ns = poll_ms * 1_000_000
         self.clock = clock
@@ -123,7 +147,7 @@ class LineTail(KeepsDeadLetters, SourceLogic):
             first_line += 1
             if not chunk:
                 return None
-        frame, bad = self.parse(cursor.header, chunk, path.name, first_line)
+        frame, bad = self.reader.parse(cursor.header, chunk, path.name, first_line)
         self.dead.extend(bad)
         return frame
 
@@ -137,27 +161,31 @@ class LineTail(KeepsDeadLetters, SourceLogic):
 
     @override
     def snapshot(self) -> Any:
-        return {name: (c.inode, c.offset, c.line, c.header) for name, c in self.cursors.items()}
+        files = {name: (c.inode, c.offset, c.line, c.header) for name, c in self.cursors.items()}
+        return {"files": files, "types": self.reader.state()}
 
     @override
     def restore(self, position: Any) -> None:
-        self.cursors = {name: _Cursor(*values) for name, values in dict(position).items()}
+        position = dict(position)
+        if position.keys() == {"files", "types"}:  # else a checkpoint of rheon 0.1: the cursors alone
+            self.reader.load_state(position["types"])
+            position = dict(position["files"])
+        self.cursors = {name: _Cursor(*values) for name, values in position.items()}
 
 
-class NewFiles(SourceLogic):
+class NewFiles(KeepsDeadLetters, SourceLogic):
     """Read each file that appears in a directory (or matches a glob) once, whole."""
 
-    def __init__(
-        self, kind: str, pattern: str, read: Callable[[Path], pl.DataFrame], *, poll_ms: int, clock: Clock
-    ) -> None:
+    def __init__(self, kind: str, pattern: str, reader: FileReader, *, poll_ms: int, clock: Clock) -> None:
         self.kind = kind
         self.pattern = pattern
-        self.read = read
+        self.reader = reader
         self.poll_ns = poll_ms * 1_000_000
         self.clock = clock
         self.seen: set[str] = set()
         self.queue: list[Path] = []
         self.next_scan_ns = 0
+        self.dead: list[tuple[str, str]] = []
 
     @override
     def next_batch(self) -> pl.DataFrame | None:
@@ -169,10 +197,12 @@ class NewFiles(SourceLogic):
         path = self.queue.pop(0)
         self.seen.add(path.name)
         try:
-            return self.read(path)
+            frame, bad = self.reader.read(path)
         except (OSError, pl.exceptions.PolarsError) as exc:
             msg = f"{self.kind}: cannot read '{path}': {exc}"
             raise SourceError(msg) from exc
+        self.dead.extend(bad)
+        return frame
 
     @override
     def done(self) -> bool:
@@ -184,10 +214,13 @@ class NewFiles(SourceLogic):
 
     @override
     def snapshot(self) -> Any:
-        return sorted(self.seen)
+        return {"files": sorted(self.seen), "types": self.reader.state()}
 
     @override
     def restore(self, position: Any) -> None:
+        if isinstance(position, dict):  # else a checkpoint of rheon 0.1: the names alone
+            self.reader.load_state(position["types"])
+            position = position["files"]
         self.seen = set(position)
         self.queue = []
 

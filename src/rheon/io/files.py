@@ -2,11 +2,15 @@
 
 Bounded (the default), files are read in name order, each whole, and handed out ``batch_size``
 rows at a time. With ``follow=True`` they are tailed as they grow (see :mod:`rheon.io._tail`).
+
+Column types stay the same across lines, chunks and files: each source's reader learns them from
+the first rows it reads (or takes ``schema=``) and sends a record that does not fit them to the
+dead letters, with the reason and the line as read, instead of converting it. Every batch has the
+columns seen so far, in the order they were first seen.
 """
 
 from __future__ import annotations
 
-import json
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -14,9 +18,11 @@ from typing import Any
 import polars as pl
 from typing_extensions import override
 
+from rheon.core.deadletters import payload_of
 from rheon.core.durations import Duration, to_ms
-from rheon.core.errors import SourceError
-from rheon.io._tail import LineTail, NewFiles, Parsed, exists_parent, list_files
+from rheon.core.errors import FlowError, SourceError
+from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, JsonDecoder, check_limits, load_types, types_state
+from rheon.io._tail import FileReader, LineTail, NewFiles, Parsed, exists_parent, list_files
 from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
 
 __all__ = ["Csv", "JsonLines", "Parquet"]
@@ -29,6 +35,20 @@ def _expand(kind: str, path: str | Path, *, follow: bool) -> list[Path]:
         msg = f"{kind}: no file matches '{text}'. Try an absolute path or check the glob."
         raise SourceError(msg)
     return files
+
+
+def _schema(kind: str, schema: pl.Schema | dict[str, pl.DataType] | None) -> pl.Schema | None:
+    if schema is None:
+        return None
+    try:
+        return pl.Schema(schema)
+    except (TypeError, ValueError) as exc:
+        msg = f"{kind}: schema must map column names to Polars types, as {{'v': pl.Int64}} (got {schema!r})"
+        raise FlowError(msg) from exc
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace")
 
 
 class _FileSource(Source):
@@ -44,27 +64,26 @@ class _FileSource(Source):
         self.files = _expand(self.kind, path, follow=follow)
 
     @abstractmethod
-    def _read(self, path: Path) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
-        """Read one whole file: the rows, and ``(reason, payload)`` for records that failed."""
+    def _reader(self) -> FileReader:
+        """A new reader (one per run: it learns the column types)."""
 
-    def _tail(self, ctx: BuildContext) -> SourceLogic:
+    def _tail(self, ctx: BuildContext, reader: FileReader) -> SourceLogic:
         """The logic that follows growing files."""
-        return LineTail(self.kind, self.path, self._parse_chunk, header=False, poll_ms=self.poll_ms, clock=ctx.clock)
-
-    def _parse_chunk(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
-        raise NotImplementedError
+        return LineTail(self.kind, self.path, reader, header=False, poll_ms=self.poll_ms, clock=ctx.clock)
 
     @override
     def build(self, ctx: BuildContext) -> SourceLogic:
-        return self._tail(ctx) if self.follow else _FileLogic(self)
+        reader = self._reader()
+        return self._tail(ctx, reader) if self.follow else _FileLogic(self, reader)
 
     def __repr__(self) -> str:
         return f"{self.kind}({self.path!r})"
 
 
 class _FileLogic(KeepsDeadLetters, SourceLogic):
-    def __init__(self, source: _FileSource) -> None:
+    def __init__(self, source: _FileSource, reader: FileReader) -> None:
         self.source = source
+        self.reader = reader
         self.file_index = 0
         self.frame: pl.DataFrame | None = None
         self.offset = 0
@@ -79,7 +98,7 @@ class _FileLogic(KeepsDeadLetters, SourceLogic):
             path = self.source.files[self.file_index]
             self.file_index += 1
             try:
-                self.frame, bad = self.source._read(path)
+                self.frame, bad = self.reader.read(path)
             except (OSError, pl.exceptions.PolarsError) as exc:
                 msg = f"{self.source.kind}: cannot read '{path}': {exc}"
                 raise SourceError(msg) from exc
@@ -100,13 +119,15 @@ class _FileLogic(KeepsDeadLetters, SourceLogic):
 
     @override
     def snapshot(self) -> Any:
+        types = self.reader.state()
         if self.frame is not None and self.file_index > 0:
             current = self.file_index - 1
-            return {"file": self.source.files[current].name, "index": current, "offset": self.offset}
-        return {"file": None, "index": self.file_index, "offset": 0}
+            return {"file": self.source.files[current].name, "index": current, "offset": self.offset, "types": types}
+        return {"file": None, "index": self.file_index, "offset": 0, "types": types}
 
     @override
     def restore(self, position: Any) -> None:
+        self.reader.load_state(position.get("types"))
         names = [p.name for p in self.source.files]
         index = int(position["index"])
         if position["file"] is not None:
@@ -122,103 +143,342 @@ class _FileLogic(KeepsDeadLetters, SourceLogic):
         self.skip = int(position["offset"])
 
 
+def _at(reason: str, where: str) -> str:
+    """A decoder's reason, saying where in the files the record was."""
+    if reason.startswith("invalid JSON: "):
+        return f"invalid JSON at {where}: {reason.removeprefix('invalid JSON: ')}"
+    return f"{reason} ({where})"
+
+
+class _JsonLinesReader:
+    """Lines through the JSON decoder the message sources use (`rheon.io._json.JsonDecoder`)."""
+
+    def __init__(self, schema: pl.Schema | None, max_depth: int, max_fields: int) -> None:
+        self.decoder = JsonDecoder(schema, max_depth=max_depth, max_fields=max_fields)
+
+    def parse(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
+        text = chunk[:-1] if chunk[-1:] == b"\n" else chunk
+        if not text:
+            return pl.DataFrame(), []
+        numbers: list[int] | None = None  # line numbers, if some lines are empty
+        if text[:1] == b"\n" or b"\n\n" in text:
+            lines = text.split(b"\n")
+            numbers = [first_line + i for i, line in enumerate(lines) if line]
+            frame, _, bad = self.decoder([line for line in lines if line])
+            lines = [line for line in lines if line]
+        else:
+            frame, _, bad = self.decoder.ndjson(text)
+            lines = text.split(b"\n") if bad else []
+        dead: list[tuple[str, str]] = []
+        for i, reason in bad:
+            line = lines[i]
+            if not line.strip():
+                continue  # a blank line (spaces, a CR) is no record
+            number = numbers[i] if numbers is not None else first_line + i
+            dead.append((_at(reason, f"{name}:{number}"), _text(line)))
+        return frame, dead
+
+    def read(self, path: Path) -> Parsed:
+        return self.parse(None, path.read_bytes(), path.name, 1)
+
+    def state(self) -> Any:
+        return self.decoder.state()
+
+    def load_state(self, state: Any) -> None:
+        self.decoder.load_state(state)
+
+
 class JsonLines(_FileSource):
     """Read newline-delimited JSON files (``path`` may be a glob such as ``"logs/*.jsonl"``).
 
-    A line that is not a JSON object goes to the dead-letter output with its line number; the
-    other lines are read. With ``follow=True`` the files (a path, glob or directory) are tailed:
-    lines appended later, and new files, are read as they come (checked every ``poll``); a
-    rotated or truncated file is read again from its start.
+    Lines go through the same JSON decoder as Kafka and MQTT messages (`rheon.io._json.JsonDecoder`):
+    a field keeps the type it first had (or the type ``schema`` gives it), across lines, files and
+    restarts, and a line whose value does not fit it is a dead letter, never converted (``1.5``
+    where the field was an integer, ``"1"`` or ``true`` for a number, a list where it was an
+    object). So is a line that is not a JSON object, not UTF-8, nested deeper than ``max_depth``
+    levels or with more than ``max_fields`` distinct fields. Reasons name the file and line; the
+    payload is the line as read. Blank lines are skipped. Every batch has the fields seen so far as
+    columns, in the order they first appeared (a field a line lacks is null).
+
+    With ``follow=True`` the files (a path, glob or directory) are tailed: lines appended later,
+    and new files, are read as they come (checked every ``poll``); a rotated or truncated file is
+    read again from its start.
 
     Guarantee: exactly-once (files are read in name order; after a restart reading resumes at
-    the checkpointed file and row).
+    the checkpointed file and row, with the column types learned so far).
 
     Examples
     --------
     >>> import rheon as rh, tempfile, os
     >>> d = tempfile.mkdtemp(); p = os.path.join(d, "a.jsonl")
-    >>> _ = open(p, "w").write('{"x": 1}\\n{oops\\n{"x": 3}\\n')
+    >>> _ = open(p, "w").write('{"x": 1}\\n{oops\\n{"x": 3}\\n{"x": "4"}\\n')
     >>> flow = rh.Flow("j"); out = rh.io.Collect(); bad = rh.io.Collect()
     >>> flow.source(rh.io.JsonLines(p)).sink(out); flow.dead_letters().sink(bad)
-    >>> flow.run(); out.rows, bad.rows[0]["reason"][:27]
-    ([{'x': 1}, {'x': 3}], 'invalid JSON at a.jsonl:2: ')
+    >>> flow.run(); out.rows
+    [{'x': 1}, {'x': 3}]
+    >>> for d in bad.rows:
+    ...     print(d["reason"][:30], "|", d["payload"])
+    invalid JSON at a.jsonl:2: Exp | {oops
+    field 'x' is "4" (a string), b | {"x": "4"}
     """
 
     kind = "JsonLines"
 
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int = 10_000,
+        follow: bool = False,
+        poll: Duration = "200ms",
+        schema: pl.Schema | dict[str, pl.DataType] | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_fields: int = DEFAULT_MAX_FIELDS,
+    ) -> None:
+        check_limits(self.kind, max_depth, max_fields)
+        self.value_schema = _schema(self.kind, schema)
+        self.max_depth, self.max_fields = max_depth, max_fields
+        super().__init__(path, batch_size=batch_size, follow=follow, poll=poll)
+
     @override
     def schema(self) -> pl.Schema | None:
-        return None
+        return self.value_schema
 
     @override
-    def _read(self, path: Path) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
-        return self._parse_chunk(None, path.read_bytes(), path.name, 1)
+    def _reader(self) -> FileReader:
+        return _JsonLinesReader(self.value_schema, self.max_depth, self.max_fields)
 
-    @override
-    def _parse_chunk(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
+
+_CSV_FAILED = (pl.exceptions.PolarsError, pl.exceptions.PanicException)
+
+
+class _CsvReader:
+    """CSV text into columns whose types stay those of the first file (or chunk) a column was in.
+
+    Known columns are parsed as their type; a row whose value does not parse as it is a dead letter.
+    """
+
+    def __init__(self, schema: pl.Schema | None) -> None:
+        self.schema = schema
+        self.seen: dict[str, pl.DataType] = dict(schema) if schema is not None else {}
+
+    def parse(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
+        data = (header or b"") + chunk
+        row_line = first_line if header is not None else first_line + 1  # the first data row's line
         try:
-            return pl.read_ndjson(chunk, infer_schema_length=None), []
-        except pl.exceptions.PolarsError:
-            pass
-        rows: list[dict[str, Any]] = []
-        bad: list[tuple[str, str]] = []
-        for number, line in enumerate(chunk.decode("utf-8", errors="replace").splitlines(), first_line):
-            if not line.strip():
-                continue
+            names = pl.read_csv(data, n_rows=0).columns
+            known = {c: self.seen[c] for c in names if c in self.seen}
+            wanted = names if self.schema is None else [c for c in names if c in self.schema]
+            frame = pl.read_csv(data, schema_overrides=known, columns=wanted) if wanted else pl.DataFrame()
+        except _CSV_FAILED:
+            return self._slow(data, name, row_line)
+        return self._align(frame), []
+
+    def _align(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Learn the new columns' types; every known column, in the order first seen."""
+        if self.schema is None:
+            for column, dtype in frame.schema.items():
+                if column not in self.seen:
+                    self.seen[column] = dtype
+        missing = [pl.lit(None, dtype).alias(c) for c, dtype in self.seen.items() if c not in frame.columns]
+        return frame.with_columns(missing).select(list(self.seen)) if self.seen else frame
+
+    def _slow(self, data: bytes, name: str, row_line: int) -> Parsed:
+        """Every value as text, then each column parsed as its type: the rows that do not parse are dead letters."""
+        try:
+            raw = pl.read_csv(data, infer_schema=False)
+        except _CSV_FAILED as exc:
+            reason = f"unreadable CSV at {name}:{row_line}: {str(exc).splitlines()[0]}"
+            return pl.DataFrame(), [(reason, _text(data)[:10_000])]
+        if self.schema is not None:
+            raw = raw.select([c for c in raw.columns if c in self.schema])
+        new = [c for c in raw.columns if c not in self.seen]
+        types = dict(self.seen)
+        if new:  # typed as Polars would have typed them from the first rows (text if it cannot)
             try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                bad.append((f"invalid JSON at {name}:{number}: {exc}", line))
+                sample = pl.read_csv(raw.head(100).select(new).write_csv().encode())
+                types.update(dict(sample.schema))
+            except _CSV_FAILED:
+                types.update(dict.fromkeys(new, pl.String()))
+        parsed: dict[str, pl.Series] = {}
+        bad = pl.Series([False] * raw.height)
+        reasons: dict[int, str] = {}
+        for column in raw.columns:
+            text = raw.get_column(column)
+            dtype = types[column]
+            if dtype == pl.String:
+                parsed[column] = text
                 continue
-            if not isinstance(value, dict):
-                bad.append((f"not a JSON object at {name}:{number}", line))
-                continue
-            rows.append(value)
-        return (pl.from_dicts(rows, infer_schema_length=None) if rows else pl.DataFrame()), bad
+            if dtype == pl.Boolean:  # as Polars' reader: true or false, in any case
+                lower = text.str.to_lowercase()
+                valid = lower.is_in(["true", "false"]).fill_null(value=False)
+                value = (lower == "true").zip_with(valid, pl.Series(column, [None] * raw.height, dtype=pl.Boolean))
+            else:
+                value = text.cast(dtype, strict=False)
+            failed = value.is_null() & text.is_not_null()
+            for i in failed.arg_true().to_list():
+                reasons.setdefault(
+                    i,
+                    f"field {column!r} is {text[i]!r}, which is not {dtype}: this source has read the column as "
+                    f"{dtype} so far (a column keeps the type it first had). Try schema= on the source to set the types",
+                )
+            bad = bad | failed
+            parsed[column] = value
+        frame = pl.DataFrame(parsed).filter(~bad)
+        lines = data.split(b"\n")[1:]
+        exact = b'"' not in data and len([line for line in lines if line]) == raw.height and b"\n\n" not in data
+        dead: list[tuple[str, str]] = []
+        for i, reason in sorted(reasons.items()):
+            if exact:
+                dead.append((f"{reason} ({name}:{row_line + i})", _text(lines[i].rstrip(b"\r"))))
+            else:
+                row = raw.slice(i, 1).write_csv(include_header=False).rstrip("\n")
+                dead.append((f"{reason} ({name}, record {i + 1} from line {row_line})", row))
+        return self._align(frame), dead
+
+    def read(self, path: Path) -> Parsed:
+        return self.parse(None, path.read_bytes(), path.name, 1)
+
+    def state(self) -> Any:
+        return types_state(self.seen) if self.schema is None else None
+
+    def load_state(self, state: Any) -> None:
+        if self.schema is None:
+            self.seen = load_types(state)
 
 
 class Csv(_FileSource):
     """Read CSV files with a header row (``path`` may be a glob).
 
+    Column types: ``schema`` if given (other columns are left out), else each column keeps the type
+    Polars infers from the first rows of the first file (or chunk, when following) it appears in. A
+    later file that would infer the column differently (``1.5`` or ``x`` where the first file had
+    integers) does not change it: its rows whose value does not parse as the column's type are dead
+    letters, with the reason and the line as read; text columns take any value as it is. Every batch
+    has the columns seen so far, in the order first seen (a column a file lacks is null).
+
     Guarantee: exactly-once (files are read in name order; after a restart reading resumes at
-    the checkpointed file and row).
+    the checkpointed file and row, with the column types learned so far).
 
     Examples
     --------
     >>> import rheon as rh, tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "a.csv")
-    >>> _ = open(p, "w").write("k,v\\na,1\\nb,2\\n")
-    >>> flow = rh.Flow("c"); out = rh.io.Collect()
-    >>> flow.source(rh.io.Csv(p)).sink(out)
+    >>> d = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(d, "a.csv"), "w").write("k,v\\na,1\\nb,2\\n")
+    >>> _ = open(os.path.join(d, "b.csv"), "w").write("v,k\\n3,c\\nx,d\\n")
+    >>> flow = rh.Flow("c"); out = rh.io.Collect(); bad = rh.io.Collect()
+    >>> flow.source(rh.io.Csv(os.path.join(d, "*.csv"))).sink(out); flow.dead_letters().sink(bad)
     >>> flow.run(); out.rows
-    [{'k': 'a', 'v': 1}, {'k': 'b', 'v': 2}]
+    [{'k': 'a', 'v': 1}, {'k': 'b', 'v': 2}, {'k': 'c', 'v': 3}]
+    >>> [(d["reason"][:44], d["payload"]) for d in bad.rows]
+    [("field 'v' is 'x', which is not Int64: this s", 'x,d')]
     """
 
     kind = "Csv"
 
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int = 10_000,
+        follow: bool = False,
+        poll: Duration = "200ms",
+        schema: pl.Schema | dict[str, pl.DataType] | None = None,
+    ) -> None:
+        self.value_schema = _schema(self.kind, schema)
+        super().__init__(path, batch_size=batch_size, follow=follow, poll=poll)
+
     @override
     def schema(self) -> pl.Schema | None:
+        if self.value_schema is not None:
+            return self.value_schema
         return pl.scan_csv(self.files[0]).collect_schema() if self.files else None
 
     @override
-    def _read(self, path: Path) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
-        return pl.read_csv(path), []
+    def _reader(self) -> FileReader:
+        return _CsvReader(self.value_schema)
 
     @override
-    def _tail(self, ctx: BuildContext) -> SourceLogic:
-        return LineTail(self.kind, self.path, self._parse_chunk, header=True, poll_ms=self.poll_ms, clock=ctx.clock)
+    def _tail(self, ctx: BuildContext, reader: FileReader) -> SourceLogic:
+        return LineTail(self.kind, self.path, reader, header=True, poll_ms=self.poll_ms, clock=ctx.clock)
 
-    @override
-    def _parse_chunk(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
-        try:
-            return pl.read_csv((header or b"") + chunk), []
-        except pl.exceptions.PolarsError as exc:
-            reason = f"unreadable CSV at {name}:{first_line}: {str(exc).splitlines()[0]}"
-            return pl.DataFrame(), [(reason, chunk.decode("utf-8", errors="replace")[:10_000])]
+
+class _ParquetReader:
+    """Parquet files, whose columns keep the types of the first file they were in.
+
+    A column of another type in a later file is converted only between numeric types, and only if
+    every value stays the same; otherwise its rows with a value are dead letters.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, pl.DataType] = {}
+
+    def read(self, path: Path) -> Parsed:
+        frame = pl.read_parquet(path)
+        bad = pl.Series([False] * frame.height)
+        reasons: dict[int, str] = {}
+        columns: list[pl.Series] = []
+        for column in frame.iter_columns():
+            known = self.seen.get(column.name)
+            if known is None:
+                if column.dtype != pl.Null:
+                    self.seen[column.name] = column.dtype
+                columns.append(column)
+                continue
+            if column.dtype in (known, pl.Null):
+                columns.append(column.cast(known))
+                continue
+            converted = _same_numbers(column, known)
+            if converted is not None:
+                columns.append(converted)
+                continue
+            failed = column.is_not_null()
+            for i in failed.arg_true().to_list():
+                reasons.setdefault(
+                    i,
+                    f"column {column.name!r} is {column.dtype} in {path.name}, but this source has read it as "
+                    f"{known} so far (a column keeps the type it first had): value {column[i]!r}",
+                )
+            bad = bad | failed
+            columns.append(pl.Series(column.name, [None] * frame.height, dtype=known))
+        out = pl.DataFrame(columns)
+        dead = [(reasons[i], payload_of(frame.row(i, named=True))) for i in sorted(reasons)]
+        missing = [pl.lit(None, dtype).alias(c) for c, dtype in self.seen.items() if c not in out.columns]
+        out = out.with_columns(missing).select([c for c in self.seen if c in out.columns] + [
+            c for c in out.columns if c not in self.seen
+        ])  # fmt: skip
+        return out.filter(~bad), dead
+
+    def parse(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
+        msg = "Parquet files are read whole"
+        raise NotImplementedError(msg)
+
+    def state(self) -> Any:
+        return types_state(self.seen)
+
+    def load_state(self, state: Any) -> None:
+        self.seen = load_types(state)
+
+
+def _same_numbers(column: pl.Series, dtype: pl.DataType) -> pl.Series | None:
+    """``column`` as ``dtype`` if both are numeric and no value changes, else None."""
+    if not (column.dtype.is_numeric() and dtype.is_numeric()):
+        return None
+    try:
+        converted = column.cast(dtype, strict=True)
+        back = converted.cast(column.dtype, strict=True)
+    except _CSV_FAILED:
+        return None
+    return converted if back.equals(column) else None
 
 
 class Parquet(_FileSource):
     """Read Parquet files (``path`` may be a glob).
+
+    Each column keeps the type it has in the first file: in a later file a column of another
+    numeric type is converted when no value changes (Int32 to Int64, integers to floats below
+    2**53); otherwise (text for a number, a number that would change) its rows with a value are
+    dead letters. Every batch has the columns seen so far, in the order first seen.
 
     Guarantee: exactly-once (files are read in name order; after a restart reading resumes at
     the checkpointed file and row).
@@ -241,9 +501,9 @@ class Parquet(_FileSource):
         return pl.Schema(pl.read_parquet_schema(self.files[0])) if self.files else None
 
     @override
-    def _read(self, path: Path) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
-        return pl.read_parquet(path), []
+    def _reader(self) -> FileReader:
+        return _ParquetReader()
 
     @override
-    def _tail(self, ctx: BuildContext) -> SourceLogic:
-        return NewFiles(self.kind, self.path, pl.read_parquet, poll_ms=self.poll_ms, clock=ctx.clock)
+    def _tail(self, ctx: BuildContext, reader: FileReader) -> SourceLogic:
+        return NewFiles(self.kind, self.path, reader, poll_ms=self.poll_ms, clock=ctx.clock)
