@@ -120,6 +120,13 @@ def test_a_schema_refuses_values_that_would_be_changed_to_fit():
     ]
 
 
+def test_a_message_that_does_not_fit_does_not_shape_the_types():
+    decode = _json()
+    frame, index, bad = _decode(decode, {"v": 1, "w": 5}, {"v": "x", "w": 2.5, "junk": [1]})
+    assert (frame.to_dicts(), index, [i for i, _ in bad]) == ([{"v": 1, "w": 5}], [0], [1])
+    assert decode.seen == {"v": pl.Int64(), "w": pl.Int64()}  # not Float64 from 2.5, no "junk" column
+
+
 def test_nan_is_not_json():
     frame, index, bad = _decode(_json(), {"v": 1.0}, b'{"v": NaN}')
     assert (frame["v"].to_list(), index) == ([1.0], [0])
