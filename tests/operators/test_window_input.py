@@ -53,26 +53,45 @@ def test_the_exact_crash_of_the_issue_10() -> None:
     assert dead == []
 
 
+def _drifting(rows: list[dict]) -> rh.io.Source:
+    return ScriptedSource([pl.DataFrame([row]) for row in rows])
+
+
+DRIFT = [
+    {"k": 1, "ts": 1_000, "v": 10},
+    {"k": "1", "ts": 2_000, "v": 20},  # the key as text
+    {"ts": 3_000, "k": 1, "v": 2.0},  # 2.0 is the integer 2: kept
+    {"k": 1, "ts": 4_000, "v": 2.5},  # 2.5 is not an integer
+    {"k": 1, "ts": 4_500, "v": 4.0},
+    {"k": 1, "ts": 30_000, "v": 1},
+]
+
+
 @pytest.mark.parametrize("kind", WINDOWS)
-def test_a_field_keeps_its_type_between_batches_issue_10(kind: str) -> None:
+@pytest.mark.parametrize("where", ["source", "window"])
+def test_a_field_keeps_its_type_between_batches_issue_10(kind: str, where: str) -> None:
     """A key that was an integer and comes as text is not merged with the integer key (nor
-    turned into text): the record is a dead letter naming field, value and type."""
-    script = [
-        pl.DataFrame({"k": [1], "ts": [1_000], "v": [10]}),
-        pl.DataFrame({"k": ["1"], "ts": [2_000], "v": [20]}),  # the key as text
-        pl.DataFrame({"ts": [3_000], "k": [1], "v": [2.0]}),  # 2.0 is the integer 2: kept
-        pl.DataFrame({"k": [1, 1], "ts": [4_000, 4_500], "v": [2.5, 4.0]}),  # 2.5 is not an integer
-        pl.DataFrame({"k": [1], "ts": [30_000], "v": [1]}),
-    ]
-    got, _, dead = _run(ScriptedSource(script), WINDOWS[kind])
-    first = got[0]
+    turned into text): the record is a dead letter naming field, value and type. The source
+    catches what it reads; the window what a user function (or a union) changes on the way."""
+    flow = rh.Flow("input")
+    if where == "source":
+        stream = flow.source(_drifting(DRIFT), time="ts")
+    else:  # the source reads uniform types; a map makes them drift, one record per batch
+        uniform = [{**row, "k": 1, "v": int(row["v"])} for row in DRIFT]
+        stream = flow.source(rh.io.Records(uniform, batch_size=1), time="ts")
+        by_ts = {row["ts"]: row for row in DRIFT}
+        stream = stream.map(lambda r: {"k": by_ts[r["ts"]]["k"], "ts": r["ts"], "v": by_ts[r["ts"]]["v"]})
+    per_k = stream.key_by("k").window(WINDOWS[kind]).agg(n=rh.count(), total=rh.sum("v"))
+    out, dead = collect(per_k), collect(flow.dead_letters())
+    flow.run()
+    first = out.rows[0]
     assert first["k"] == 1
     assert (first["n"], first["total"]) == (3, 16)
     assert isinstance(first["total"], int)
-    assert [d["payload"] for d in dead] == ['{"k": "1", "ts": 2000, "v": 20}', '{"k": 1, "ts": 4000, "v": 2.5}']
-    assert "field 'k' is '1' (String), but this operator has read it as Int64" in dead[0]["reason"]
-    assert "field 'v' is 2.5 (Float64), but this operator has read it as Int64" in dead[1]["reason"]
-    assert dead[0]["operator"].startswith("window ")
+    assert [d["payload"] for d in dead.rows] == ['{"k": "1", "ts": 2000, "v": 20}', '{"k": 1, "ts": 4000, "v": 2.5}']
+    assert "field 'k' is '1' (String), but this stream has had it as Int64" in dead.rows[0]["reason"]
+    assert "field 'v' is 2.5 (Float64), but this stream has had it as Int64" in dead.rows[1]["reason"]
+    assert dead.rows[0]["operator"].startswith(f"{where} ")
 
 
 def test_a_sum_over_a_field_first_seen_without_values_issue_10() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from rheon.core.batch import MAX_WM, MIN_WM, RAW_COL, SPLIT_COL, WM_COL, Batch
+from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import dead_letter_frame, payloads_of
 from rheon.core.errors import FlowError, RecordError
 from rheon.core.eventtime import TimeType, time_type_of
@@ -57,6 +58,8 @@ class _SourceTask:
     idle: bool = False
     ended: bool = False
     splits: SplitWatermarks | None = None
+    columns: ColumnTypes | None = None
+    """The source's columns in first-seen order, each with the type it first had."""
 
     @property
     def watermark(self) -> int:
@@ -156,6 +159,12 @@ class Executor:
                     tracker,
                     needs_wm=node.id in self.plan.needs_wm,
                     time_type=node.time_type,
+                    columns=ColumnTypes(
+                        None,
+                        where=node.label,
+                        passthrough={SPLIT_COL, RAW_COL},
+                        untyped={node.time} if node.time is not None else (),
+                    ),
                 )
             )
             if node.time_type is not None and tracker is not None:
@@ -313,6 +322,19 @@ class Executor:
                 frame, ticks = frame.filter(~bad), ticks.filter(~bad)
         return frame
 
+    def _conform(self, task: _SourceTask, frame: pl.DataFrame) -> pl.DataFrame:
+        """The batch's columns in the source's order and types; records with a field of another
+        type than it had so far become dead letters (a batch from one file or request may differ
+        from the last: a field missing, new, or of a new type)."""
+        assert task.columns is not None
+        if frame.height == 0:
+            return frame
+        good, bad, reasons = task.columns.conform(frame)
+        if bad is not None:
+            self._dead(Batch(dead_letter_frame(task.node.label, reasons, payloads_of(frame.filter(bad)))))
+            task.stats.dead_letters += len(reasons)
+        return good
+
     def _source_batch(self, task: _SourceTask, frame: pl.DataFrame, now_ns: int) -> None:
         node = task.node
         task.stats.rows_in += frame.height
@@ -325,7 +347,7 @@ class Executor:
                 task.stats.dead_letters += frame.height
                 frame = frame.clear()
             else:
-                frame = self._check_times(task, self._resolve_time(task, frame))
+                frame = self._conform(task, self._check_times(task, self._resolve_time(task, frame)))
                 ticks = frame.get_column(column).cast(pl.Int64)
                 if SPLIT_COL in frame.columns:
                     splits = self._splits(task, now_ns)
@@ -336,6 +358,8 @@ class Executor:
                     frame = frame.with_columns(task.tracker.assign(ticks).alias(WM_COL))
                 else:
                     task.tracker.observe(ticks)
+        elif frame.height:
+            frame = self._conform(task, frame)
         hidden = [c for c in (SPLIT_COL, RAW_COL) if c in frame.columns]
         if hidden:
             frame = frame.drop(hidden)
@@ -407,12 +431,15 @@ class Executor:
             "max_ts": task.tracker.max_ts if task.tracker is not None else None,
             "split_max_ts": dict(task.splits.max_ts) if task.splits is not None else None,
             "time_type": task.time_type,
+            "columns": task.columns.snapshot() if task.columns is not None else None,
             "ended": task.ended,
             "stats": (task.stats.rows_in, task.stats.rows_out),
         }
 
     def restore_source(self, task: _SourceTask, saved: dict[str, Any]) -> None:
         task.ended = bool(saved["ended"])
+        if task.columns is not None:
+            task.columns.restore(saved.get("columns"))
         if not task.ended:
             task.logic.restore(saved["position"])
         if task.tracker is not None and saved["max_ts"] is not None:

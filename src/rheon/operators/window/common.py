@@ -19,7 +19,7 @@ from typing_extensions import override
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
 from rheon.core.deadletters import payloads_of
 from rheon.core.eventtime import TimeType, time_type_of
-from rheon.operators._conform import ColumnTypes
+from rheon.core.columns import ColumnTypes
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
 from rheon.operators.dense import DenseGroups, Workspace
