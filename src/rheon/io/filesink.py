@@ -5,6 +5,12 @@ rows are appended, ``.pending-<checkpoint>-<n>.<ext>`` once a checkpoint has mad
 When the checkpoint is complete they are renamed to ``part-<checkpoint>-<n>.<ext>``; a rename in
 one directory is atomic, so a reader sees a part file whole or not at all. Part names sort in the
 order rows were emitted.
+
+No value is converted to fit another batch: JSON lines are written batch by batch; a CSV file has
+one header, so a batch with a column the header lacks starts a new file; a Parquet file has one
+schema, so a batch whose column types differ from those of the file being written (``1.5`` where
+it holds a struct) starts a new file too. Rows a format cannot hold (nested values in CSV) go to
+the dead letters.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from typing import IO
 import polars as pl
 from typing_extensions import override
 
+from rheon.core.deadletters import payloads_of
 from rheon.core.durations import Duration, to_bytes, to_ms
 from rheon.core.errors import FlowError, SinkError
-from rheon.io.base import BuildContext, Sink, SinkLogic
+from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 
 __all__ = ["FileSink"]
 
@@ -43,7 +50,10 @@ class FileSink(Sink):
     written; files in progress start with ``"."``.
     ``roll_size="128MB"`` and/or ``roll_every="1h"`` start a new file when the current one is
     that big or that old; without them a run writes one file per checkpoint interval (or one
-    file in all, without checkpoints).
+    file in all, without checkpoints), and more when batches do not fit one file: a CSV batch
+    with a column the file's header lacks, a Parquet batch whose column types differ from the
+    file's. Values are never converted to another type to fit; rows CSV cannot hold (nested
+    values) go to the dead letters.
 
     Guarantee: exactly-once with checkpoints (``flow.run(checkpoint_dir=...)``): the rows of
     each checkpoint interval become visible, as new part files, when that checkpoint is
@@ -86,7 +96,26 @@ class FileSink(Sink):
         return f"FileSink({str(self.directory)!r}, format={self.format!r})"
 
 
-class _FileSinkLogic(SinkLogic):
+def _unified(schema: dict[str, pl.DataType], frame: pl.DataFrame) -> dict[str, pl.DataType] | None:
+    """The schema of one file holding rows of ``schema`` and ``frame`` (its columns, then the batch's
+    new ones; an all-null column takes the other's type), or None if a column's types differ."""
+    merged = dict(schema)
+    for name, dtype in frame.schema.items():
+        known = merged.get(name)
+        if known is None or known == pl.Null:
+            merged[name] = dtype
+        elif dtype not in (known, pl.Null):
+            return None
+    return merged
+
+
+def _conformed(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """``frame`` with ``schema``'s columns: missing ones null, all-null ones of the schema's type."""
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in schema.items() if name not in frame.columns]
+    return frame.with_columns(missing).select(list(schema)).cast(pl.Schema(schema))
+
+
+class _FileSinkLogic(KeepsDeadLetters, SinkLogic):
     def __init__(
         self, directory: Path, fmt: str, roll_bytes: int | None, roll_ms: int | None, ctx: BuildContext
     ) -> None:
@@ -105,8 +134,10 @@ class _FileSinkLogic(SinkLogic):
         self.path: Path | None = None
         self.handle: IO[bytes] | None = None
         self.parquet_frames: list[pl.DataFrame] = []
-        self.header_written = False
+        self.parquet_schema: dict[str, pl.DataType] = {}  # of the Parquet file being written
+        self.header: list[str] | None = None  # of the CSV file being written
         self.staged: dict[int, list[Path]] = {}
+        self.dead: list[tuple[str, str]] = []
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -116,15 +147,20 @@ class _FileSinkLogic(SinkLogic):
         self.written = 0
         if self.fmt != "parquet":
             self.handle = open(self.path, "wb")  # noqa: SIM115 - kept open across writes
-        self.header_written = False
+        self.header = None
 
     @override
     def write(self, frame: pl.DataFrame) -> None:
-        if self.path is not None and self._due():
+        if self.fmt == "csv":
+            frame = self._flat(frame)
+            if frame.height == 0:
+                return
+        if self.path is not None and (self._due() or not self._fits(frame)):
             self._roll()
         if self.path is None:
             self._open()
         if self.fmt == "parquet":
+            self.parquet_schema = _unified(self.parquet_schema, frame) or dict(frame.schema)
             self.parquet_frames.append(frame)
             self.written += int(frame.estimated_size())
             return
@@ -132,10 +168,35 @@ class _FileSinkLogic(SinkLogic):
         before = self.handle.tell()
         if self.fmt == "jsonl":
             frame.write_ndjson(self.handle)
-        else:
-            frame.write_csv(self.handle, include_header=not self.header_written)
-            self.header_written = True
+        elif self.header is None:
+            frame.write_csv(self.handle, include_header=True)
+            self.header = frame.columns
+        else:  # the header's columns, in its order (one the batch lacks is empty)
+            missing = [pl.lit(None, pl.String).alias(c) for c in self.header if c not in frame.columns]
+            frame.with_columns(missing).select(self.header).write_csv(self.handle, include_header=False)
         self.written += self.handle.tell() - before
+
+    def _fits(self, frame: pl.DataFrame) -> bool:
+        """Whether the batch can go into the file being written without converting a value."""
+        if self.fmt == "parquet":
+            return not self.parquet_frames or _unified(self.parquet_schema, frame) is not None
+        if self.fmt == "csv":
+            return self.header is None or set(frame.columns) <= set(self.header)
+        return True
+
+    def _flat(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows CSV can hold: nested values (lists, structs) send their rows to the dead letters."""
+        nested = [n for n, t in frame.schema.items() if t.is_nested() or t == pl.Object]
+        if not nested:
+            return frame
+        bad = pl.any_horizontal([pl.col(n).is_not_null() for n in nested])
+        rejected = frame.filter(bad)
+        reason = (
+            f"CSV cannot hold nested values (column {nested[0]!r} is {frame.schema[nested[0]]}). "
+            "Try format='jsonl' or 'parquet', or flatten the column before the sink"
+        )
+        self.dead += [(reason, payload) for payload in payloads_of(rejected)]
+        return frame.filter(~bad).with_columns(pl.lit(None, pl.String).alias(n) for n in nested)
 
     def _due(self) -> bool:
         """Whether the file being written should be closed and a new one started."""
@@ -158,9 +219,10 @@ class _FileSinkLogic(SinkLogic):
         if path is None:
             return None
         if self.fmt == "parquet":
-            frames = self.parquet_frames
-            self.parquet_frames = []
-            frame = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+            frames, schema = self.parquet_frames, self.parquet_schema
+            self.parquet_frames, self.parquet_schema = [], {}
+            # One schema by construction (_fits): only all-null and missing columns take their type.
+            frame = pl.concat([_conformed(f, schema) for f in frames]) if len(frames) > 1 else frames[0]
             with open(path, "wb") as fh:
                 frame.write_parquet(fh)
                 fh.flush()

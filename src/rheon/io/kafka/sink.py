@@ -3,7 +3,9 @@
 With checkpoints, the rows of each checkpoint interval are staged (in the checkpoint itself, with
 the partitions' end offsets at that moment) and written in one Kafka transaction when the
 checkpoint completes. Each row carries the headers ``rheon-txn`` (``<transactional id>:<n>``)
-and ``rheon-seq``.
+and ``rheon-seq``. Rows are encoded as each batch is written, and staged as messages (key and
+value bytes): batches whose columns differ in type are never concatenated, so no value is
+converted to fit another batch's type and a checkpoint never fails on them.
 
 Recovering from a crash in the middle of a commit: the restarted producer takes over the
 transactional id, which fences the old one. Then the sink reads back, with a ``read_committed``
@@ -29,10 +31,11 @@ from typing import Any
 import polars as pl
 from typing_extensions import override
 
+from rheon.core.deadletters import payloads_of
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError
 from rheon.io._reconnect import Reconnects
-from rheon.io.base import BuildContext, Sink, SinkLogic
+from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 from rheon.io.kafka.codec import encode_json
 from rheon.io.kafka.source import _kafka
 
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 
 CKPT = "__rheon_ckpt"
 _TIMEOUT_S = 30
+_KEY, _VALUE = "__rheon_key", "__rheon_value"  # the columns of staged, encoded messages
+_ENCODED = pl.Schema({_KEY: pl.Binary(), _VALUE: pl.Binary()})
 
 
 class KafkaSink(Sink):
@@ -108,7 +113,7 @@ class KafkaSink(Sink):
         return _KafkaSinkLogic(self, ctx)
 
 
-class _KafkaSinkLogic(SinkLogic):
+class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
     def __init__(self, cfg: KafkaSink, ctx: BuildContext) -> None:
         self.kafka = _kafka()
         self.cfg = cfg
@@ -117,9 +122,10 @@ class _KafkaSinkLogic(SinkLogic):
         self.transactional = ctx.checkpointing
         self.txn_id = f"rheon-{ctx.flow}-{ctx.operator}"
         self.admin_group = f"{self.txn_id}.admin"
-        self.staged: list[pl.DataFrame] = []
+        self.staged: list[pl.DataFrame] = []  # encoded messages (_ENCODED) since the last checkpoint
         self.pending: dict[int, tuple[pl.DataFrame, dict[int, int]]] = {}
         self.errors: list[str] = []
+        self.dead: list[tuple[str, str]] = []
         base = {
             "bootstrap.servers": cfg.brokers,
             "partitioner": "murmur2_random",
@@ -162,6 +168,21 @@ class _KafkaSinkLogic(SinkLogic):
             self.initialized = True
 
     # -- encoding ------------------------------------------------------------------------------
+
+    def _encoded(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The batch as messages (key and value bytes); rows that cannot be encoded go to the dead letters."""
+        try:
+            messages = self._messages(frame)
+        except (pl.exceptions.PolarsError, TypeError, ValueError):
+            messages = []
+            for i in range(frame.height):
+                row = frame.slice(i, 1)
+                try:
+                    messages += self._messages(row)
+                except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
+                    reason = f"cannot encode the row as a Kafka message: {str(exc).splitlines()[0]}"
+                    self.dead.append((reason, payloads_of(row.drop(CKPT, strict=False))[0]))
+        return pl.DataFrame({_KEY: [k for k, _ in messages], _VALUE: [v for _, v in messages]}, schema=_ENCODED)
 
     def _messages(self, frame: pl.DataFrame) -> list[tuple[bytes | None, bytes]]:
         if self.cfg.format == "bytes":
@@ -215,7 +236,7 @@ class _KafkaSinkLogic(SinkLogic):
     @override
     def write(self, frame: pl.DataFrame) -> None:
         if self.transactional:
-            self.staged.append(frame)
+            self.staged.append(self._encoded(frame))
         else:
             self._produce(self._messages(frame), None)
 
@@ -227,7 +248,7 @@ class _KafkaSinkLogic(SinkLogic):
     def pre_commit(self, checkpoint_id: int) -> None:
         if not self.staged:
             return
-        frame = pl.concat(self.staged, how="diagonal_relaxed") if len(self.staged) > 1 else self.staged[0]
+        frame = pl.concat(self.staged) if len(self.staged) > 1 else self.staged[0]  # all of one schema: _ENCODED
         self.staged = []
         self.pending[checkpoint_id] = (frame, self._high_watermarks())
 
@@ -256,7 +277,8 @@ class _KafkaSinkLogic(SinkLogic):
             self._transact(cid, frame, skip=set())
 
     def _transact(self, cid: int, frame: pl.DataFrame, skip: set[int]) -> None:
-        messages = self._messages(frame)
+        """Write interval ``cid``'s messages (an encoded frame) in one transaction, but for those in ``skip``."""
+        messages = list(zip(frame.get_column(_KEY).to_list(), frame.get_column(_VALUE).to_list(), strict=True))
         tag = f"{self.txn_id}:{cid}".encode()
         headers = [[("rheon-txn", tag), ("rheon-seq", str(i).encode())] for i in range(len(messages))]
         keep = [i for i in range(len(messages)) if i not in skip]
@@ -280,7 +302,12 @@ class _KafkaSinkLogic(SinkLogic):
 
     @override
     def load_state(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any]) -> None:
-        self.pending = {int(cid): (frames[f"pending_{cid}"], ends) for cid, ends in objects["ends"].items()}
+        self.pending = {}
+        for cid, ends in objects["ends"].items():
+            frame = frames[f"pending_{cid}"]
+            if frame.schema != _ENCODED:  # a checkpoint of rheon 0.1 staged the rows themselves
+                frame = self._encoded(frame)
+            self.pending[int(cid)] = (frame, ends)
 
     @override
     def recover(self, checkpoint_id: int | None) -> None:
