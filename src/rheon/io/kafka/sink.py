@@ -37,7 +37,7 @@ from rheon.core.errors import FlowError, SinkError
 from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 from rheon.io.kafka.codec import encode_json
-from rheon.io.kafka.source import _kafka
+from rheon.io.kafka.source import _kafka, _list_topics
 
 __all__ = ["KafkaSink"]
 
@@ -47,6 +47,10 @@ CKPT = "__rheon_ckpt"
 _TIMEOUT_S = 30
 _KEY, _VALUE = "__rheon_key", "__rheon_value"  # the columns of staged, encoded messages
 _ENCODED = pl.Schema({_KEY: pl.Binary(), _VALUE: pl.Binary()})
+
+
+class _ReadBackIncomplete(Exception):
+    """Recovery's read of the topic ended before it reached the end offsets."""
 
 
 class KafkaSink(Sink):
@@ -152,7 +156,7 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
 
     def _check_topic(self) -> None:
         try:
-            meta = self.admin.list_topics(self.cfg.topic, timeout=10)
+            meta = _list_topics(self.kafka, self.admin, 10, self.cfg.topic)
         except self.kafka.KafkaException as exc:
             msg = f"{self.where}: cannot reach Kafka at {self.cfg.brokers} ({exc}). Is the broker running?"
             raise SinkError(msg) from exc
@@ -331,7 +335,23 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
             self._transact(cid, frame, skip)
 
     def _already_visible(self, cid: int, ends: dict[int, int]) -> set[int]:
-        """Sequence numbers of interval ``cid`` rows a fenced transaction left visible."""
+        """Sequence numbers of interval ``cid`` rows a fenced transaction left visible.
+
+        Only a read that reached the end of every partition tells: one cut short (the broker
+        unreachable) is tried again with backoff, never taken for the whole, or the rows it had
+        not reached yet would be written a second time.
+        """
+        retry = Reconnects(
+            self.name, "Kafka", self.cfg.brokers, self.cfg.retries,
+            self.cfg.retry_backoff_ms, self.clock, self.stop,
+        )  # fmt: skip
+        while True:
+            try:
+                return self._read_back(cid, ends)
+            except (self.kafka.KafkaException, _ReadBackIncomplete) as exc:
+                retry.failed(exc, str(exc))
+
+    def _read_back(self, cid: int, ends: dict[int, int]) -> set[int]:
         tag = f"{self.txn_id}:{cid}".encode()
         reader = self.kafka.Consumer(self._consumer_settings(f"{self.txn_id}.recover"))
         seen: set[int] = set()
@@ -347,7 +367,7 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
             reader.assign([self.kafka.TopicPartition(self.cfg.topic, p, ends.get(p, 0)) for p in targets])
             deadline = time.monotonic() + _TIMEOUT_S
             tps = [self.kafka.TopicPartition(self.cfg.topic, p) for p in targets]
-            while time.monotonic() < deadline:
+            while True:
                 for m in reader.consume(1000, 0.2):
                     if m.error() is not None:
                         continue
@@ -356,11 +376,17 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
                         seen.add(int(headers["rheon-seq"]))
                 # Transaction markers take offsets too: done when the read position, not the
                 # last record, reaches the end.
-                if all(tp.offset >= targets[tp.partition] for tp in reader.position(tps)):
-                    break
+                positions = {tp.partition: tp.offset for tp in reader.position(tps)}
+                if all(positions[p] >= end for p, end in targets.items()):
+                    return seen
+                if time.monotonic() >= deadline:
+                    msg = (
+                        f"reading back checkpoint {cid}'s rows from {self.cfg.topic!r} did not reach the end offsets "
+                        f"{targets} in {_TIMEOUT_S} s (reached {positions})"
+                    )
+                    raise _ReadBackIncomplete(msg)
         finally:
             reader.close()
-        return seen
 
     @override
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,26 @@ METADATA = ("_key", "_partition", "_offset", "_timestamp", "_headers")
 
 def _kafka() -> Any:
     return import_extra("confluent_kafka", user="rh.io.Kafka", package="confluent-kafka", extra="kafka")
+
+
+_METADATA_RETRY_S = 0.2
+
+
+def _list_topics(kafka: Any, client: Any, timeout_s: float, topic: str | None = None) -> Any:
+    """The cluster's metadata, asked for again until ``timeout_s`` has passed.
+
+    librdkafka fails a metadata request at once (``_TRANSPORT``) when its connection drops while the
+    request is in flight, however much of the timeout is left: asked once, a connection lost as a
+    client starts would fail the flow.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.list_topics(topic, timeout=max(deadline - time.monotonic(), 0.05))
+        except kafka.KafkaException:
+            if time.monotonic() + _METADATA_RETRY_S >= deadline:
+                raise
+            time.sleep(_METADATA_RETRY_S)
 
 
 class Kafka(Source):
@@ -172,7 +193,7 @@ class _KafkaLogic(KeepsDeadLetters, SourceLogic):
     def _connect(self, settings: dict[str, Any]) -> None:
         cfg = self.cfg
         try:
-            meta = self.consumer.list_topics(timeout=cfg.connect_timeout_ms / 1000)
+            meta = _list_topics(self.kafka, self.consumer, cfg.connect_timeout_ms / 1000)
         except self.kafka.KafkaException as exc:
             msg = (
                 f"{self.where}: cannot reach Kafka at {cfg.brokers} within {cfg.connect_timeout_ms} ms ({exc}). "
