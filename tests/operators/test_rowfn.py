@@ -44,11 +44,42 @@ def test_failures_go_to_dead_letters_and_the_rest_goes_on(batch_size):
 
 
 def test_map_output_columns_take_the_type_that_holds_every_value():
+    """Within a batch, chunks are typed as one frame: ints and floats make a float column."""
     rows = [{"v": i} for i in range(ROW_CHUNK + 10)]
-    out, _ = _run(rows, lambda s: s.map(lambda r: {"v": r["v"] if r["v"] < ROW_CHUNK + 5 else r["v"] + 0.5}))
+    shifted = lambda s: s.map(lambda r: {"v": r["v"] if r["v"] < ROW_CHUNK + 5 else r["v"] + 0.5})  # noqa: E731
+    out, bad = _run(rows, shifted, batch_size=len(rows))
     assert out[-1]["v"] == ROW_CHUNK + 9.5  # not truncated to an int
+    assert bad == []
     out, _ = _run([{"a": 1}, {"a": 2}], lambda s: s.map(lambda r: {"a": r["a"], "extra": "x"} if r["a"] == 2 else r))
     assert out == [{"a": 1, "extra": None}, {"a": 2, "extra": "x"}]
+
+
+def test_a_function_output_is_never_converted_issue_10(batch_size):
+    """Within a batch a field takes one type (ints and floats: Float64) and a value that does not
+    fit it is a dead letter, never converted: text among numbers, a number among objects (Polars
+    would have made the object's fields floats and the number null). From batch to batch types may
+    differ: each value is delivered as it is."""
+    values = [1, 2, 2.5, "3", {"b": 1}, 4, None, 5.0]
+    rows = [{"i": i} for i in range(len(values))]
+    out, bad = _run(rows, lambda s: s.map(lambda r: {"i": r["i"], "v": values[r["i"]]}), batch_size)
+    assert len(out) + len(bad) == len(values)
+    for row in out:
+        assert row["v"] == values[row["i"]]
+        assert type(row["v"]) in (type(values[row["i"]]), float)  # 1 may come as 1.0 beside 2.5
+    assert all(b["operator"] == "map 'map_1'" and "a field must keep one type" in b["reason"] for b in bad)
+    if batch_size == 1:
+        assert bad == []
+    else:
+        assert {b["payload"] for b in bad} >= {'{"i": 3, "v": "3"}', '{"i": 4, "v": {"b": 1}}'} - (
+            set() if batch_size > 4 else {'{"i": 4, "v": {"b": 1}}'}
+        )
+
+
+def test_objects_and_numbers_in_one_batch_are_not_mixed_issue_10():
+    out, bad = _run([{"i": 0}, {"i": 1}], lambda s: s.map(lambda r: {"v": {"b": 1} if r["i"] == 0 else 1.5}))
+    assert out == [{"v": {"b": 1}}]
+    assert [b["payload"] for b in bad] == ['{"v": 1.5}']
+    assert "field 'v' is 1.5 (float), where the column is Struct" in bad[0]["reason"]
 
 
 def test_datetime_survives_python_functions_with_its_unit():

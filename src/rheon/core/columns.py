@@ -66,6 +66,20 @@ def _has_null(dtype: pl.DataType) -> bool:
     return False
 
 
+def _common_type(dtypes: list[pl.DataType]) -> pl.DataType | None:
+    """One type for a column over frames meant to be one: theirs where they agree (parts still
+    ``Null`` aside), Float64 for ints and floats, else the first's (the others' values are then
+    checked against it)."""
+    settled = [d for d in dtypes if not _has_null(d)]
+    if not settled:
+        return None
+    if all(d == settled[0] for d in settled):
+        return settled[0]
+    if all(d.is_numeric() for d in settled) and any(d.is_float() for d in settled):
+        return pl.Float64()
+    return settled[0]
+
+
 class ColumnTypes:
     """Keep columns in one order with the types they first had; find the records that differ.
 
@@ -111,6 +125,28 @@ class ColumnTypes:
         self.untyped = set(untyped)
         self.types: dict[str, pl.DataType] = {}
         self.missing: set[str] = set()  # absent fields already warned about
+
+    @classmethod
+    def over(cls, frames: Sequence[pl.DataFrame], where: str, passthrough: Collection[str] = ()) -> ColumnTypes:
+        """The columns of ``frames`` (meant to become one frame) with one type each: theirs where
+        they agree, Float64 for ints and floats, else the first frame's.
+
+        Examples
+        --------
+        >>> frames = [pl.DataFrame({"a": [None]}), pl.DataFrame({"a": [1], "b": [[]]}), pl.DataFrame({"a": [2.5]})]
+        >>> types = ColumnTypes.over(frames, where="batch")
+        >>> pl.concat([types.conform(f)[0] for f in frames], how="diagonal").rows()
+        [(None, None), (1.0, []), (2.5, None)]
+        """
+        names = list(dict.fromkeys(c for f in frames for c in f.columns if c not in passthrough))
+        types = cls(names, where=where, passthrough=passthrough)
+        for name in names:
+            common = _common_type([f.schema[name] for f in frames if name in f.schema])
+            if common is not None:
+                types.types[name] = common
+            else:  # nulls everywhere: keep the first frame's shape of it (a list of nulls...)
+                types.defaults[name] = next(f.schema[name] for f in frames if name in f.schema)
+        return types
 
     def conform(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series | None, list[str]]:
         """``frame``'s columns in order and typed, and the rows that did not fit.

@@ -57,6 +57,8 @@ def time_type_of(dtype: pl.DataType, *, column: str, where: str) -> TimeType:
     --------
     >>> time_type_of(pl.Int64(), column="ts", where="source 's'").dtype
     Int64
+    >>> time_type_of(pl.Float64(), column="ts", where="source 's'").dtype  # whole milliseconds only
+    Int64
     >>> time_type_of(pl.String(), column="ts", where="source 's'")
     Traceback (most recent call last):
     ...
@@ -64,7 +66,7 @@ def time_type_of(dtype: pl.DataType, *, column: str, where: str) -> TimeType:
     """
     if isinstance(dtype, pl.Datetime):
         return TimeType(dtype, _TICKS_PER_MS[dtype.time_unit or "us"])
-    if dtype.is_integer():
+    if dtype.is_integer() or dtype.is_float():  # a float is read as whole milliseconds (1.5 is refused)
         return TimeType(pl.Int64(), 1)
     msg = (
         f"{where}: time column '{column}' has type {dtype}; expected int64 epoch milliseconds "

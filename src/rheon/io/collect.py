@@ -8,6 +8,8 @@ from typing import Any
 import polars as pl
 from typing_extensions import override
 
+from rheon.core.columns import ColumnTypes
+from rheon.core.errors import SinkError
 from rheon.io.base import BuildContext, Sink, SinkLogic
 
 __all__ = ["Collect"]
@@ -44,26 +46,41 @@ class Collect(Sink):
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        """Every row received so far, as dicts, in emission order."""
+        """Every row received so far, as dicts, in emission order, each value as it was written
+        (a field whose type differs between batches keeps each batch's values as they are)."""
         with self._lock:
             if self._rows_of != len(self._frames):
-                self._rows = self._concat(self._frames).to_dicts()
+                frames = [f for f in self._frames if f.width]
+                columns = list(dict.fromkeys(c for f in frames for c in f.columns))
+                self._rows = [
+                    row
+                    for f in frames
+                    for row in f.select(
+                        pl.col(c) if c in f.columns else pl.lit(None).alias(c) for c in columns
+                    ).to_dicts()
+                ]
                 self._rows_of = len(self._frames)
             return list(self._rows)
 
     def to_polars(self) -> pl.DataFrame:
-        """Every row received so far as one DataFrame (columns unioned across batches)."""
-        with self._lock:
-            return self._concat(self._frames)
+        """Every row received so far as one DataFrame (columns unioned across batches).
 
-    @staticmethod
-    def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
-        frames = [f for f in frames if f.width]
+        Raises `SinkError` if a column had different types in different batches (``rows`` has
+        them as they were): one DataFrame cannot hold them without converting values.
+        """
+        with self._lock:
+            frames = [f for f in self._frames if f.width]
         if not frames:
             return pl.DataFrame()
-        if all(f.schema == frames[0].schema for f in frames):
-            return pl.concat(frames, how="vertical")
-        return pl.concat(frames, how="diagonal_relaxed")
+        types = ColumnTypes.over(frames, where="Collect")
+        parts = []
+        for frame in frames:
+            part, bad, reasons = types.conform(frame)
+            if bad is not None:
+                msg = f"{reasons[0]}. A column had values of different types in different batches: read .rows instead"
+                raise SinkError(msg)
+            parts.append(part)
+        return pl.concat(parts, how="diagonal")
 
     def clear(self) -> None:
         """Forget everything collected."""

@@ -23,7 +23,7 @@ from rheon.core.deadletters import dead_letter_frame, payload_of
 from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._keys import key_getter
-from rheon.operators._rows import frame_to_rows, no_gc, rows_to_frame
+from rheon.operators._rows import frame_to_rows, misfit_reason, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend, MemoryBackend
 from rheon.state.keyed import ListState, MapState, StateKindError, StateKinds, ValueState, key_group
@@ -263,13 +263,25 @@ class KeyedProcess(Operator):
 
     # -- running -------------------------------------------------------------------------------
 
+    def _frame(self, tag: str | None, rows: list[Row], wms: list[int]) -> pl.DataFrame:
+        """Emitted rows as a frame; a row whose field does not fit the others' type is a dead letter."""
+        if not rows:
+            return pl.DataFrame()
+        frame, misfits = rows_to_frame(rows, wms)
+        where = self.label if tag is None else f"{self.label} output {tag!r}"
+        self._dead += [(misfit_reason(where, n, v, t), payload_of(rows[i])) for i, n, v, t in misfits]
+        return frame
+
     def _outputs(self, batch: Batch) -> list[Output]:
         outputs: list[Output] = []
         main_rows, main_wms = self._out.pop(None, ([], []))
-        outputs.append((MAIN, batch.with_frame(rows_to_frame(main_rows, main_wms) if main_rows else pl.DataFrame())))
+        outputs.append((MAIN, batch.with_frame(self._frame(None, main_rows, main_wms))))
         for tag, (rows, wms) in self._out.items():
             outputs.append(
-                (f"side:{tag}", Batch(rows_to_frame(rows, wms), watermark=batch.watermark, ingest_ns=batch.ingest_ns))
+                (
+                    f"side:{tag}",
+                    Batch(self._frame(tag, rows, wms), watermark=batch.watermark, ingest_ns=batch.ingest_ns),
+                )
             )
         self._out = {}
         if self._dead:

@@ -11,7 +11,7 @@ from typing_extensions import override
 from rheon.core.batch import WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payload_of
 from rheon.operators._keys import key_getter
-from rheon.operators._rows import ROW_CHUNK, concat_frames, frame_to_rows, no_gc, rows_to_frame
+from rheon.operators._rows import ROW_CHUNK, RowsOut, frame_to_rows, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend, MemoryBackend
 from rheon.state.shared import SharedFiles
@@ -45,6 +45,7 @@ class Reduce(Operator):
         self.keys = list(keys)
         self.fn = fn
         self.backend = backend if backend is not None else MemoryBackend()
+        self.rows_out = RowsOut(self.label)
 
     @override
     def signature(self) -> dict[str, Any]:
@@ -70,20 +71,23 @@ class Reduce(Operator):
         dead_reasons: list[str] = []
         dead_payloads: list[str] = []
         with no_gc():
-            out = concat_frames(
-                [
-                    self._chunk(frame.slice(i, ROW_CHUNK), dead_reasons, dead_payloads)
-                    for i in range(0, frame.height, ROW_CHUNK)
-                ]
-            )
+            chunks = [
+                self._chunk(frame.slice(i, ROW_CHUNK), i, dead_reasons, dead_payloads)
+                for i in range(0, frame.height, ROW_CHUNK)
+            ]
             self.backend.end_batch()
+        out, bad = self.rows_out.batch(chunks)
+        dead_reasons += [reason for _, reason, _ in bad]
+        dead_payloads += [payload for _, _, payload in bad]
         outputs: list[Output] = [(MAIN, batch.with_frame(out))]
         if dead_reasons:
             letters = dead_letter_frame(self.label, dead_reasons, dead_payloads)
             outputs.append((DEAD, Batch(letters, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
         return outputs
 
-    def _chunk(self, frame: pl.DataFrame, dead_reasons: list[str], dead_payloads: list[str]) -> pl.DataFrame:
+    def _chunk(
+        self, frame: pl.DataFrame, offset: int, dead_reasons: list[str], dead_payloads: list[str]
+    ) -> tuple[pl.DataFrame, list[int]]:
         rows, _ = frame_to_rows(frame)
         key_of = key_getter(self.keys, frame.schema)
         cells_of, fn = self.backend.cells, self.fn
@@ -115,4 +119,9 @@ class Reduce(Operator):
             out.append(dict(snapshot))
             idx.append(i)
         wms = frame.get_column(WM_COL).gather(idx).to_list() if WM_COL in frame.columns else None
-        return rows_to_frame(out, wms, frame.schema)
+        result, misfits = rows_to_frame(out, wms, frame.schema)
+        left_out = {j for j, *_ in misfits}
+        for _, name, value, dtype in misfits:
+            dead_reasons.append(self.rows_out.misfit(name, value, dtype))
+        dead_payloads += [payload_of(out[j]) for j, *_ in misfits]
+        return result, [offset + i for j, i in enumerate(idx) if j not in left_out]

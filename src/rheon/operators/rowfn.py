@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from rheon.core.batch import WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payload_of
-from rheon.operators._rows import ROW_CHUNK, concat_frames, frame_to_rows, no_gc, rows_to_frame
+from rheon.operators._rows import ROW_CHUNK, RowsOut, frame_to_rows, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output
 
 __all__ = ["RowFnChain", "RowStep"]
@@ -140,6 +140,7 @@ class RowFnChain(Operator):
         super().__init__("+".join(s.name for s in self.steps))
         self.kind = self.steps[0].kind if len(self.steps) == 1 else "chain"
         self.filters_only = all(s.kind == "filter" for s in self.steps)
+        self.rows_out = RowsOut(self.label)
 
     @override
     def process(self, port: int, batch: Batch) -> list[Output]:
@@ -148,14 +149,12 @@ class RowFnChain(Operator):
             return [(MAIN, batch if self.filters_only else self.empty_like(batch))]
         dead: Dead = []
         with no_gc():
-            if frame.height <= ROW_CHUNK:
-                out = self._chunk(frame, 0, dead)
-            else:
-                out = concat_frames(
-                    [self._chunk(frame.slice(i, ROW_CHUNK), i, dead) for i in range(0, frame.height, ROW_CHUNK)]
-                )
-                if self.filters_only and out.width == 0:
-                    out = frame.clear()
+            chunks = [self._chunk(frame.slice(i, ROW_CHUNK), i, dead) for i in range(0, frame.height, ROW_CHUNK)]
+        if self.filters_only:
+            out = chunks[0][0] if len(chunks) == 1 else pl.concat([c for c, _ in chunks], rechunk=False)
+        else:
+            out, bad = self.rows_out.batch(chunks)
+            dead += [(i, self.label, reason, payload) for i, reason, payload in bad]
         outputs: list[Output] = [(MAIN, batch.with_frame(out))]
         if dead:
             dead.sort(key=lambda d: d[0])  # in input order, whichever step failed
@@ -163,15 +162,21 @@ class RowFnChain(Operator):
             outputs.append((DEAD, Batch(letters, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
         return outputs
 
-    def _chunk(self, frame: pl.DataFrame, offset: int, dead: Dead) -> pl.DataFrame:
+    def _chunk(self, frame: pl.DataFrame, offset: int, dead: Dead) -> tuple[pl.DataFrame, list[int]]:
+        """The chunk's output rows as a frame, and the input index of each."""
         rows, _ = frame_to_rows(frame)
         idx = list(range(offset, offset + frame.height))
         for step in self.steps:
             rows, idx = _RUNNERS[step.kind](step, rows, idx, dead)
         local = [i - offset for i in idx]
         if self.filters_only:
-            return frame.select(pl.all().gather(local)) if len(local) < frame.height else frame
+            return (frame.select(pl.all().gather(local)) if len(local) < frame.height else frame), idx
         wms = None
         if WM_COL in frame.columns:
             wms = frame.get_column(WM_COL).gather(local).to_list()
-        return rows_to_frame(rows, wms, frame.schema)
+        result, misfits = rows_to_frame(rows, wms, frame.schema)
+        if misfits:
+            left_out = {j for j, *_ in misfits}
+            dead += [(idx[j], self.label, self.rows_out.misfit(n, v, t), payload_of(rows[j])) for j, n, v, t in misfits]
+            idx = [i for j, i in enumerate(idx) if j not in left_out]
+        return result, idx
