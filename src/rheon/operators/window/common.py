@@ -17,9 +17,9 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
+from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import payloads_of
 from rheon.core.eventtime import TimeType, time_type_of
-from rheon.core.columns import ColumnTypes
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
 from rheon.operators.dense import DenseGroups, Workspace
