@@ -11,8 +11,16 @@ moments and SIGKILLs the child at random moments after the commits it reports, a
 SIGKILLs itself at points of the sink's commit protocol. The child is restarted with the same
 checkpoint directory until it has read all its input; then a ``read_committed`` consumer must see
 exactly the rows of an uninterrupted run: each input record's running count once, none missing.
+A run that fails on a broker error (a cut it did not ride out) is restarted too; any other failure
+fails the test. The counts of each kind of fault, run and recovery are printed (``-s``).
 
-The default run is short; ``pytest -m slow`` runs the long version (>= 30 SIGKILLs and >= 40 cuts).
+tansu 0.6 shows a ``read_committed`` consumer the rows of aborted and fenced transactions too,
+and hides only those of open ones; so here it is recovery's read-back of the rows already visible
+that keeps a row from being written twice (on Kafka, the rows of a fenced transaction are aborted
+and written again).
+
+First each dangerous moment on its own, in this process; then the chaos. The default chaos run is
+short; ``pytest -m slow`` runs the long version (>= 30 SIGKILLs and >= 40 cuts).
 """
 
 from __future__ import annotations
@@ -216,16 +224,16 @@ def create_topics(brokers: str, *names: str, partitions: int) -> None:
         future.result(60)
 
 
-def read_topic(brokers: str, topic: str, *, committed: bool) -> list[dict[str, Any]]:
-    """Every message of ``topic`` as a read_committed (or read_uncommitted) consumer sees it: read
-    until the position reaches the end offset of each partition (no fixed quiet time)."""
+def read_committed(brokers: str, topic: str) -> list[dict[str, Any]]:
+    """Every message of ``topic`` as a read_committed consumer sees it: read until the position
+    reaches the end offset of each partition (no fixed quiet time)."""
     import confluent_kafka
 
     c = confluent_kafka.Consumer(
         {
             "bootstrap.servers": brokers,
             "group.id": f"reader-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed" if committed else "read_uncommitted",
+            "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
         }
@@ -357,7 +365,7 @@ def test_a_read_back_cut_short_does_not_write_visible_rows_again(broker_behind_f
         third.recover(1)
     finally:
         third.close()
-    got = Counter(r["id"] for r in read_topic(brokers, topic, committed=True))
+    got = Counter(r["id"] for r in read_committed(brokers, topic))
     assert sum(c - 1 for c in got.values()) == 0, "rows written twice"
     assert sorted(got) == list(range(40))
 
@@ -477,11 +485,9 @@ def chaos(
             assert "dead_letters=0 " in done, done
             break
         proxy.release_held()
-        rows = read_topic(brokers, sink_topic, committed=True)
+        rows = read_committed(brokers, sink_topic)
         got = Counter((r["id"], r["card"], r["n"]) for r in rows)
-        written = len(read_topic(brokers, sink_topic, committed=False))
         stats["rows"] += len(rows)
-        stats["rows in aborted or fenced transactions"] += written - len(rows)
         doubled = sum(c - 1 for c in got.values())
         missing = len(set(expected) - set(got))
         wrong = len(set(got) - set(expected))
