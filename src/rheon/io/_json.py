@@ -50,6 +50,7 @@ _INT_BITS = [
 ]  # fmt: skip
 
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'{}[]"\n')
+_OPENS, _NOT_OPENS = bytes.maketrans(b"[", b"{"), bytes(c for c in range(256) if c not in b"{[\n")
 
 
 def check_limits(where: str, max_depth: int, max_fields: int) -> None:
@@ -77,13 +78,17 @@ def _line_starts(a: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.flatnonzero(a == 10) + 1))
 
 
-def _depths(lines: list[bytes]) -> np.ndarray:
-    """The deepest nesting of objects and arrays on each line (non-empty, without newlines).
+def _longest_line(buf: bytes) -> int:
+    """The length of the longest of the newline-separated lines."""
+    return int(np.diff(_line_starts(np.frombuffer(buf, np.uint8)), append=len(buf) + 1).max()) - 1
+
+
+def _depths(buf: bytes) -> np.ndarray:
+    """The deepest nesting of objects and arrays on each of the newline-separated lines.
 
     Brackets inside strings do not count. On a line that is not valid JSON the figure may be off,
     but only past the point where any JSON parser stops reading.
     """
-    buf = b"\n".join(lines)
     if b"\\" in buf:  # escaped backslashes, then escaped quotes: so an escaped quote does not end its string
         buf = buf.replace(b"\\\\", b"").replace(b'\\"', b"")
     small = buf.translate(None, _NOT_STRUCTURE)  # brackets, quotes and newlines only
@@ -125,10 +130,10 @@ def oversized(lines: Sequence[bytes] | bytes, max_depth: int, max_fields: int) -
     """The lines over a cap, with the reason: ``{line index: reason}``.
 
     ``lines`` hold one JSON text each, without newlines (or are given joined by newlines, as one
-    ``bytes``: then no line may be empty). The brackets and colons of the whole batch
-    are counted first (C speed): as long as no line has more opening brackets than ``max_depth`` or
-    more colons than ``max_fields``, nothing else is done. Lines over those bounds are measured
-    exactly: their depth outside strings, and their distinct fields.
+    ``bytes``). First, at C speed over the whole batch: as long as no line has more opening brackets
+    than ``max_depth``, nor more bytes than ``max_fields``, nothing else is done. Otherwise the
+    lines' depths are measured (outside strings), and the distinct fields of the lines with more
+    colons than ``max_fields``.
 
     Examples
     --------
@@ -138,37 +143,32 @@ def oversized(lines: Sequence[bytes] | bytes, max_depth: int, max_fields: int) -
     {0: 'has more than max_fields=3 distinct fields (nested ones included)'}
     """
     buf = lines if isinstance(lines, bytes) else b"\n".join(lines)
-    if buf.count(b"{") + buf.count(b"[") <= max_depth and buf.count(b":") <= max_fields:
-        return {}
-    if isinstance(lines, bytes):
-        lines = buf.split(b"\n")
-    keep = [i for i, line in enumerate(lines) if line]
-    if len(keep) != len(lines):  # empty lines would be empty segments below
-        return {keep[i]: reason for i, reason in oversized([lines[i] for i in keep], max_depth, max_fields).items()}
-    a = np.frombuffer(buf, np.uint8)
-    starts = _line_starts(a)
-    opens = np.add.reduceat((a == 123) | (a == 91), starts, dtype=np.int32)
+    # Each line's brackets as a run of "{" (all else but newlines gone): a line may be too deep only
+    # if some run is longer than max_depth, too wide only if it is longer than max_fields bytes.
+    maybe_deep = b"{" * (max_depth + 1) in buf.translate(_OPENS, _NOT_OPENS)
+    maybe_wide = len(buf) > max_fields and _longest_line(buf) > max_fields
     found: dict[int, str] = {}
-    deep = np.flatnonzero(opens > max_depth).tolist()
-    if deep:
-        for i, depth in zip(deep, _depths([lines[i] for i in deep]).tolist(), strict=True):
-            if depth > max_depth:
-                found[i] = (
-                    f"nested {depth} levels deep, more than max_depth={max_depth} "
-                    "(a record this deep would take Polars too long to read)"
-                )
-    wide: list[int] = []
-    if np.diff(starts).max(initial=len(a) - starts[-1]) > max_fields:  # a line has fewer colons than bytes
-        wide = np.flatnonzero(np.add.reduceat(a == 58, starts, dtype=np.int32) > max_fields).tolist()
-    for i in wide:
-        if i in found:
-            continue
-        try:
-            parsed = json.loads(lines[i])  # safe: at most max_depth deep
-        except (ValueError, RecursionError):
-            continue  # not JSON: reported as such by the decoder
-        if _field_count(parsed, max_fields) > max_fields:
-            found[i] = f"has more than max_fields={max_fields} distinct fields (nested ones included)"
+    if maybe_deep:
+        depths = _depths(buf)
+        for i in np.flatnonzero(depths > max_depth).tolist():
+            found[i] = (
+                f"nested {depths[i]} levels deep, more than max_depth={max_depth} "
+                "(a record this deep would take Polars too long to read)"
+            )
+    if maybe_wide:
+        a = np.frombuffer(buf, np.uint8)
+        starts = _line_starts(a)
+        ends = np.append(starts[1:] - 1, len(a))
+        for i in np.flatnonzero(ends - starts > max_fields).tolist():
+            line = buf[starts[i] : ends[i]]
+            if i in found or line.count(b":") <= max_fields:
+                continue
+            try:
+                parsed = json.loads(line)  # safe: at most max_depth deep
+            except (ValueError, RecursionError):
+                continue  # not JSON: reported as such by the decoder
+            if _field_count(parsed, max_fields) > max_fields:
+                found[i] = f"has more than max_fields={max_fields} distinct fields (nested ones included)"
     return found
 
 
@@ -470,23 +470,30 @@ class JsonDecoder:
         return self._with_arrays(values) if self.arrays else self._objects(values)
 
     def ndjson(self, text: bytes) -> Decoded:
-        """Decode newline-delimited JSON: what ``self(text.split(b"\\n"))`` gives, without splitting
-        the text when the whole of it goes through Polars' reader at once.
+        """Decode newline-delimited JSON, skipping empty lines: indexes are those of the lines in
+        ``text.split(b"\\n")``. The text goes to Polars' reader as it is when it fits, never split.
 
         Examples
         --------
-        >>> frame, index, bad = JsonDecoder().ndjson(b'{"v": 1}\\n{"v": 2}')
-        >>> frame["v"].to_list(), index, bad
-        ([1, 2], [0, 1], [])
+        >>> frame, index, bad = JsonDecoder().ndjson(b'{"v": 1}\\n\\n{"v": "x"}\\n{"v": 2}\\n')
+        >>> frame["v"].to_list(), index, [i for i, _ in bad]
+        ([1, 2], [0, 3], [2])
         """
-        if self.arrays or not text or text[:1] == b"\n" or text[-1:] == b"\n" or b"\n\n" in text:
-            return self(text.split(b"\n"))
-        count = text.count(b"\n") + 1
-        frame = None if oversized(text, self.max_depth, self.max_fields) else self._fast(text, count)
-        if frame is None:
-            return self(text.split(b"\n"))
-        self._learn(frame)
-        return frame, list(range(count)), []
+        ends = text[-1:] == b"\n"
+        count = text.count(b"\n") + (not ends)
+        if text and not self.arrays and text[:1] != b"\n" and b"\n\n" not in text:
+            frame = None if oversized(text, self.max_depth, self.max_fields) else self._fast(text, count)
+            if frame is not None:
+                self._learn(frame)
+                return frame, list(range(count)), []
+        lines = text.split(b"\n")
+        if ends:
+            lines.pop()
+        if all(lines):
+            return self(lines)
+        kept = [i for i, line in enumerate(lines) if line]
+        frame, index, bad = self([lines[i] for i in kept])
+        return frame, [kept[i] for i in index], [(kept[i], reason) for i, reason in bad]
 
     def _objects(self, values: Sequence[bytes | None]) -> Decoded:
         frame: pl.DataFrame | None = None
@@ -516,22 +523,38 @@ class JsonDecoder:
             if self.schema is not None:
                 frame = _read(ndjson, self.schema)
             else:
-                inferred = pl.read_ndjson(ndjson, infer_schema_length=None)
-                if any(not _covers(self.seen.get(n, t), t) for n, t in inferred.schema.items()):
+                inferred, text = self._infer(ndjson)
+                got = {n: pl.String() if n in text else t for n, t in inferred.schema.items()}
+                if any(not _covers(self.seen.get(n, t), t) for n, t in got.items()):
                     return None
-                target = pl.Schema({**self.seen, **{n: self.seen.get(n, t) for n, t in inferred.schema.items()}})
+                target = pl.Schema({**self.seen, **{n: self.seen.get(n, t) for n, t in got.items()}})
                 if len(target) > self.max_fields:
                     return None
-                got = inferred.schema
-                if all(target[n] == t and not contains(t, pl.String) for n, t in got.items()):
+                if all(target[n] == t and (n in text or not contains(t, pl.String)) for n, t in got.items()):
                     # Polars converted nothing to get these types: no need to read the batch again.
                     missing = [pl.lit(None, t).alias(n) for n, t in target.items() if n not in got]
-                    frame = inferred.with_columns(missing).select(list(target))
+                    frame = inferred.with_columns(missing).select(list(target)).cast(dict.fromkeys(text, pl.String()))
                 else:
                     frame = _read(ndjson, target)  # refuses text from numbers, floats into ints, ...
         except _FAILED:
             return None
         return frame if frame.height == count else None
+
+    def _infer(self, ndjson: bytes) -> tuple[pl.DataFrame, set[str]]:
+        """The batch as Polars infers it; and the text columns already known, which it was told to read
+        as such (refusing numbers and booleans, which inference would turn into text): for those, no
+        second read is needed. Only columns whose name is in the batch are named (Polars fails on a
+        named column it does not find)."""
+        text = {
+            n for n, t in self.seen.items() if t == pl.String and json.dumps(n, ensure_ascii=False).encode() in ndjson
+        }
+        if text:
+            try:
+                overrides = dict.fromkeys(text, pl.Categorical())
+                return pl.read_ndjson(ndjson, infer_schema_length=None, schema_overrides=overrides), text
+            except pl.exceptions.SchemaFieldNotFoundError:
+                pass  # the name was in a value, not a key
+        return pl.read_ndjson(ndjson, infer_schema_length=None), set()
 
     def _slow(self, values: Sequence[bytes | None], too_big: dict[int, str] | None) -> Decoded:
         """Parse the messages one by one; those that do not fit the types go to the dead letters."""

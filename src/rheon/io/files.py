@@ -157,25 +157,15 @@ class _JsonLinesReader:
         self.decoder = JsonDecoder(schema, max_depth=max_depth, max_fields=max_fields)
 
     def parse(self, header: bytes | None, chunk: bytes, name: str, first_line: int) -> Parsed:
-        text = chunk[:-1] if chunk[-1:] == b"\n" else chunk
-        if not text:
-            return pl.DataFrame(), []
-        numbers: list[int] | None = None  # line numbers, if some lines are empty
-        if text[:1] == b"\n" or b"\n\n" in text:
-            lines = text.split(b"\n")
-            numbers = [first_line + i for i, line in enumerate(lines) if line]
-            frame, _, bad = self.decoder([line for line in lines if line])
-            lines = [line for line in lines if line]
-        else:
-            frame, _, bad = self.decoder.ndjson(text)
-            lines = text.split(b"\n") if bad else []
-        dead: list[tuple[str, str]] = []
-        for i, reason in bad:
-            line = lines[i]
-            if not line.strip():
-                continue  # a blank line (spaces, a CR) is no record
-            number = numbers[i] if numbers is not None else first_line + i
-            dead.append((_at(reason, f"{name}:{number}"), _text(line)))
+        frame, _, bad = self.decoder.ndjson(chunk)
+        if not bad:
+            return frame, []
+        lines = chunk.split(b"\n")
+        dead = [
+            (_at(reason, f"{name}:{first_line + i}"), _text(lines[i]))
+            for i, reason in bad
+            if lines[i].strip()  # a blank line (spaces, a CR) is no record
+        ]
         return frame, dead
 
     def read(self, path: Path) -> Parsed:
