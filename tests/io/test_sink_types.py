@@ -110,3 +110,10 @@ def test_kafka_sink_encodes_batches_as_they_are_written_and_stages_bytes(kafka_b
     finally:
         logic.close()
     assert read_all(kafka_brokers, topic) == SENT[:1]
+
+
+def test_collect_rows_hold_every_value_as_it_was():
+    flow = rh.Flow("mixed")
+    out = collect(_mixed(flow))
+    flow.run()
+    assert _by_id(out.rows) == SENT  # a struct, a float and a list in one column: nothing converted
