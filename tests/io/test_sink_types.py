@@ -117,3 +117,15 @@ def test_collect_rows_hold_every_value_as_it_was():
     out = collect(_mixed(flow))
     flow.run()
     assert _by_id(out.rows) == SENT  # a struct, a float and a list in one column: nothing converted
+
+
+def test_parquet_file_sink_sends_rows_it_cannot_hold_to_the_dead_letters(tmp_path):
+    flow = rh.Flow("empty")
+    frame = pl.DataFrame({"id": [1, 2, 3], "x": [{}, None, {}], "n": [[{}], None, None]})  # objects without fields
+    flow.source(rh.io.Records(frame), name="in").sink(rh.io.FileSink(tmp_path, format="parquet"), name="files")
+    dead = collect(flow.dead_letters())
+    flow.run()  # before: InvalidOperationError when the file was written, and the run failed
+    written = pl.concat([pl.read_parquet(p) for p in tmp_path.glob("part-*.parquet")])
+    assert written.to_dicts() == [{"id": 2}]
+    assert [d["payload"] for d in dead.rows] == ['{"id": 1, "x": {}, "n": [{}]}', '{"id": 3, "x": {}, "n": null}']
+    assert dead.rows[0]["reason"].startswith("Parquet cannot hold an object without fields (column 'x' is Struct({}))")

@@ -19,7 +19,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import polars as pl
 from typing_extensions import override
@@ -109,6 +109,18 @@ def _unified(schema: dict[str, pl.DataType], frame: pl.DataFrame) -> dict[str, p
     return merged
 
 
+def _has_empty_struct(dtype: pl.DataType) -> bool:
+    if isinstance(dtype, pl.Struct):
+        return not dtype.fields or any(_has_empty_struct(_dtype(f.dtype)) for f in dtype.fields)
+    if isinstance(dtype, pl.List | pl.Array):
+        return _has_empty_struct(_dtype(dtype.inner))
+    return False
+
+
+def _dtype(dtype: Any) -> pl.DataType:
+    return dtype() if isinstance(dtype, type) else dtype  # type: ignore[no-any-return]
+
+
 def _conformed(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """``frame`` with ``schema``'s columns: missing ones null, all-null ones of the schema's type."""
     missing = [pl.lit(None, dtype).alias(name) for name, dtype in schema.items() if name not in frame.columns]
@@ -151,10 +163,9 @@ class _FileSinkLogic(KeepsDeadLetters, SinkLogic):
 
     @override
     def write(self, frame: pl.DataFrame) -> None:
-        if self.fmt == "csv":
-            frame = self._flat(frame)
-            if frame.height == 0:
-                return
+        frame = self._writable(frame)
+        if frame.height == 0:
+            return
         if self.path is not None and (self._due() or not self._fits(frame)):
             self._roll()
         if self.path is None:
@@ -184,19 +195,23 @@ class _FileSinkLogic(KeepsDeadLetters, SinkLogic):
             return self.header is None or set(frame.columns) <= set(self.header)
         return True
 
-    def _flat(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The rows CSV can hold: nested values (lists, structs) send their rows to the dead letters."""
-        nested = [n for n, t in frame.schema.items() if t.is_nested() or t == pl.Object]
-        if not nested:
-            return frame
-        bad = pl.any_horizontal([pl.col(n).is_not_null() for n in nested])
-        rejected = frame.filter(bad)
-        reason = (
-            f"CSV cannot hold nested values (column {nested[0]!r} is {frame.schema[nested[0]]}). "
-            "Try format='jsonl' or 'parquet', or flatten the column before the sink"
-        )
-        self.dead += [(reason, payload) for payload in payloads_of(rejected)]
-        return frame.filter(~bad).with_columns(pl.lit(None, pl.String).alias(n) for n in nested)
+    def _writable(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows the format can hold. A column it cannot (nested values in CSV, an empty object in
+        Parquet, Python objects) sends its rows with a value to the dead letters and is left out."""
+        for name, dtype in frame.schema.items():
+            if dtype == pl.Object:
+                why = f"{self.fmt} cannot hold Python objects (column {name!r} is {dtype})"
+            elif self.fmt == "csv" and dtype.is_nested():
+                why = f"CSV cannot hold nested values (column {name!r} is {dtype})"
+            elif self.fmt == "parquet" and _has_empty_struct(dtype):
+                why = f"Parquet cannot hold an object without fields (column {name!r} is {dtype})"
+            else:
+                continue
+            rejected = frame.filter(pl.col(name).is_not_null())
+            reason = f"{why}. Try format='jsonl', or turn the column into one the format holds before the sink"
+            self.dead += [(reason, payload) for payload in payloads_of(rejected)]
+            frame = frame.filter(pl.col(name).is_null()).drop(name)
+        return frame
 
     def _due(self) -> bool:
         """Whether the file being written should be closed and a new one started."""
