@@ -27,7 +27,10 @@ import polars as pl
 
 from rheon.core.errors import FlowError
 
-__all__ = ["DEFAULT_MAX_DEPTH", "DEFAULT_MAX_FIELDS", "Decoded", "JsonDecoder", "oversized"]
+__all__ = [
+    "DEFAULT_MAX_DEPTH", "DEFAULT_MAX_FIELDS", "Decoded", "JsonDecoder", "check_limits", "contains", "fits",
+    "int_range", "kind", "load_types", "oversized", "settled", "show", "types_state",
+]  # fmt: skip
 
 DEFAULT_MAX_DEPTH = 16
 """Most levels of nested objects and arrays in one record (``{"a": [1]}`` is 2 deep)."""
@@ -189,12 +192,24 @@ def _parts(dtype: pl.DataType) -> list[pl.DataType]:
 
 
 def contains(dtype: pl.DataType, kind: Any) -> bool:
-    """Whether ``dtype`` is ``kind`` or holds it somewhere inside (a list's items, a struct's fields)."""
+    """Whether ``dtype`` is ``kind`` or holds it somewhere inside (a list's items, a struct's fields).
+
+    Examples
+    --------
+    >>> contains(pl.List(pl.Struct({"a": pl.String()})), pl.String), contains(pl.Int64(), pl.String)
+    (True, False)
+    """
     return dtype == kind or any(contains(part, kind) for part in _parts(dtype))
 
 
 def settled(dtype: pl.DataType) -> bool:
-    """Whether a field of this type has its type fixed (not only nulls, ``[]`` or ``{}`` seen so far)."""
+    """Whether a field of this type has its type fixed (not only nulls, ``[]`` or ``{}`` seen so far).
+
+    Examples
+    --------
+    >>> settled(pl.List(pl.Int64())), settled(pl.List(pl.Null())), settled(pl.Struct({}))
+    (True, False, False)
+    """
     return not contains(dtype, pl.Null) and not contains(dtype, pl.Struct({}))
 
 
@@ -262,7 +277,13 @@ def _json_kind(value: Any) -> str:
 
 
 def int_range(dtype: pl.DataType) -> tuple[int, int] | None:
-    """``(lowest, highest + 1)`` of an integer type."""
+    """``(lowest, highest + 1)`` of an integer type (None for another type).
+
+    Examples
+    --------
+    >>> int_range(pl.Int8()), int_range(pl.UInt8()), int_range(pl.Float64())
+    ((-128, 128), (0, 256), None)
+    """
     size = next(((b, s) for t, b, s in _INT_BITS if dtype == t), None)
     if size is None:
         return None
@@ -343,7 +364,13 @@ def _first_type(values: list[Any]) -> pl.DataType:
 
 
 def show(value: Any) -> str:
-    """A value as reasons quote it: JSON, cut at 60 characters."""
+    """A value as reasons quote it: JSON, cut at 60 characters.
+
+    Examples
+    --------
+    >>> show("five"), show(list(range(30)))
+    ('"five"', '[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16...')
+    """
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
@@ -386,7 +413,13 @@ def types_state(types: dict[str, pl.DataType]) -> str | None:
 
 
 def load_types(state: str | None) -> dict[str, pl.DataType]:
-    """The column types `types_state` saved."""
+    """The column types `types_state` saved (none for ``None``).
+
+    Examples
+    --------
+    >>> load_types(types_state({"v": pl.Float64()})), load_types(None)
+    ({'v': Float64}, {})
+    """
     if not state:
         return {}
     return dict(pl.read_ipc(io.BytesIO(base64.b64decode(state))).schema)
