@@ -82,8 +82,11 @@ def run(
     dsn: str, table: str, rows: list[dict], *, key: str | None = None, batch_size: int = 100, ckpt: Path | None = None
 ):
     flow = rh.Flow("hostile")
-    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]  # each batch typed by itself
-    flow.source(ScriptedSource(batches)).sink(Postgres(table, dsn=dsn, key=key), name="out")
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    # Each batch from a source of its own: a source keeps a field's type from batch to batch (a
+    # drifting value is its dead letter), a union of sources does not, so the sink meets the drift.
+    first, *others = [flow.source(ScriptedSource([batch]), name=f"in{i}") for i, batch in enumerate(batches)]
+    (first.union(*others) if others else first).sink(Postgres(table, dsn=dsn, key=key), name="out")
     dead = collect(flow.dead_letters())
     if ckpt is None:
         flow.run()
