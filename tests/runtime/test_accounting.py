@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,35 +131,84 @@ class Echo:
         ctx.emit({"seen": json.dumps(record, default=repr), "id": record["id"]})
 
 
-def _run_and_account(source: rh.io.Source, sent: dict[int, Any], tmp: Path) -> None:
+SENTINEL_TS = 2**61
+"""Sent last to an unbounded source: its watermark fires every window before it (its own stays
+open), so the window branch can be accounted for before the flow is stopped."""
+
+
+def _run_and_account(
+    source: rh.io.Source,
+    sent: dict[int, Any],
+    tmp: Path,
+    feed: Callable[[], None] | None = None,
+) -> None:
     """Run ``source`` (whose records carry an ``id``) into a window, a process function and file
-    sinks; check the accounting of each branch and that values arrived unchanged."""
+    sinks; check the accounting of each branch and that values arrived unchanged.
+
+    A bounded source runs to its end. For an unbounded one, ``feed`` sends the records once the
+    flow runs (the last one the sentinel); the flow is stopped once every record is accounted for,
+    or after a generous deadline, when the counts are compared all the same."""
     flow = rh.Flow("accounting")
     stream = flow.source(source, time="ts", max_delay="1s")
     per_k = stream.key_by("k").window(rh.tumbling("10s"), name="w").agg(n=rh.count())
     echoed = stream.key_by("id").process(Echo(), name="echo")
-    for fmt in ("jsonl", "parquet"):
+    for fmt in ("jsonl", "parquet", "csv"):
         stream.sink(rh.io.FileSink(str(tmp / fmt), format=fmt), name=f"files_{fmt}")
     counts, late, out, dead = collect(per_k), collect(per_k.late()), collect(echoed), collect(flow.dead_letters())
-    flow.run()  # never stops
+    sentinel = max(sent) if feed is not None else None  # its own window does not fire before the stop
 
-    by_op: dict[str, int] = {}
-    for letter in dead.rows:
-        kind = letter["operator"].split(" ")[0]
-        by_op[kind] = by_op.get(kind, 0) + 1
+    def pending() -> int:
+        """1 while the sentinel waits in its window (not when a record far ahead made it late)."""
+        return int(sentinel is not None and all(r.get("id") != sentinel for r in late.rows))
+
+    def accounts() -> tuple[dict[str, int], int, int, int]:
+        by_op: dict[str, int] = {}
+        for letter in dead.rows:
+            kind = letter["operator"].split(" ")[0]
+            by_op[kind] = by_op.get(kind, 0) + 1
+        windowed = sum(r["n"] for r in counts.rows) + pending()
+        return by_op, windowed, len(late.rows), len(out.rows)
+
+    def complete() -> bool:
+        by_op, windowed, n_late, n_out = accounts()
+        at_source = by_op.get("source", 0)
+        return windowed + n_late + at_source + by_op.get("window", 0) >= len(sent) and n_out + at_source + by_op.get(
+            "process", 0
+        ) >= len(sent)
+
+    if feed is None:
+        flow.run()  # never stops
+    else:
+        error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                flow.run(on_start=lambda _: threading.Thread(target=feed, daemon=True).start())
+            except BaseException as exc:
+                error.append(exc)
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 120
+        while not complete() and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        flow.stop()
+        runner.join(60)
+        assert not error, error  # never stops by itself
+
+    by_op, windowed, n_late, n_out = accounts()
     total, at_source = len(sent), by_op.get("source", 0)
-    windowed = sum(r["n"] for r in counts.rows)
-    assert windowed + len(late.rows) + at_source + by_op.get("window", 0) == total, (by_op, windowed, len(late.rows))
-    assert len(out.rows) + at_source + by_op.get("process", 0) == total, by_op
+    assert windowed + n_late + at_source + by_op.get("window", 0) == total, (by_op, windowed, n_late)
+    assert n_out + at_source + by_op.get("process", 0) == total, by_op
     for row in out.rows:
         seen, original = json.loads(row["seen"]), sent[row["id"]]
         assert isinstance(original, dict)
         for name, value in original.items():
             if name != "ts":  # the time column is typed by the flow (text numbers are numbers)
                 assert _same(seen.get(name), value), (name, seen.get(name), value)
-    for fmt in ("jsonl", "parquet"):
+    for fmt in ("jsonl", "parquet", "csv"):
         parts = sorted((tmp / fmt).glob("part-*"))
-        read = pl.read_ndjson if fmt == "jsonl" else pl.read_parquet
+        read = {"jsonl": pl.read_ndjson, "parquet": pl.read_parquet, "csv": pl.read_csv}[fmt]
         ids = [i for part in parts for i in read(part).get_column("id").to_list()]
         assert len(ids) == len(set(ids)), f"{fmt}: rows written twice"
         letters = sum(1 for d in dead.rows if d["operator"] == f"sink 'files_{fmt}'")
@@ -233,3 +285,21 @@ def test_json_lines_source_accounts_for_every_line(tmp_path_factory, rows, files
     for n, lines in enumerate(chunks):
         (tmp / f"in-{n}.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
     _run_and_account(rh.io.JsonLines(str(tmp / "in-*.jsonl")), sent, tmp)
+
+
+def payloads(rows: list[tuple[dict[str, Any], int]], *, arrays: bool = False) -> tuple[list[bytes], dict[int, Any]]:
+    """Messages for an unbounded source: the anchor, hostile ones (some mangled), the sentinel; and
+    what was sent, by id, for `_run_and_account`. ``arrays``: the source reads a JSON array as its
+    records (MQTT, HTTP), so an array around a record is that record."""
+    rows = [(ANCHOR, 0), *rows, ({"k": "a", "ts": SENTINEL_TS}, 0)]
+    messages: list[bytes] = []
+    sent: dict[int, Any] = {}
+    for i, (row, mangle) in enumerate(rows):
+        record = {**row, "id": i}
+        messages.append(_line(record, mangle))
+        sent[i] = _python(record) if mangle == 0 or (arrays and mangle == 3) else messages[-1]
+    return messages, sent
+
+
+hostile_messages = st.lists(st.tuples(records(), st.sampled_from([0, 0, 0, 0, 1, 2, 3])), max_size=30)
+"""Records for message sources, each sent as it is or mangled (cut short, invalid UTF-8, an array)."""

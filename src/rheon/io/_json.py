@@ -29,7 +29,7 @@ from rheon.core.errors import FlowError
 
 __all__ = [
     "DEFAULT_MAX_DEPTH", "DEFAULT_MAX_FIELDS", "Decoded", "JsonDecoder", "check_limits", "contains", "fits",
-    "int_range", "kind", "load_types", "oversized", "settled", "show", "types_state",
+    "for_json", "int_range", "kind", "load_types", "oversized", "settled", "show", "types_state",
 ]  # fmt: skip
 
 DEFAULT_MAX_DEPTH = 16
@@ -742,3 +742,18 @@ class JsonDecoder:
             failed.append((origin[j], reason if at is None else f"item {at} of the array: {reason}"))
         failed.sort(key=lambda f: f[0])
         return frame, [origin[j] for j in index], failed
+
+
+def for_json(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` as JSON can hold it: bytes columns (a Kafka message's ``_key``) as base64 text,
+    as Kafka Connect's JSON converter writes them (JSON has no bytes, and Polars' writer panics).
+
+    Examples
+    --------
+    >>> for_json(pl.DataFrame({"_key": [b"card-1", None], "n": [1, 2]})).write_ndjson()
+    '{"_key":"Y2FyZC0x","n":1}\\n{"_key":null,"n":2}\\n'
+    """
+    binary = [name for name, dtype in frame.schema.items() if dtype == pl.Binary]
+    if not binary:
+        return frame
+    return frame.with_columns(pl.col(name).bin.encode("base64") for name in binary)

@@ -10,7 +10,8 @@ No value is converted to fit another batch: JSON lines are written batch by batc
 one header, so a batch with a column the header lacks starts a new file; a Parquet file has one
 schema, so a batch whose column types differ from those of the file being written (``1.5`` where
 it holds a struct) starts a new file too. Rows a format cannot hold (nested values in CSV) go to
-the dead letters.
+the dead letters. Bytes (a Kafka message's ``_key``) are written as base64 text in JSON lines and
+CSV, as Kafka Connect's JSON converter does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing_extensions import override
 from rheon.core.deadletters import payloads_of
 from rheon.core.durations import Duration, to_bytes, to_ms
 from rheon.core.errors import FlowError, SinkError
+from rheon.io._json import for_json
 from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 
 __all__ = ["FileSink"]
@@ -163,7 +165,7 @@ class _FileSinkLogic(KeepsDeadLetters, SinkLogic):
 
     @override
     def write(self, frame: pl.DataFrame) -> None:
-        frame = self._writable(frame)
+        frame = self._writable(frame if self.fmt == "parquet" else for_json(frame))
         if frame.height == 0:
             return
         if self.path is not None and (self._due() or not self._fits(frame)):

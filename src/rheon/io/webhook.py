@@ -23,6 +23,7 @@ from typing_extensions import override
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError
 from rheon.core.extras import import_extra
+from rheon.io._json import for_json
 from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 from rheon.time.clock import Clock
 
@@ -207,7 +208,7 @@ class _WebhookLogic(KeepsDeadLetters, SinkLogic):
 
     @override
     def write(self, frame: pl.DataFrame) -> None:
-        rows = frame.write_ndjson().splitlines()
+        rows = for_json(frame).write_ndjson().splitlines()
         if self.cfg.batch:
             size = self.cfg.max_batch
             units = [rows[i : i + size] for i in range(0, len(rows), size)]

@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from rheon.core.errors import FlowError
-from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, Decoded, JsonDecoder, check_limits
+from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, Decoded, JsonDecoder, check_limits, for_json
 
 __all__ = ["Decoded", "Decoder", "JsonDecoder", "decoder_for", "encode_json", "raw_payload"]
 
@@ -91,5 +91,5 @@ def encode_json(frame: pl.DataFrame) -> list[bytes]:
     """One JSON object per row (Polars' own writer: vectorized)."""
     if frame.height == 0:
         return []
-    text = frame.write_ndjson()
+    text = for_json(frame).write_ndjson()
     return [line.encode() for line in text.splitlines()]
