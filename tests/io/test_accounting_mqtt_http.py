@@ -16,7 +16,7 @@ from tests.runtime.test_accounting import NO_SHRINK, _run_and_account, hostile_m
 
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
 @given(rows=hostile_messages)
-def test_mqtt_source_accounts_for_every_message(broker, tmp_path_factory, rows) -> None:
+def test_mqtt_source_accounts_for_every_message(broker, tmp_path_factory, rows) -> None:  # noqa: F811 - the fixture
     messages, sent = payloads(rows, arrays=True)
     topic = f"rheon/accounting/{threading.get_ident()}/{id(rows)}"
     mqtt = source(broker, topic, qos=1)
