@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -31,7 +32,7 @@ def broker_behind_proxy():
          "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}", "--silent"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120  # generous: a loaded machine starts it slowly
     while not reachable("127.0.0.1", broker_port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
@@ -42,6 +43,20 @@ def broker_behind_proxy():
     proxy.close()
     proc.terminate()
     proc.wait(10)
+
+
+def _progress(flow: rh.Flow) -> tuple[int, int]:
+    """Records read and checkpoints taken so far by a running flow."""
+    stats = flow.metrics()
+    return (stats.records_in, stats.checkpoints) if stats is not None else (0, 0)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Wait for what the flow reports, however slow the machine."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the flow made no progress in time"
+        time.sleep(0.02)
 
 
 def test_broker_outage_mid_run(broker_behind_proxy, tmp_path):
@@ -62,19 +77,13 @@ def test_broker_outage_mid_run(broker_behind_proxy, tmp_path):
     )
     runner = threading.Thread(target=lambda: flow.run(checkpoint_dir=tmp_path, checkpoint_every="200ms"), daemon=True)
     runner.start()
-    time.sleep(1.0)
-    proxy.cut()  # the broker goes away...
+    wait_until(lambda: _progress(flow) >= (1, 1))  # running: rows read and a checkpoint taken
+    proxy.cut()  # the broker goes away (for 2 s: the outage itself)...
     time.sleep(2.0)
-    produce_later = threading.Thread(
-        target=lambda: (
-            proxy.restore(),
-            produce(brokers, "in", [(i % 2, {"card": f"c{i % 3}", "n": 1, "ts": i}) for i in range(300, 450)]),
-        )
-    )  # ...and comes back, with more data
-    produce_later.start()
-    produce_later.join(30)
-    time.sleep(3.0)
-    flow.stop()
+    proxy.restore()  # ...and comes back, with more data
+    produce(brokers, "in", [(i % 2, {"card": f"c{i % 3}", "n": 1, "ts": i}) for i in range(300, 450)])
+    wait_until(lambda: _progress(flow)[0] >= 450)
+    flow.stop()  # the last checkpoint commits what is left
     runner.join(60)
     assert not runner.is_alive()
     rows = read_all(brokers, "out")
@@ -108,8 +117,8 @@ def test_checkpoints_during_an_outage_wait_for_the_broker(broker_behind_proxy, t
     runner = threading.Thread(target=run, daemon=True)
     with caplog.at_level("WARNING", logger="rheon.io"):
         runner.start()
-        time.sleep(1.0)
-        proxy.cut()
+        wait_until(lambda: _progress(flow) >= (1, 1))  # running: rows read and a checkpoint taken
+        proxy.cut()  # for 2 s: the outage itself
         time.sleep(2.0)
         proxy.restore()
         runner.join(60)
