@@ -1,9 +1,11 @@
 """Paced reconnection for sinks that hold a connection to a server (PostgreSQL, Redis).
 
 A sink counts failed attempts with one :class:`Reconnects` per write: each failure either waits
-(``backoff``, then twice as long each time, at most 30 s; stopping the flow cuts the wait short)
-or, past ``retries``, raises a :class:`~rheon.core.errors.SinkError` that names the sink, the
-server and the last error.
+(``backoff``, then twice as long each time, at most 30 s) or, past ``retries``, raises a
+:class:`~rheon.core.errors.SinkError` that names the sink, the server and the last error. While
+the flow stops (its last checkpoint), each wait is at most `STOPPING_MAX_WAIT_S`: short enough not
+to hold a stop for long, long enough that a server's passing error does not spend every retry at
+once and fail the last commit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rheon.time.clock import Clock
 log = logging.getLogger("rheon.io")
 
 MAX_BACKOFF_S = 30.0
+STOPPING_MAX_WAIT_S = 1.0
 
 
 @dataclass
@@ -57,4 +60,7 @@ class Reconnects:
             "reconnect service=%s sink=%s attempt=%d retries=%d delay_s=%.2f error=%r",
             self.service, self.sink, self.attempt, self.retries, delay, problem,
         )  # fmt: skip
-        self.clock.sleep(delay, self.stop)
+        if self.stop.is_set():  # stopping: wait all the same, but briefly
+            self.clock.sleep(min(delay, STOPPING_MAX_WAIT_S), threading.Event())
+        else:
+            self.clock.sleep(delay, self.stop)
