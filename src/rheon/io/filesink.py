@@ -16,6 +16,7 @@ CSV, as Kafka Connect's JSON converter does.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -33,8 +34,11 @@ from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 
 __all__ = ["FileSink"]
 
+log = logging.getLogger(__name__)
+
 _FORMATS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet"}
 _PENDING = re.compile(r"^\.pending-(\d{8})-(\d{4})\.")
+_PART = re.compile(r"^part-(\d{8})-(\d{4})\.")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -291,6 +295,13 @@ class _FileSinkLogic(KeepsDeadLetters, SinkLogic):
         for entry in sorted(self.dir.iterdir()):
             name = entry.name
             if name.startswith(".inprogress-"):
+                entry.unlink(missing_ok=True)
+                continue
+            later = _PART.match(name)
+            if later is not None and checkpoint_id is not None and int(later.group(1)) > checkpoint_id:
+                # Committed by a checkpoint after the restored one (the newer ones were damaged and
+                # set aside): the replay writes these rows again.
+                log.warning("filesink_removed_later_part file=%s restored_checkpoint=%d", entry, checkpoint_id)
                 entry.unlink(missing_ok=True)
                 continue
             match = _PENDING.match(name)
