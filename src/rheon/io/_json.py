@@ -19,7 +19,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterable, Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from rheon.core.errors import FlowError
 
 __all__ = [
     "DEFAULT_MAX_DEPTH", "DEFAULT_MAX_FIELDS", "Decoded", "JsonDecoder", "check_limits", "contains", "fits",
-    "for_json", "int_range", "kind", "load_types", "oversized", "settled", "show", "types_state",
+    "for_json", "int_range", "json_kind", "kind", "load_types", "oversized", "settled", "show", "types_state",
 ]  # fmt: skip
 
 DEFAULT_MAX_DEPTH = 16
@@ -260,20 +261,27 @@ def kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):
         return "an integer"
-    if isinstance(value, float):
+    if isinstance(value, numbers.Real):
         return "a float"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list | tuple):
         return "a list"
-    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
+    return "an object" if isinstance(value, Mapping) else f"a {type(value).__name__}"
 
 
-def _json_kind(value: Any) -> str:
-    """As `kind`, but integers and floats are one kind: numbers."""
-    return "a number" if isinstance(value, int | float) and not isinstance(value, bool) else kind(value)
+def json_kind(value: Any) -> str:
+    """As `kind`, but integers and floats are one kind: numbers (they share a column as floats).
+
+    Examples
+    --------
+    >>> json_kind(3), json_kind(2.5), json_kind("3")
+    ('a number', 'a number', 'a string')
+    """
+    found = kind(value)
+    return "a number" if found in ("an integer", "a float") else found
 
 
 def int_range(dtype: pl.DataType) -> tuple[int, int] | None:
@@ -354,8 +362,8 @@ def _first_type(values: list[Any]) -> pl.DataType:
     value's own type wins.
     """
     for value in values[:3]:  # a value no type can hold (e.g. a list of numbers and objects) gives way
-        same = _json_kind(value)
-        dtype = _infer(v for v in values if _json_kind(v) == same)
+        same = json_kind(value)
+        dtype = _infer(v for v in values if json_kind(v) == same)
         if dtype is not None and fits(value, dtype, open_structs=False):
             return dtype
         if (dtype := _infer([value])) is not None:

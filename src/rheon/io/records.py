@@ -20,7 +20,16 @@ from typing_extensions import override
 
 from rheon.core.deadletters import payload_of
 from rheon.core.errors import FlowError, SourceError
-from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, check_limits, int_range, settled, show
+from rheon.io._json import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_FIELDS,
+    check_limits,
+    int_range,
+    json_kind,
+    kind,
+    settled,
+    show,
+)
 from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
 
 __all__ = ["Records", "RowDecoder", "frame_from_rows"]
@@ -51,27 +60,6 @@ def frame_from_rows(rows: Sequence[Any], *, where: str) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
         msg = f"{where}: could not build a table from the rows: {exc}. Try giving each column one type."
         raise FlowError(msg) from exc
-
-
-def _kind(value: Any) -> str:
-    """A Python value's kind, as reasons name it (ints and floats apart)."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, numbers.Integral):
-        return "an integer"
-    if isinstance(value, numbers.Real):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return "an object" if isinstance(value, Mapping) else f"a {type(value).__name__}"
-
-
-def _family(value: Any) -> str:
-    """As `_kind`, but integers and floats are one family: numbers (they share a column as floats)."""
-    kind = _kind(value)
-    return "a number" if kind in ("an integer", "a float") else kind
 
 
 def fits_value(value: Any, dtype: pl.DataType) -> bool:
@@ -129,8 +117,8 @@ def _new_type(values: list[Any]) -> pl.DataType:
     """A new field's type: what Polars infers over the values of the same family as the first one,
     unless that would change the first value (then its own type)."""
     for value in values[:3]:
-        family = _family(value)
-        for sample in ([v for v in values if _family(v) == family], [value]):
+        family = json_kind(value)
+        for sample in ([v for v in values if json_kind(v) == family], [value]):
             try:
                 dtype = pl.from_dicts([{"v": v} for v in sample], infer_schema_length=None).schema["v"]
             except _FAILED:
@@ -260,7 +248,7 @@ class RowDecoder:
             dtype = target[name]
             if fits_value(value, dtype):
                 continue
-            got = f"field {name!r} is {show(value)} ({_kind(value)})"
+            got = f"field {name!r} is {show(value)} ({kind(value)})"
             if dtype == pl.Null:
                 return f"{got}, which no column type can hold"
             return f"{got}, but this source has read it as {dtype} so far (a field keeps the type it first had)"
