@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import decimal
-import os
 import re
 import time
 import uuid
@@ -20,7 +19,7 @@ from rheon.io.base import BuildContext
 from rheon.io.postgres import Postgres, _PostgresLogic
 from rheon.testing import ManualClock, collect
 from tests.proxy import TcpProxy
-from tests.services import free_port, unavailable
+from tests.services import free_port
 
 try:
     import psycopg
@@ -29,26 +28,11 @@ try:
 except ImportError:  # pragma: no cover - reported by the fixture
     psycopg = None  # type: ignore[assignment]
 
-DSN = os.environ.get("RHEON_TEST_POSTGRES", "postgresql://127.0.0.1/test")
-HOW = (
-    "start PostgreSQL on 127.0.0.1:5432 with a database 'test' (apt-get install postgresql), or set RHEON_TEST_POSTGRES"
-)
 EVENTS = [{"card": f"c{i % 4}", "amount": (i * 7) % 11, "ts": i * 100} for i in range(400)]
 
 
 class Crash(BaseException):
     """Stands in for the process dying."""
-
-
-@pytest.fixture(scope="module")
-def dsn() -> str:
-    if psycopg is None:
-        unavailable("psycopg", "pip install -e '.[postgres]'")
-    try:
-        psycopg.connect(DSN, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        unavailable("PostgreSQL", f"{HOW} ({str(exc).strip()})")
-    return DSN
 
 
 @pytest.fixture

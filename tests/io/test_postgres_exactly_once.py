@@ -29,7 +29,7 @@ import pytest
 from rheon.io.base import BuildContext
 from rheon.io.postgres import Postgres, _PostgresLogic
 from tests.io.pg_flow_under_test import CommitCutProxy
-from tests.services import free_port, unavailable
+from tests.services import free_port
 
 try:
     import psycopg
@@ -38,20 +38,8 @@ try:
 except ImportError:  # pragma: no cover - reported by the fixture
     psycopg = None  # type: ignore[assignment]
 
-DSN = os.environ.get("RHEON_TEST_POSTGRES", "postgresql://127.0.0.1/test")
 ROOT = Path(__file__).resolve().parents[2]
 LINE_TIMEOUT_S = 180  # a child that says nothing for this long is stuck
-
-
-@pytest.fixture(scope="module")
-def dsn() -> str:
-    if psycopg is None:
-        unavailable("psycopg", "pip install -e '.[postgres]'")
-    try:
-        psycopg.connect(DSN, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        unavailable("PostgreSQL", f"start PostgreSQL on 127.0.0.1:5432 with a database 'test' ({str(exc).strip()})")
-    return DSN
 
 
 def query(dsn: str, text: str, *params: object) -> list[tuple]:

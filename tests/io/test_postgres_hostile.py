@@ -8,7 +8,6 @@ a checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,6 @@ import rheon as rh
 from rheon.io.base import BuildContext
 from rheon.io.postgres import Postgres, _PostgresLogic
 from rheon.testing import ScriptedSource, collect
-from tests.services import unavailable
 
 try:
     import psycopg
@@ -28,7 +26,6 @@ try:
 except ImportError:  # pragma: no cover - reported by the fixture
     psycopg = None  # type: ignore[assignment]
 
-DSN = os.environ.get("RHEON_TEST_POSTGRES", "postgresql://127.0.0.1/test")
 
 HOSTILE = [
     "a",
@@ -49,17 +46,6 @@ HOSTILE = [
     "\\",
     "ünïcødé ✓ 🐍",
 ]
-
-
-@pytest.fixture(scope="module")
-def dsn() -> str:
-    if psycopg is None:
-        unavailable("psycopg", "pip install -e '.[postgres]'")
-    try:
-        psycopg.connect(DSN, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        unavailable("PostgreSQL", f"start PostgreSQL on 127.0.0.1:5432 with a database 'test' ({str(exc).strip()})")
-    return DSN
 
 
 @pytest.fixture

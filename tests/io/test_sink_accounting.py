@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import rheon as rh
 from rheon.testing import collect
-from tests.io.test_postgres_hostile import dsn, query  # noqa: F401 - the fixture too
+from tests.io.test_postgres_hostile import query
 from tests.io.test_redis import URL, client  # noqa: F401 - the fixture too
 from tests.runtime.test_accounting import ANCHOR, NO_SHRINK, _python, records
 
@@ -50,7 +50,7 @@ class Receiver:
 
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
 @given(rows=st.lists(records(), max_size=25), batch_size=st.sampled_from([1, 1000]))
-def test_every_sink_accounts_for_every_row(dsn, client, rows, batch_size) -> None:  # noqa: F811 - fixtures
+def test_every_sink_accounts_for_every_row(dsn, client, rows, batch_size) -> None:  # noqa: F811 - the fixture
     sent = [{**_python(row), "id": i} for i, row in enumerate([ANCHOR, *rows])]
     name = f"rheon_acct_{uuid.uuid4().hex[:10]}"
     receiver = Receiver()
