@@ -201,10 +201,10 @@ class RowsOut:
     --------
     >>> out = RowsOut("map 'm'")
     >>> a, _ = rows_to_frame([{"x": 3}], None); b, _ = rows_to_frame([{"x": 4.5}], None)
-    >>> out.batch([(a, [0]), (b, [1])])[0].rows()
+    >>> out.batch([(a, 0), (b, 1)])[0].rows()
     [(3.0,), (4.5,)]
     >>> a, _ = rows_to_frame([{"x": {"b": 1}}], None); b, _ = rows_to_frame([{"x": 4.5}], None)
-    >>> frame, bad = out.batch([(a, [0]), (b, [1])])
+    >>> frame, bad = out.batch([(a, 0), (b, 1)])
     >>> frame.rows(), [(i, reason.split(",")[0], payload) for i, reason, payload in bad]
     ([({'b': 1},)], [(1, "map 'm': field 'x' is 4.5 (Float64)", '{"x": 4.5}')])
     """
@@ -216,28 +216,27 @@ class RowsOut:
         """The reason for a value that does not fit its batch's column (`rows_to_frame`)."""
         return misfit_reason(self.where, name, value, dtype)
 
-    def batch(self, chunks: list[tuple[pl.DataFrame, list[int]]]) -> tuple[pl.DataFrame, list[tuple[int, str, str]]]:
-        """One batch's chunks (each a frame and the input index of each of its rows) as one frame,
-        and ``(input index, reason, payload)`` for each row left out."""
-        chunks = [(f, i) for f, i in chunks if f.width]
+    def batch(self, chunks: list[tuple[pl.DataFrame, int]]) -> tuple[pl.DataFrame, list[tuple[int, str, str]]]:
+        """One batch's chunks (each a frame and the input position it starts at) as one frame, and
+        ``(position, reason, payload)`` for each row left out (a chunk's start plus the row's place
+        in it: in input order, which is what dead letters are sorted by)."""
+        chunks = [(f, at) for f, at in chunks if f.width]
         if not chunks:
             return pl.DataFrame(), []
         if len(chunks) == 1:
             return chunks[0][0], []
+        first = chunks[0][0].schema
+        if all(f.schema == first for f, _ in chunks):
+            return pl.concat([f for f, _ in chunks], how="vertical", rechunk=False), []
         bad: list[tuple[int, str, str]] = []
-        if any(f.schema != chunks[0][0].schema for f, _ in chunks):
-            typed = ColumnTypes.over([f for f, _ in chunks], where=self.where, passthrough={WM_COL})
-            chunks = [_conform(typed, f, idx, bad) for f, idx in chunks]
-            bad.sort(key=itemgetter(0))
-        return pl.concat([f for f, _ in chunks], how="diagonal", rechunk=False), bad
+        typed = ColumnTypes.over([f for f, _ in chunks], where=self.where, passthrough={WM_COL})
+        frames = [_conform(typed, f, at, bad) for f, at in chunks]
+        return pl.concat(frames, how="diagonal", rechunk=False), sorted(bad, key=itemgetter(0))
 
 
-def _conform(
-    types: ColumnTypes, frame: pl.DataFrame, index: list[int], bad: list[tuple[int, str, str]]
-) -> tuple[pl.DataFrame, list[int]]:
+def _conform(types: ColumnTypes, frame: pl.DataFrame, at: int, bad: list[tuple[int, str, str]]) -> pl.DataFrame:
     good, mask, reasons = types.conform(frame)
-    if mask is None:
-        return good, index
-    left_out = mask.arg_true().to_list()
-    bad += zip([index[j] for j in left_out], reasons, payloads_of(frame.filter(mask)), strict=True)
-    return good, [i for i, out in zip(index, mask.to_list(), strict=True) if not out]
+    if mask is not None:
+        rows = mask.arg_true().to_list()
+        bad += zip([at + j for j in rows], reasons, payloads_of(frame.filter(mask)), strict=True)
+    return good

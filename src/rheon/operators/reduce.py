@@ -87,7 +87,7 @@ class Reduce(Operator):
 
     def _chunk(
         self, frame: pl.DataFrame, offset: int, dead_reasons: list[str], dead_payloads: list[str]
-    ) -> tuple[pl.DataFrame, list[int]]:
+    ) -> tuple[pl.DataFrame, int]:
         rows, _ = frame_to_rows(frame)
         key_of = key_getter(self.keys, frame.schema)
         cells_of, fn = self.backend.cells, self.fn
@@ -120,8 +120,6 @@ class Reduce(Operator):
             idx.append(i)
         wms = frame.get_column(WM_COL).gather(idx).to_list() if WM_COL in frame.columns else None
         result, misfits = rows_to_frame(out, wms, frame.schema)
-        left_out = {j for j, *_ in misfits}
-        for _, name, value, dtype in misfits:
-            dead_reasons.append(self.rows_out.misfit(name, value, dtype))
+        dead_reasons += [self.rows_out.misfit(name, value, dtype) for _, name, value, dtype in misfits]
         dead_payloads += [payload_of(out[j]) for j, *_ in misfits]
-        return result, [offset + i for j, i in enumerate(idx) if j not in left_out]
+        return result, offset

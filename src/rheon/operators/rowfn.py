@@ -162,21 +162,18 @@ class RowFnChain(Operator):
             outputs.append((DEAD, Batch(letters, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
         return outputs
 
-    def _chunk(self, frame: pl.DataFrame, offset: int, dead: Dead) -> tuple[pl.DataFrame, list[int]]:
-        """The chunk's output rows as a frame, and the input index of each."""
+    def _chunk(self, frame: pl.DataFrame, offset: int, dead: Dead) -> tuple[pl.DataFrame, int]:
+        """The chunk's output rows as a frame, and the input position the chunk starts at."""
         rows, _ = frame_to_rows(frame)
         idx = list(range(offset, offset + frame.height))
         for step in self.steps:
             rows, idx = _RUNNERS[step.kind](step, rows, idx, dead)
         local = [i - offset for i in idx]
         if self.filters_only:
-            return (frame.select(pl.all().gather(local)) if len(local) < frame.height else frame), idx
+            return (frame.select(pl.all().gather(local)) if len(local) < frame.height else frame), offset
         wms = None
         if WM_COL in frame.columns:
             wms = frame.get_column(WM_COL).gather(local).to_list()
         result, misfits = rows_to_frame(rows, wms, frame.schema)
-        if misfits:
-            left_out = {j for j, *_ in misfits}
-            dead += [(idx[j], self.label, self.rows_out.misfit(n, v, t), payload_of(rows[j])) for j, n, v, t in misfits]
-            idx = [i for j, i in enumerate(idx) if j not in left_out]
-        return result, idx
+        dead += [(idx[j], self.label, self.rows_out.misfit(n, v, t), payload_of(rows[j])) for j, n, v, t in misfits]
+        return result, offset
