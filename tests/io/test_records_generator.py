@@ -207,3 +207,15 @@ def test_records_dead_letters_of_a_list_come_once_across_a_restart(tmp_path):
         letters += [b["payload"] for b in bad.rows]
     assert seen == [1, 2, 3, 3]
     assert letters == ['{"v": "x"}', '{"v": "y"}']
+
+
+def test_generator_values_are_never_converted_issue_10():
+    """A generated field that changes type within a batch (text among numbers) is a dead letter
+    naming it, not turned into text with the numbers."""
+    flow = rh.Flow("gen")
+    gen = rh.io.Generator(lambda i: {"i": i, "v": "five" if i == 3 else i}, rate=1_000_000, limit=6)
+    out, dead = collect(flow.source(gen)), collect(flow.dead_letters())
+    flow.run()
+    assert [r["v"] for r in out.rows] == [0, 1, 2, 4, 5]
+    assert [d["payload"] for d in dead.rows] == ['{"i": 3, "v": "five"}']
+    assert dead.rows[0]["reason"].startswith("Generator: field 'v' is \"five\" (a string)")

@@ -9,8 +9,8 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.errors import FlowError
-from rheon.io.base import BuildContext, Source, SourceLogic
-from rheon.io.records import frame_from_rows
+from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
+from rheon.io.records import RowDecoder
 from rheon.time.clock import Clock
 
 __all__ = ["Generator"]
@@ -68,10 +68,12 @@ class Generator(Source):
         return f"Generator(rate={self.rate:g}/s, limit={self.limit})"
 
 
-class _GeneratorLogic(SourceLogic):
+class _GeneratorLogic(KeepsDeadLetters, SourceLogic):
     def __init__(self, config: Generator, clock: Clock) -> None:
         self.cfg = config
         self.clock = clock
+        self.decode = RowDecoder()  # a field keeps its first type; a row that does not fit is a dead letter
+        self.dead: list[tuple[str, str]] = []
         self.start_ns: int | None = None
         self.next_i = 0
 
@@ -101,7 +103,9 @@ class _GeneratorLogic(SourceLogic):
             rows.append(row)
         self.last_ingest_ns = self._scheduled_ns(self.next_i)
         self.next_i = end
-        return frame_from_rows(rows, where="Generator")
+        frame, _, bad = self.decode(rows)
+        self.dead += [(f"Generator: {reason}", payload) for _, reason, payload in bad]
+        return frame
 
     @override
     def snapshot(self) -> Any:
