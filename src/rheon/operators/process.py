@@ -9,10 +9,8 @@ when the flow's clock reaches them.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from operator import itemgetter
 from typing import Any
 
 import polars as pl
@@ -25,8 +23,9 @@ from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._keys import key_getter
 from rheon.operators._rows import frame_to_rows, misfit_reason, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
-from rheon.state.backends import KeyedStateBackend, MemoryBackend
-from rheon.state.keyed import ListState, MapState, StateKindError, StateKinds, ValueState, key_group
+from rheon.state.backends import KeyedStateBackend
+from rheon.state.keyed import ListState, MapState, StateKindError, StateKinds, ValueState
+from rheon.state.service import KeyedService, KeyedTimers
 from rheon.state.shared import SharedFiles
 from rheon.time.clock import Clock
 
@@ -81,21 +80,20 @@ class _Timers:
     def register_event_time(self, when: int | datetime) -> None:
         """Call ``on_timer`` once the watermark reaches ``when`` (epoch ms, or a datetime)."""
         op = self._ctx._op
-        op._add_timer(op.event_timers, op.event_set, op._ticks(when), self._ctx.key)
+        op.keyed.event_timers.register(op._ticks(when), self._ctx.key)
 
     def register_processing_time(self, epoch_ms: int) -> None:
         """Call ``on_timer`` once the flow's clock reaches ``epoch_ms``."""
-        op = self._ctx._op
-        op._add_timer(op.proc_timers, op.proc_set, int(epoch_ms), self._ctx.key)
+        self._ctx._op.keyed.processing_timers.register(int(epoch_ms), self._ctx.key)
 
     def delete_event_time(self, when: int | datetime) -> None:
         """Cancel an event-time timer of the current key."""
         op = self._ctx._op
-        op.event_set.discard((op._ticks(when), self._ctx.key))
+        op.keyed.event_timers.delete(op._ticks(when), self._ctx.key)
 
     def delete_processing_time(self, epoch_ms: int) -> None:
         """Cancel a processing-time timer of the current key."""
-        self._ctx._op.proc_set.discard((int(epoch_ms), self._ctx.key))
+        self._ctx._op.keyed.processing_timers.delete(int(epoch_ms), self._ctx.key)
 
 
 class ProcessContext:
@@ -146,7 +144,7 @@ class ProcessContext:
 
     def _cells(self) -> dict[str, Any]:
         if self._bound is None:
-            self._bound = self._op.backend.cells(self.key)
+            self._bound = self._op.keyed.cells(self.key)
         return self._bound
 
     @property
@@ -190,13 +188,8 @@ class KeyedProcess(Operator):
         self.clock = clock
         self.ttype = time_type
         self.ttl_of = ttl_of
-        self.backend = backend if backend is not None else MemoryBackend()
+        self.keyed = KeyedService(backend)
         self.state_kinds = StateKinds(self.label)
-        self.event_timers: list[tuple[int, int, Any]] = []
-        self.event_set: set[tuple[int, Any]] = set()
-        self.proc_timers: list[tuple[int, int, Any]] = []
-        self.proc_set: set[tuple[int, Any]] = set()
-        self.seq = 0
         self.forwarded = MIN_WM
         self.ctx = ProcessContext(self)
         self._out: dict[str | None, tuple[list[Row], list[int]]] = {}
@@ -225,13 +218,6 @@ class KeyedProcess(Operator):
             return ticks
         return pl.Series([ticks]).cast(self.ttype.dtype).item()
 
-    def _add_timer(self, heap: list[tuple[int, int, Any]], live: set[tuple[int, Any]], at: int, key: Any) -> None:
-        if (at, key) in live:
-            return
-        live.add((at, key))
-        self.seq += 1
-        heapq.heappush(heap, (at, self.seq, key))
-
     def _emit(self, tag: str | None, row: Row) -> None:
         if not isinstance(row, dict):
             msg = f"{self.label}: emit() takes a dict (got {type(row).__name__})"
@@ -242,13 +228,9 @@ class KeyedProcess(Operator):
 
     # -- timers --------------------------------------------------------------------------------
 
-    def _fire(self, heap: list[tuple[int, int, Any]], live: set[tuple[int, Any]], upto: int, domain: str) -> None:
+    def _fire(self, timers: KeyedTimers, upto: int, domain: str) -> None:
         ctx = self.ctx
-        while heap and heap[0][0] <= upto:
-            at, _, key = heapq.heappop(heap)
-            if (at, key) not in live:
-                continue  # deleted
-            live.discard((at, key))
+        for at, key in timers.due(upto):
             ctx._bind(key)
             ctx.timestamp = self._from_ticks(at) if domain == "event" else at
             if self.on_timer is None:
@@ -300,9 +282,9 @@ class KeyedProcess(Operator):
                 self._records(frame)
             if batch.watermark > self.forwarded:
                 self._current_wm = self.forwarded
-                self._fire(self.event_timers, self.event_set, batch.watermark, "event")
+                self._fire(self.keyed.event_timers, batch.watermark, "event")
                 self.forwarded = batch.watermark
-            self.backend.end_batch()
+            self.keyed.end_batch()
         return self._outputs(batch)
 
     def _records(self, frame: pl.DataFrame) -> None:
@@ -311,11 +293,12 @@ class KeyedProcess(Operator):
         key_of = key_getter(self.keys, frame.schema)
         per_ms = self.ttype.ticks_per_ms if self.ttype is not None else 1
         ctx, fn, time_col = self.ctx, self.fn, self.time_col
-        heap = self.event_timers
+        timers = self.keyed.event_timers
         for row, wm in zip(rows, pre, strict=True):
-            if heap and heap[0][0] <= wm:
+            due = timers.next_time()
+            if due is not None and due <= wm:
                 self._current_wm = self.forwarded
-                self._fire(heap, self.event_set, wm, "event")
+                self._fire(timers, wm, "event")
             self.forwarded = max(self.forwarded, wm)
             self._current_wm = wm
             try:
@@ -338,12 +321,13 @@ class KeyedProcess(Operator):
     @override
     def on_tick(self, now_ns: int, like: Batch) -> list[Output]:
         now_ms = now_ns // 1_000_000
-        if not self.proc_timers or self.proc_timers[0][0] > now_ms:
+        due = self.keyed.processing_timers.next_time()
+        if due is None or due > now_ms:
             return []
         with no_gc():
             self._current_wm = self.forwarded
-            self._fire(self.proc_timers, self.proc_set, now_ms, "processing")
-            self.backend.end_batch()
+            self._fire(self.keyed.processing_timers, now_ms, "processing")
+            self.keyed.end_batch()
         return self._outputs(like)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -354,53 +338,21 @@ class KeyedProcess(Operator):
 
     @override
     def close(self) -> None:
-        self.backend.close()
+        self.keyed.close()
 
     @override
     def snapshot(self, files: SharedFiles) -> State:
         return {}, {
-            "state": self.backend.snapshot(files),
+            **self.keyed.snapshot(files),
             "state_kinds": self.state_kinds.snapshot(),
-            "event": _timers_by_key_group(self.event_timers, self.event_set),
-            "processing": _timers_by_key_group(self.proc_timers, self.proc_set),
             "forwarded": self.forwarded,
             "time_type": self.ttype,
         }
 
     @override
     def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
-        self.backend.restore(objects["state"], files)
+        self.keyed.restore(objects, files)
         self.state_kinds.restore(objects.get("state_kinds", {}))  # absent in older checkpoints
-        self.event_timers, self.event_set, self.proc_timers, self.proc_set = [], set(), [], set()
-        for at, key in _saved_timers(objects["event"]):
-            self._add_timer(self.event_timers, self.event_set, at, key)
-        for at, key in _saved_timers(objects["processing"]):
-            self._add_timer(self.proc_timers, self.proc_set, at, key)
         self.forwarded = objects["forwarded"]
         if self.ttype is None:
             self.ttype = objects["time_type"]
-
-
-def _timers_by_key_group(
-    heap: list[tuple[int, int, Any]], live: set[tuple[int, Any]]
-) -> dict[int, list[tuple[int, int, Any]]]:
-    """Live timers as ``{key group: [(time, seq, key), ...]}``, like keyed state: a worker
-    restoring some key groups takes just their timers. ``seq`` keeps the firing order of timers
-    due at the same time (registration order).
-
-    >>> _timers_by_key_group([(5, 0, "a"), (3, 1, "b"), (9, 2, "a")], {(5, "a"), (3, "b")})
-    {57: [(3, 1, 'b')], 122: [(5, 0, 'a')]}
-    """
-    groups: dict[int, list[tuple[int, int, Any]]] = {}
-    for at, seq, key in sorted(heap, key=itemgetter(0, 1)):
-        if (at, key) in live:
-            groups.setdefault(key_group(key), []).append((at, seq, key))
-    return groups
-
-
-def _saved_timers(saved: dict[int, list[tuple[int, int, Any]]] | list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-    """``(time, key)`` of a snapshot's timers in firing order (a flat list in older checkpoints)."""
-    if isinstance(saved, list):
-        return saved
-    ordered = sorted((t for group in saved.values() for t in group), key=itemgetter(0, 1))
-    return [(at, key) for at, _, key in ordered]
