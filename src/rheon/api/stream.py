@@ -10,6 +10,8 @@ import polars as pl
 
 from rheon.api._schema import infer
 from rheon.api.joins import LatestByKey, keyed_join, lookup_join
+from rheon.api.matching import match_node
+from rheon.cep.pattern import Pattern
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.core.eventtime import TimeType
@@ -29,7 +31,7 @@ from rheon.time.windows import Session, Sliding, Tumbling
 if TYPE_CHECKING:
     from rheon.api.flow import Flow
 
-__all__ = ["KeyedStream", "Stream", "WindowedStream"]
+__all__ = ["KeyedStream", "MatchStream", "Stream", "WindowedStream"]
 
 Row = dict[str, Any]
 
@@ -637,6 +639,42 @@ class KeyedStream:
         """
         return keyed_join(self, other, between=between, window=window, how=how, suffix=suffix, name=name)
 
+    def match(
+        self,
+        pattern: Pattern,
+        *,
+        after_match: str = "skip_past_last_event",
+        measures: Mapping[str, pl.Expr] | None = None,
+        name: str | None = None,
+    ) -> MatchStream:
+        """Find ``pattern`` (built with ``rheon.cep.begin``) in each key's events, in event-time order.
+
+        Emits one row per match: the key column(s), ``match_start`` and ``match_end`` (times of
+        the first and last matched event), then one column per step, named after it, holding
+        the step's events as a list of structs. ``measures={"n": pl.col("fail").list.len()}``
+        adds columns computed from those. ``after_match`` says where matching continues after
+        a match: ``"skip_past_last_event"`` (default), ``"skip_to_next"``,
+        ``"skip_to_first:<step>"``, ``"skip_to_last:<step>"`` or ``"no_skip"``, as in SQL's
+        ``MATCH_RECOGNIZE``. Events wait until the watermark passes them; later ones are on
+        ``.late()``, partial matches cut short by ``within`` on ``.timed_out()``. Open
+        matches and buffered events are checkpointed. See ``docs/cep.md``.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> from rheon import cep
+        >>> logins = [{"user": "u1", "ok": ok, "ts": i * 1000} for i, ok in enumerate([0, 0, 0, 1, 0])]
+        >>> brute_force = cep.begin("fail", rh.col("ok") == 0).times_or_more(3).next("success", rh.col("ok") == 1)
+        >>> flow = rh.Flow("logins"); out = rh.io.Collect()
+        >>> (flow.source(rh.io.Records(logins), time="ts").key_by("user")
+        ...      .match(brute_force.within("5m"), measures={"fails": rh.col("fail").list.len()}).sink(out))
+        >>> flow.run(); [(r["user"], r["match_start"], r["match_end"], r["fails"]) for r in out.rows]
+        [('u1', 0, 3000, 3)]
+        """
+        node = match_node(self, pattern, after_match, measures, name)
+        self.stream.flow.graph.add(node)
+        return MatchStream(self.stream.flow, node)
+
     def latest(self) -> LatestByKey:
         """This changelog stream as a table of the latest value per key, for a temporal join.
 
@@ -685,6 +723,43 @@ class KeyedStream:
             time_type=stream.time_type,
         )
         return stream._add(node)
+
+
+class MatchStream(Stream):
+    """The matches of a pattern (from :meth:`KeyedStream.match`), with its side outputs.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> from rheon import cep
+    >>> rows = [{"id": 1, "type": "order", "ts": 0}, {"id": 2, "type": "order", "ts": 0},
+    ...         {"id": 2, "type": "payment", "ts": 60_000}, {"id": 3, "type": "order", "ts": 3_600_000}]
+    >>> unpaid = cep.begin("order", rh.col("type") == "order").followed_by("paid", rh.col("type") == "payment")
+    >>> flow = rh.Flow("orders"); paid = rh.io.Collect(); late_payers = rh.io.Collect()
+    >>> m = flow.source(rh.io.Records(rows), time="ts").key_by("id").match(unpaid.within("15m"))
+    >>> m.sink(paid); m.timed_out().sink(late_payers)
+    >>> flow.run(); [r["id"] for r in paid.rows], [r["id"] for r in late_payers.rows]
+    ([2], [1, 3])
+    """
+
+    def timed_out(self) -> Stream:
+        """The partial matches that ``within`` cut short, when the watermark reached their first
+        event's time + ``within`` (at the end of input, the ones still open), with the steps
+        matched so far (for "A and then no B within T" rules). Same columns as the matches.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> from rheon import cep
+        >>> rows = [{"host": "h", "cpu": 95, "ts": 0}, {"host": "h", "cpu": 97, "ts": 10_000}]
+        >>> hot = cep.begin("hot", rh.col("cpu") > 90).times(3).within("1m")
+        >>> flow = rh.Flow("hot"); cut = rh.io.Collect()
+        >>> m = flow.source(rh.io.Records(rows), time="ts").key_by("host").match(hot)
+        >>> m.sink(rh.io.Collect()); m.timed_out().sink(cut)
+        >>> flow.run(); [(r["host"], r["match_start"], len(r["hot"])) for r in cut.rows]  # two attempts
+        [('h', 0, 2), ('h', 10000, 1)]
+        """
+        return Stream(self.flow, self.node, "timed_out")
 
 
 def _process_callables(fn: Any, on_timer: Any, where: str) -> tuple[Callable[..., None], Callable[..., None] | None]:

@@ -1,0 +1,95 @@
+"""Building a CEP match node: ``KeyedStream.match`` calls into here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from rheon.cep.operator import TIMED_OUT, MatchOperator, parse_after_match
+from rheon.cep.pattern import Pattern
+from rheon.core.errors import FlowError
+from rheon.runtime.graph import Node, SideOutput
+from rheon.state.backends import make_backend
+
+if TYPE_CHECKING:
+    from rheon.api.stream import KeyedStream
+
+__all__ = ["match_node"]
+
+
+def match_node(
+    keyed: KeyedStream,
+    pattern: Pattern,
+    after_match: str,
+    measures: Mapping[str, pl.Expr] | None,
+    name: str | None,
+) -> Node:
+    """The node of ``keyed.match(pattern, ...)``, checked."""
+    stream = keyed.stream
+    op_name = stream.flow.graph.name_for("match", name)
+    where = f"match '{op_name}'"
+    if not isinstance(pattern, Pattern):
+        msg = f"{where}: expected a pattern built with cep.begin(...) (got {pattern!r})"
+        raise FlowError(msg)
+    time, time_type, schema = stream.time, stream.time_type, stream.schema
+    if time is None:
+        msg = (
+            f"{where}: the stream has no event-time column, so events cannot be put in order. "
+            'Declare one where the data comes in: flow.source(..., time="ts").'
+        )
+        raise FlowError(msg)
+    keys = list(keyed.keys)
+    reserved = {k: f"key column {k!r}" for k in keys}
+    reserved |= {"match_start": "output column 'match_start'", "match_end": "output column 'match_end'"}
+    pattern.check(where, schema, reserved)
+    parse_after_match(after_match, pattern.names, where)
+    measures = dict(measures or {})
+    for field, expr in measures.items():
+        if not isinstance(expr, pl.Expr):
+            msg = f"{where}: measure {field!r} must be a Polars expression over the output columns (got {expr!r})"
+            raise FlowError(msg)
+        if field in reserved or field in pattern.names:
+            msg = f"{where}: measure name {field!r} clashes with an output column; pick another"
+            raise FlowError(msg)
+    out_schema = None
+    if schema is not None and time_type is not None:
+        struct = pl.Struct(schema)
+        fields: dict[str, pl.DataType] = {k: schema[k] for k in keys}
+        fields["match_start"] = time_type.dtype
+        fields["match_end"] = time_type.dtype
+        fields |= {step: pl.List(struct) for step in pattern.names}
+        out_schema = pl.Schema(fields)
+        if measures:
+            try:
+                out_schema = pl.DataFrame(schema=out_schema).with_columns(**measures).schema
+            except pl.exceptions.PolarsError as exc:
+                msg = f"{where}: a measure does not apply to the match columns ({', '.join(out_schema)}): {exc}"
+                raise FlowError(msg) from exc
+    partial_schema = None
+    if out_schema is not None:
+        partial_schema = pl.Schema({n: t for n, t in out_schema.items() if n not in measures or not measures})
+    return Node(
+        "match",
+        op_name,
+        [stream._edge()],
+        make=lambda ctx: MatchOperator(
+            op_name,
+            keys,
+            time,
+            pattern,
+            after_match,
+            time_type,
+            measures,
+            make_backend(ctx.state_backend, ctx.state_dir),
+        ),
+        schema=out_schema,
+        time="match_start",
+        time_type=time_type,
+        uses_event_time=True,
+        side_outputs={
+            "late": SideOutput(schema, time, time_type),
+            TIMED_OUT: SideOutput(partial_schema, "match_start", time_type),
+        },
+    )

@@ -1,0 +1,471 @@
+"""The matcher: a pattern compiled to an NFA, run per key over rows in event-time order.
+
+A *match attempt* starts at each row that can be a match's first row. It holds *threads*, the
+ways the pattern can still match from there, in the preference order of ``MATCH_RECOGNIZE``
+(greedy quantifiers and optional steps prefer taking a row; ``followed_by_any`` prefers the
+earlier row). Each row advances every thread of every open attempt of its key. An attempt is
+*resolved* when its most preferred thread completes (a match) or every thread dies (no match,
+or cut short by ``within``: timed out). Attempts resolve in order of their first row, and the
+after-match skip then drops the attempts whose first row the match skipped, which is the
+``MATCH_RECOGNIZE`` procedure run on a stream. With ``after_match="no_skip"`` attempts are
+independent and every complete thread is a match.
+
+A thread is a tuple ``(state, step, count, not_next, not_followed_by, path)``:
+
+* ``IN`` (step ``i``, ``count`` rows taken): the next row may continue step ``i``;
+* ``WAIT`` (step ``j``): waiting for step ``j``'s first row;
+* ``TAIL``: every step matched, trailing negations still to hold;
+* ``DONE``: a complete match.
+
+``not_next`` / ``not_followed_by`` are the negation conditions still in force; ``path`` is the
+rows taken, a linked list ``(previous, step, seq, time, row)`` shared between forks. When no
+condition is a Python function, two threads of one attempt in the same state have the same
+future, so the less preferred one is dropped: the number of threads stays bounded by the
+pattern's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from rheon.cep.pattern import Pattern
+
+__all__ = ["DONE", "IN", "TAIL", "WAIT", "Attempt", "KeyState", "Matcher", "Program", "compile_pattern"]
+
+IN, WAIT, TAIL, DONE = 0, 1, 2, 3
+STRICT, RELAXED, ANY = 0, 1, 2
+_CONTIGUITY = {"strict": STRICT, "relaxed": RELAXED, "any": ANY}
+_INF = 1 << 62
+
+Row = dict[str, Any]
+Path = tuple[Any, int, int, int, Row] | None
+Thread = tuple[int, int, int, tuple[Any, ...], tuple[Any, ...], Path]
+# A condition: an int ``i >= 0`` reads the row's i-th vectorized flag, -1 is "any event", else
+# a Python function ``fn(event, match)``.
+Cond = Any
+
+
+@dataclass(frozen=True, eq=False)
+class PStep:
+    """A positive step, compiled."""
+
+    name: str
+    cond: Cond
+    min: int
+    max: int
+    greedy: bool
+    contiguity: int
+    not_next: tuple[Cond, ...]
+    """Negations before this step (from the step before it)."""
+    not_followed_by: tuple[Cond, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """A pattern compiled: positive steps, trailing negations, the expressions to evaluate."""
+
+    steps: tuple[PStep, ...]
+    trailing_not_next: tuple[Cond, ...]
+    trailing_not_followed_by: tuple[Cond, ...]
+    within_ms: int | None
+    exprs: tuple[pl.Expr, ...]
+    """The expression conditions, evaluated vectorized into flag ``i``."""
+    python: bool
+    """Whether some condition is a Python function (or "any event"): every row matters then."""
+    start_flags: tuple[int, ...] | None
+    """Flags of the steps a match can start with (``None``: any row may start one)."""
+    relaxed: bool
+    """Whether a thread can wait across rows that satisfy no condition."""
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+
+def compile_pattern(pattern: Pattern) -> Program:
+    """Compile ``pattern`` (already checked) into a :class:`Program`.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from rheon import cep
+    >>> p = cep.begin("a", pl.col("x") == 1).not_next("n", pl.col("x") == 3).followed_by("b", pl.col("x") == 2)
+    >>> prog = compile_pattern(p)
+    >>> [(s.name, s.cond, s.contiguity, s.not_next) for s in prog.steps], prog.start_flags, prog.relaxed
+    ([('a', 0, 0, ()), ('b', 2, 1, (1,))], (0,), True)
+    """
+    exprs: list[pl.Expr] = []
+    python = False
+
+    def cond_of(condition: Any) -> Cond:
+        nonlocal python
+        if condition is None:
+            python = True
+            return -1
+        if isinstance(condition, pl.Expr):
+            exprs.append(condition)
+            return len(exprs) - 1
+        python = True
+        return condition
+
+    steps: list[PStep] = []
+    nn: list[Cond] = []
+    nfb: list[Cond] = []
+    for step in pattern.steps:
+        cond = cond_of(step.condition)
+        if step.kind == "not_next":
+            nn.append(cond)
+        elif step.kind == "not_followed_by":
+            nfb.append(cond)
+        else:
+            steps.append(
+                PStep(
+                    step.name,
+                    cond,
+                    step.min,
+                    _INF if step.max is None else step.max,
+                    step.greedy,
+                    _CONTIGUITY[step.contiguity] if steps else STRICT,
+                    tuple(nn),
+                    tuple(nfb),
+                )
+            )
+            nn, nfb = [], []
+    starts: list[int] | None = []
+    for s in steps:
+        if isinstance(s.cond, int) and s.cond >= 0 and starts is not None:
+            starts.append(s.cond)
+        else:
+            starts = None
+        if s.min > 0:
+            break
+    relaxed = bool(nfb) or any(s.contiguity != STRICT for s in steps)
+    return Program(
+        tuple(steps),
+        tuple(nn),
+        tuple(nfb),
+        pattern.within_ms,
+        tuple(exprs),
+        python,
+        None if starts is None else tuple(starts),
+        relaxed,
+    )
+
+
+class Attempt:
+    """The threads of one match attempt (the rows from ``start`` on)."""
+
+    __slots__ = ("partial", "result", "start", "start_t", "threads")
+
+    def __init__(self, start: int, start_t: int, threads: list[Thread]) -> None:
+        self.start = start
+        self.start_t = start_t
+        self.threads = threads
+        self.result: Path | None = None
+        """The match (its path) once resolved with one."""
+        self.partial: Path | None = None
+        """The preferred partial match when cut short by ``within``."""
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.start, self.start_t, self.threads, self.result, self.partial)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.start, self.start_t, self.threads, self.result, self.partial = state
+
+    @property
+    def resolved(self) -> bool:
+        return not self.threads
+
+
+class KeyState:
+    """One key's matching state: rows seen and open attempts (in order of their first row)."""
+
+    __slots__ = ("attempts", "seq")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.attempts: list[Attempt] = []
+
+    def __getstate__(self) -> tuple[int, list[Attempt]]:
+        return (self.seq, self.attempts)
+
+    def __setstate__(self, state: tuple[int, list[Attempt]]) -> None:
+        self.seq, self.attempts = state
+
+
+def match_dict(path: Path, names: list[str]) -> dict[str, list[Row]]:
+    """The rows of ``path`` per step name (every step, ``[]`` when it has none), in order.
+
+    >>> match_dict(((None, 0, 1, 5, {"x": 1}), 1, 2, 6, {"x": 2}), ["a", "b", "c"])
+    {'a': [{'x': 1}], 'b': [{'x': 2}], 'c': []}
+    """
+    rows: list[tuple[int, Row]] = []
+    while path is not None:
+        rows.append((path[1], path[4]))
+        path = path[0]
+    out: dict[str, list[Row]] = {n: [] for n in names}
+    for step, row in reversed(rows):
+        out[names[step]].append(row)
+    return out
+
+
+def path_rows(path: Path) -> list[tuple[int, int, int, Row]]:
+    """``(step, seq, time, row)`` of every row of ``path``, first first."""
+    rows = []
+    while path is not None:
+        rows.append((path[1], path[2], path[3], path[4]))
+        path = path[0]
+    rows.reverse()
+    return rows
+
+
+CondError = Callable[[str, Row, Exception], None]
+
+
+class Matcher:
+    """Runs a :class:`Program` over one key's rows; calls back with matches and time-outs.
+
+    ``after_match`` is ``("past_last" | "to_next" | "to_first" | "to_last" | "no_skip", step)``.
+    """
+
+    def __init__(
+        self,
+        program: Program,
+        after_match: tuple[str, int | None],
+        on_match: Callable[[Any, Attempt, Path], None],
+        on_timeout: Callable[[Any, Attempt], None],
+        on_error: CondError,
+    ) -> None:
+        self.program = program
+        self.steps = program.steps
+        self.names = program.names
+        self.skip, self.skip_step = after_match
+        self.no_skip = self.skip == "no_skip"
+        self.dedup = not program.python and not self.no_skip
+        self.within = program.within_ms
+        self.on_match = on_match
+        self.on_timeout = on_timeout
+        self.on_error = on_error
+        n = len(self.steps)
+        self.after = [self._closure(i + 1, (), ()) for i in range(n)]
+        self.start = [t for t in self._closure(0, (), ()) if t[0] == WAIT]
+
+    def _closure(self, j: int, nn: tuple[Cond, ...], nfb: tuple[Cond, ...]) -> list[tuple[int, int, tuple, tuple]]:
+        """Where a thread goes after the step before ``j`` is done: templates ``(state, step,
+        not_next, not_followed_by)`` in preference order."""
+        steps = self.steps
+        if j == len(steps):
+            nn2 = nn + self.program.trailing_not_next
+            nfb2 = nfb + self.program.trailing_not_followed_by
+            return [(TAIL, j, nn2, nfb2)] if nn2 or nfb2 else [(DONE, j, (), ())]
+        step = steps[j]
+        nn2, nfb2 = nn + step.not_next, nfb + step.not_followed_by
+        present = [(WAIT, j, nn2, nfb2)]
+        if step.min > 0:
+            return present
+        absent = self._closure(j + 1, nn2, nfb2)
+        return present + absent if step.greedy else absent + present
+
+    # -- conditions ----------------------------------------------------------------------------
+
+    def _holds(self, cond: Cond, row: Row, flags: tuple[bool, ...], path: Path, step: int) -> bool:
+        if type(cond) is int:
+            return cond < 0 or flags[cond]
+        names = self.names
+        try:
+            return bool(cond(row, match_dict(path, names[: step + 1] if step < len(names) else names)))
+        except Exception as exc:
+            where = f"step {names[step]!r}" if step < len(names) else "a trailing negation"
+            self.on_error(where, row, exc)
+            return False
+
+    def _any(self, conds: tuple[Cond, ...], row: Row, flags: tuple[bool, ...], path: Path, step: int) -> bool:
+        return any(self._holds(c, row, flags, path, step) for c in conds)
+
+    # -- one row -------------------------------------------------------------------------------
+
+    def _taken(self, i: int, count: int, path: Path, out: list[Thread]) -> None:
+        """Append the threads that follow taking a row into step ``i`` (now ``count`` rows)."""
+        step = self.steps[i]
+        cont = count < step.max
+        if count >= step.min:
+            exits = [(s, j, 0, nn, nfb, path) for s, j, nn, nfb in self.after[i]]
+            if not cont:
+                out += exits
+            elif step.greedy:
+                out.append((IN, i, count, (), (), path))
+                out += exits
+            else:
+                out += exits
+                out.append((IN, i, count, (), (), path))
+        elif cont:
+            out.append((IN, i, count, (), (), path))
+
+    def _advance(self, threads: list[Thread], row: Row, t: int, seq: int, flags: tuple[bool, ...]) -> list[Thread]:
+        out: list[Thread] = []
+        steps = self.steps
+        for th in threads:
+            state, i, count, nn, nfb, path = th
+            if state == DONE:
+                out.append(th)
+                if not self.no_skip:
+                    break  # less preferred threads cannot win any more
+                continue
+            if nn and self._any(nn, row, flags, path, i):
+                continue
+            if state == IN:
+                if self._holds(steps[i].cond, row, flags, path, i):
+                    self._taken(i, count + 1, (path, i, seq, t, row), out)
+            elif state == WAIT:
+                step = steps[i]
+                if self._holds(step.cond, row, flags, path, i):
+                    self._taken(i, 1, (path, i, seq, t, row), out)
+                    if step.contiguity != ANY:
+                        continue
+                if step.contiguity == STRICT or (nfb and self._any(nfb, row, flags, path, i)):
+                    continue
+                out.append((WAIT, i, 0, (), nfb, path))
+            elif nfb:  # TAIL waiting for within to run out
+                if not self._any(nfb, row, flags, path, i):
+                    out.append((TAIL, i, 0, (), nfb, path))
+            else:  # TAIL whose not_next held
+                out.append((DONE, i, 0, (), (), path))
+        return self._tidy(out)
+
+    def _tidy(self, out: list[Thread]) -> list[Thread]:
+        """Drop what cannot matter: threads less preferred than a complete one, and (without
+        Python conditions) threads in the same state as a more preferred one."""
+        if self.no_skip or len(out) < 2:
+            return out
+        kept: list[Thread] = []
+        seen: set[tuple[Any, ...]] = set()
+        dedup = self.dedup
+        for th in out:
+            if th[0] == DONE:
+                kept.append(th)
+                break
+            if dedup:
+                sig = th[:5]
+                if sig in seen:
+                    continue
+                seen.add(sig)
+            kept.append(th)
+        return kept
+
+    def row(self, key: Any, ks: KeyState, row: Row, t: int, flags: tuple[bool, ...], can_start: bool) -> bool:
+        """Feed one row of ``key``; return whether it started an attempt (needing a timer)."""
+        ks.seq += 1
+        seq = ks.seq
+        for attempt in ks.attempts:
+            if attempt.threads:
+                attempt.threads = self._advance(attempt.threads, row, t, seq, flags)
+                self._check(key, attempt)
+        started = False
+        if can_start:
+            threads: list[Thread] = []
+            steps = self.steps
+            for _, j, nn, _ in self.start:
+                if nn and self._any(nn, row, flags, None, j):
+                    continue
+                if self._holds(steps[j].cond, row, flags, None, j):
+                    self._taken(j, 1, (None, j, seq, t, row), threads)
+            if threads:
+                attempt = Attempt(seq, t, self._tidy(threads))
+                ks.attempts.append(attempt)
+                self._check(key, attempt)
+                started = True
+        self._settle(key, ks)
+        return started
+
+    def _check(self, key: Any, attempt: Attempt) -> None:
+        """Resolve ``attempt`` if its most preferred thread is complete or none is left."""
+        threads = attempt.threads
+        if self.no_skip:
+            done = [th for th in threads if th[0] == DONE]
+            if done:
+                attempt.threads = [th for th in threads if th[0] != DONE]
+                for th in done:
+                    self.on_match(key, attempt, th[5])
+            return
+        if threads and threads[0][0] == DONE:
+            attempt.result = threads[0][5]
+            attempt.threads = []
+
+    # -- time and the end ---------------------------------------------------------------------
+
+    def timeout(self, key: Any, ks: KeyState, at: int) -> None:
+        """The watermark reached ``at``: attempts that started at or before ``at - within`` end."""
+        assert self.within is not None
+        limit = at - self.within
+        for attempt in ks.attempts:
+            if attempt.threads and attempt.start_t <= limit:
+                self._end(attempt, timed_out=True)
+                self._check(key, attempt)
+                if self.no_skip and attempt.partial is not None:
+                    self.on_timeout(key, attempt)
+                    attempt.partial = None
+        self._settle(key, ks)
+
+    def finish(self, key: Any, ks: KeyState) -> None:
+        """The input ended: no row will come (attempts still open did not time out)."""
+        for attempt in ks.attempts:
+            if attempt.threads:
+                self._end(attempt, timed_out=False)
+                self._check(key, attempt)
+        self._settle(key, ks)
+
+    def _end(self, attempt: Attempt, *, timed_out: bool) -> None:
+        """No row can join ``attempt`` any more: complete what can be, drop the rest (the
+        preferred thread dropped by ``within`` is the attempt's partial match)."""
+        kept: list[Thread] = []
+        partial: Path = None
+        dying = False
+        for th in attempt.threads:
+            state = th[0]
+            if state == DONE:
+                kept.append(th)
+            elif state == TAIL:
+                if timed_out and th[3]:  # a trailing not_next still waits for the next row
+                    kept.append((TAIL, th[1], 0, th[3], (), th[5]))
+                else:
+                    kept.append((DONE, th[1], 0, (), (), th[5]))
+            elif timed_out and not dying and (self.no_skip or not kept):
+                partial, dying = th[5], True
+        attempt.threads = self._tidy(kept)
+        attempt.partial = partial if dying and (self.no_skip or not attempt.threads) else None
+
+    def _settle(self, key: Any, ks: KeyState) -> None:
+        """Emit what resolved attempts at the front decided, apply the after-match skip."""
+        attempts = ks.attempts
+        if self.no_skip:
+            if any(not a.threads for a in attempts):
+                ks.attempts = [a for a in attempts if a.threads]
+            return
+        while attempts and not attempts[0].threads:
+            head = attempts.pop(0)
+            if head.result is None:
+                if head.partial is not None:
+                    self.on_timeout(key, head)
+                continue
+            self.on_match(key, head, head.result)
+            drop = self._skip_past(head)
+            while attempts and attempts[0].start <= drop:
+                attempts.pop(0)
+
+    def _skip_past(self, head: Attempt) -> float:
+        """Attempts whose first row is at or before this seq are skipped by ``head``'s match."""
+        path = head.result
+        assert path is not None
+        if self.skip == "past_last":
+            return path[2]
+        if self.skip == "to_next":
+            return head.start
+        rows = [seq for step, seq, _, _ in path_rows(path) if step == self.skip_step]
+        if not rows:
+            return head.start
+        target = rows[0] if self.skip == "to_first" else rows[-1]
+        return head.start if target <= head.start else target - 0.5
