@@ -80,6 +80,12 @@ class Program:
     """Flags of the steps a match can start with (``None``: any row may start one)."""
     relaxed: bool
     """Whether a thread can wait across rows that satisfy no condition."""
+    continuing: tuple[int, ...] | None
+    """Flags of the steps that can take a row after a match's first and stay open after it."""
+    second: tuple[int, ...] | None
+    """Flags of the steps that can take a match's second row."""
+    min_rows: int
+    """The fewest rows a match has."""
 
     @property
     def names(self) -> list[str]:
@@ -144,6 +150,19 @@ def compile_pattern(pattern: Pattern) -> Program:
         if s.min > 0:
             break
     relaxed = bool(nfb) or any(s.contiguity != STRICT for s in steps)
+    last = len(steps) - 1
+    trailing = bool(nn or nfb)
+    continuing = _flags(s.cond for j, s in enumerate(steps) if (j or s.max > 1) and (s.max > 1 or j < last or trailing))
+    second: list[Cond] = []
+    for j0, s0 in enumerate(steps):
+        if s0.max > 1:
+            second.append(s0.cond)
+        for s in steps[j0 + 1 :]:
+            second.append(s.cond)
+            if s.min:
+                break
+        if s0.min:
+            break
     return Program(
         tuple(steps),
         tuple(nn),
@@ -153,7 +172,20 @@ def compile_pattern(pattern: Pattern) -> Program:
         python,
         None if starts is None else tuple(starts),
         relaxed,
+        continuing,
+        _flags(second),
+        sum(s.min for s in steps),
     )
+
+
+def _flags(conds: Any) -> tuple[int, ...] | None:
+    """The flag numbers of expression conditions (``None`` if one is not an expression)."""
+    out: list[int] = []
+    for cond in conds:
+        if not isinstance(cond, int) or cond < 0:
+            return None
+        out.append(cond)
+    return tuple(dict.fromkeys(out))
 
 
 class Attempt:
@@ -195,6 +227,13 @@ class KeyState:
 
     def __setstate__(self, state: tuple[int, list[Attempt]]) -> None:
         self.seq, self.attempts = state
+
+    def next_expiry(self, within: int) -> int | None:
+        """When ``within`` ends the oldest open attempt (``None`` if none is open)."""
+        for attempt in self.attempts:
+            if attempt.threads:
+                return attempt.start_t + within
+        return None
 
 
 def match_dict(path: Path, names: list[str]) -> dict[str, list[Row]]:
@@ -247,6 +286,8 @@ class Matcher:
         self.no_skip = self.skip == "no_skip"
         self.dedup = not program.python and not self.no_skip
         self.within = program.within_ms
+        self.now = 0
+        """The time (ticks) of the row or expiry being handled: what made an output final."""
         self.on_match = on_match
         self.on_timeout = on_timeout
         self.on_error = on_error
@@ -396,6 +437,13 @@ class Matcher:
             attempt.threads = []
 
     # -- time and the end ---------------------------------------------------------------------
+
+    def expire(self, key: Any, ks: KeyState, t: int) -> None:
+        """Before a row at ``t``: end, in order, the attempts ``within`` ended by then."""
+        assert self.within is not None
+        while (due := ks.next_expiry(self.within)) is not None and due <= t:
+            self.now = due
+            self.timeout(key, ks, due)
 
     def timeout(self, key: Any, ks: KeyState, at: int) -> None:
         """The watermark reached ``at``: attempts that started at or before ``at - within`` end."""

@@ -35,9 +35,37 @@ __all__ = ["TIMED_OUT", "MatchOperator", "parse_after_match"]
 
 TIMED_OUT = "timed_out"
 _T = "__cep_t"  # event time in ticks
-_ARRIVAL = "__cep_arrival"  # arrival number: ties in time keep arrival order
 _TRIGGER = "__cep_trigger"  # the time (ticks) whose release made an output final
 _STATE = "m"
+_START = "__cep_start"  # the row can be a match's first row
+_FIRST = "__cep_first"  # the key's first row in this release
+_NT = "__cep_nt"  # the row can be taken without ending a thread
+_LIVE = "__cep_live"  # the key has open attempts from earlier rows
+_USEFUL = "__cep_useful"  # a start row whose attempt can outlive the next row
+_NO_KEY = object()
+
+
+def _any_of(names: list[str], flags: tuple[int, ...] | None) -> pl.Expr:
+    if flags is None:
+        return pl.lit(True)
+    if not flags:
+        return pl.lit(False)
+    return pl.any_horizontal([pl.col(names[i]) for i in flags])
+
+
+def _live_before(seed_starts: pl.Expr) -> pl.Expr:
+    """Whether a key may have an open attempt before each row (rows sorted by key, then time),
+    for a pattern whose steps are all strict: an attempt lives on from a start row while the
+    rows after it can be taken without ending it (``_NT``); the key's first row sees the
+    state's attempts (``_LIVE``)."""
+    first, nt = pl.col(_FIRST), pl.col(_NT)
+    seed = (seed_starts | (first & pl.col(_LIVE) & nt)).cast(pl.Int64)
+    total = seed.cum_sum()
+    segment_start = first | ~nt
+    base = pl.when(segment_start).then(total - seed).otherwise(None).forward_fill()
+    after = (total - base) > 0
+    return pl.when(first).then(pl.col(_LIVE)).otherwise(after.shift(1)).fill_null(False)
+
 
 AFTER_MATCH = ("skip_past_last_event", "skip_to_next", "skip_to_first:<step>", "skip_to_last:<step>", "no_skip")
 
@@ -101,14 +129,12 @@ class MatchOperator(Operator):
         self.input = ColumnTypes(None, where=self.label, passthrough=(WM_COL,))
         self.live: set[Any] = set()
         self.buffer: pl.DataFrame | None = None
-        self.arrivals = 0
         self.wm = -(2**62)
         self.finished = False
         self._resolve()
         self._matches: list[tuple[Path, int]] = []
         self._timeouts: list[tuple[Path, int]] = []
         self._dead: list[tuple[str, str]] = []
-        self._trigger = 0
 
     def _resolve(self) -> None:
         if self.ttype is not None and self.program.within_ms is not None:
@@ -117,10 +143,10 @@ class MatchOperator(Operator):
     # -- matcher callbacks ---------------------------------------------------------------------
 
     def _on_match(self, key: Any, attempt: Attempt, path: Path) -> None:
-        self._matches.append((path, self._trigger))
+        self._matches.append((path, self.matcher.now))
 
     def _on_timeout(self, key: Any, attempt: Attempt) -> None:
-        self._timeouts.append((attempt.partial, self._trigger))
+        self._timeouts.append((attempt.partial, self.matcher.now))
 
     def _on_error(self, where: str, row: dict[str, Any], exc: Exception) -> None:
         self._dead.append((f"{self.label}, {where}: condition raised {type(exc).__name__}: {exc}", payload_of(row)))
@@ -176,17 +202,13 @@ class MatchOperator(Operator):
         if self.ttype is None:
             self.ttype = time_type_of(work.schema[self.time_col], column=self.time_col, where=self.label)
             self._resolve()
-        work = work.with_columns(
-            pl.col(self.time_col).cast(pl.Int64).alias(_T),
-            pl.int_range(self.arrivals, self.arrivals + work.height, dtype=pl.Int64).alias(_ARRIVAL),
-        )
-        self.arrivals += work.height
+        work = work.with_columns(pl.col(self.time_col).cast(pl.Int64).alias(_T))
         late = work.get_column(_T) < work.get_column(WM_COL)
         if late.any():
             outputs.append(
                 (
                     LATE,
-                    Batch(work.filter(late).drop(_T, _ARRIVAL), watermark=batch.watermark, ingest_ns=batch.ingest_ns),
+                    Batch(work.filter(late).drop(_T), watermark=batch.watermark, ingest_ns=batch.ingest_ns),
                 )
             )
             work = work.filter(~late)
@@ -198,79 +220,134 @@ class MatchOperator(Operator):
         return pre
 
     def _release(self, hi: int) -> None:
-        """Feed the buffered rows with times up to ``hi`` to the matcher, in time order, with the
-        ``within`` timers due before each."""
+        """Feed the buffered rows with times up to ``hi`` to the matcher (the buffer is kept in
+        arrival order, which breaks ties in time), then fire the ``within`` timers due."""
         buffer = self.buffer
         if buffer is not None and buffer.height:
             ready = buffer.get_column(_T) <= hi
             if ready.any():
-                rows = buffer.filter(ready).sort(_T, _ARRIVAL)
+                rows = buffer.filter(ready)
                 self.buffer = buffer.filter(~ready)
                 self._feed(rows)
         self._fire(hi)
 
     def _feed(self, rows: pl.DataFrame) -> None:
+        """Run the matcher over released rows, key by key, each key's rows in time order.
+
+        Keys are independent (a key's ``within`` expiries are checked before each of its rows),
+        so grouping by key lets the vectorized part see each key's rows side by side.
+        """
         program = self.program
-        flags = [expr.fill_null(False).cast(pl.Boolean).alias(f"__cep_c{i}") for i, expr in enumerate(program.exprs)]
-        names = [f"__cep_c{i}" for i in range(len(flags))]
-        rows = rows.with_columns(flags) if flags else rows
+        names = [f"__cep_c{i}" for i in range(len(program.exprs))]
+        flags = [e.fill_null(False).cast(pl.Boolean).alias(n) for e, n in zip(program.exprs, names, strict=True)]
         if program.start_flags is None:
             start = pl.lit(True)
         elif program.start_flags:
             start = pl.any_horizontal([pl.col(names[i]) for i in program.start_flags])
         else:
             start = pl.lit(False)
-        rows = rows.with_columns(start.alias("__cep_start"))
+        # The buffer is in arrival order: two stable sorts give (key, time, arrival) order, at a
+        # third of the cost of one sort on the three columns.
+        rows = rows.sort(_T, maintain_order=True).sort(self.keys, maintain_order=True)
+        rows = rows.with_columns(flags).with_columns(start.alias(_START))
         if not program.python:
             rows = self._relevant(rows, names)
         if not rows.height:
             return
         times = rows.get_column(_T).to_list()
-        starts = rows.get_column("__cep_start").to_list()
+        starts = rows.get_column(_START).to_list()
         flag_rows: list[tuple[bool, ...]] = (
             list(zip(*(rows.get_column(n).to_list() for n in names), strict=True)) if names else [()] * rows.height
         )
-        user = rows.drop(_T, _ARRIVAL, "__cep_start", *names)
+        user = rows.drop(_T, _START, *names)
         records, _ = frame_to_rows(user)
         key_of = key_getter(self.keys, user.schema)
-        timers = self.keyed.event_timers
-        within = self.matcher.within
         live, cells, matcher = self.live, self.keyed.cells, self.matcher
-        due = timers.next_time()
+        within = matcher.within
+        touched: list[tuple[Any, KeyState]] = []
+        last_key: Any = _NO_KEY
+        ks: KeyState | None = None
         for record, t, fl, can_start in zip(records, times, flag_rows, starts, strict=True):
-            if due is not None and due <= t:
-                self._fire(t)
-                due = timers.next_time()
             key = key_of(record)
-            if key in live:
-                ks = cells(key)[_STATE]
-            elif can_start:
+            if key != last_key or key is _NO_KEY:
+                if ks is not None:
+                    self._keep(last_key, ks)
+                last_key = key
+                ks = cells(key)[_STATE] if key in live else None
+                if ks is not None:
+                    touched.append((key, ks))
+            if ks is None:
+                if not can_start:
+                    continue
                 ks = KeyState()
-            else:
-                continue
-            self._trigger = t
-            if matcher.row(key, ks, record, t, fl, can_start) and within is not None:
-                timers.register(t + within, key)
-                if due is None or t + within < due:
-                    due = t + within
-            self._keep(key, ks)
+                touched.append((key, ks))
+            elif within is not None and ks.attempts:
+                matcher.expire(key, ks, t)
+            matcher.now = t
+            matcher.row(key, ks, record, t, fl, can_start)
+        if ks is not None:
+            self._keep(last_key, ks)
+        if within is not None:
+            register = self.keyed.event_timers.register
+            for key, ks in touched:
+                due = ks.next_expiry(within)
+                if due is not None:
+                    register(due, key)
 
     def _relevant(self, rows: pl.DataFrame, names: list[str]) -> pl.DataFrame:
-        """The rows that can change something (exact, see the module's docstring)."""
-        some = pl.any_horizontal([pl.col(n) for n in names]) if names else pl.lit(False)
+        """The rows that can change something (``rows`` sorted by key, then time): exact, see
+        the module's docstring."""
+        program = self.program
         keys = self.keys
-        base = some if self.program.relaxed else pl.col("__cep_start")
-        after_some = some.shift(1).over(keys).fill_null(False)
-        keep = base | after_some
-        if self.live:
-            keep = keep | (pl.struct(keys).is_first_distinct() & self._is_live(rows))
-        return rows.filter(keep)
+        same = pl.all_horizontal([pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys]).fill_null(False)
+        first = ~same
+        live_key = self._is_live(rows) if self.live else pl.lit(False)
+        start = pl.col(_START)
+        if program.relaxed:
+            some = pl.any_horizontal([pl.col(n) for n in names]) if names else pl.lit(False)
+            return rows.filter(some | (same & some.shift(1).fill_null(False)) | (first & live_key))
+        nt = _any_of(names, program.continuing)
+        rows = rows.with_columns(first.alias(_FIRST), nt.alias(_NT), live_key.alias(_LIVE))
+        before = _live_before(pl.col(_START))
+        if program.min_rows >= 2:
+            # A start row is dropped when its attempt dies silently and no attempt kept lives at
+            # it; "kept" shrinks as starts are dropped, so the check runs twice (each round is
+            # sound on its own: a kept attempt's rows are all kept).
+            dies = self._dies_silently(names)
+            rows = rows.with_columns((start & ~(dies & ~before)).alias(_USEFUL))
+            rows = rows.with_columns((start & ~(dies & ~_live_before(pl.col(_USEFUL)))).alias(_USEFUL))
+            before = _live_before(pl.col(_USEFUL))
+            return rows.filter(pl.col(_USEFUL) | before).drop(_FIRST, _NT, _LIVE, _USEFUL)
+        return rows.filter(start | before).drop(_FIRST, _NT, _LIVE)
+
+    def _dies_silently(self, names: list[str]) -> pl.Expr:
+        """Start rows whose attempt certainly ends without a match or a time-out (a strict
+        pattern of at least two rows): the key's next row (before ``within`` runs out) cannot be
+        the match's second row, or the first step needs ``n`` rows and the run of rows that
+        satisfy it ends too soon."""
+        program, within = self.program, self.matcher.within
+        t, start = pl.col(_T), pl.col(_START)
+        same_next = pl.col(_FIRST).shift(-1).fill_null(True).not_()
+        in_time = same_next if within is None else same_next & (t.shift(-1) < t + within).fill_null(False)
+        dies = start & in_time & ~_any_of(names, program.second).shift(-1).fill_null(False)
+        first_step = program.steps[0]
+        if first_step.min >= 2 and isinstance(first_step.cond, int) and first_step.cond >= 0:
+            ok = pl.col(names[first_step.cond])
+            idx = pl.int_range(pl.len(), dtype=pl.Int64)
+            run_ends = (pl.col(_FIRST) | ~ok).shift(-1).fill_null(True)  # the next row starts another run
+            end = pl.when(run_ends).then(idx).otherwise(None).backward_fill()
+            breaker_t = pl.when(run_ends).then(t.shift(-1)).otherwise(None).backward_fill()
+            broken = pl.when(run_ends).then(same_next).otherwise(None).backward_fill()
+            if within is not None:
+                broken = broken & (breaker_t < t + within).fill_null(False)
+            dies = dies | (start & ok & (end - idx + 1 < first_step.min) & broken)
+        return dies
 
     def _is_live(self, rows: pl.DataFrame) -> pl.Expr:
         keys = self.keys
         if len(keys) == 1:
             values = pl.Series(list(self.live), dtype=rows.schema[keys[0]], strict=False)
-            return pl.col(keys[0]).is_in(values)
+            return pl.col(keys[0]).is_in(values.implode())
         live = pl.DataFrame(list(self.live), schema={k: rows.schema[k] for k in keys}, orient="row")
         marked = rows.select(keys).join(live.with_columns(pl.lit(True).alias("__live")), on=keys, how="left")
         return pl.lit(marked.get_column("__live").fill_null(False))
@@ -288,18 +365,22 @@ class MatchOperator(Operator):
     def _fire(self, upto: int) -> None:
         timers = self.keyed.event_timers
         cells, live, matcher = self.keyed.cells, self.live, self.matcher
+        within = matcher.within
         for at, key in timers.due(upto):
             if key not in live:
                 continue
             ks = cells(key)[_STATE]
-            self._trigger = at
+            matcher.now = at
             matcher.timeout(key, ks, at)
             self._keep(key, ks)
+            due = ks.next_expiry(within) if within is not None else None
+            if due is not None:
+                timers.register(due, key)
 
     def _finish(self) -> None:
         """End of input: every row has been released; close what is still open."""
         self.finished = True
-        self._trigger = MAX_WM
+        self.matcher.now = MAX_WM
         for key in list(self.live):
             ks = self.keyed.cells(key)[_STATE]
             self.matcher.finish(key, ks)
@@ -312,16 +393,17 @@ class MatchOperator(Operator):
         per step, the measures; each with the watermark before what made it final."""
         if not found:
             return pl.DataFrame()
+        found = sorted(found, key=lambda f: f[1])  # keys were handled one by one: back in time order
         schema = pl.Schema([(n, t) for n, t in self.input.types.items() if n in self.input.columns])
         for name in self.input.columns:
             if name not in schema:
                 schema[name] = pl.Null()
-        struct = pl.Struct(schema)
         names = self.names
         data: dict[str, list[Any]] = {k: [] for k in self.keys}
         starts, ends, triggers = [], [], []
-        steps: list[list[list[dict[str, Any]]]] = [[] for _ in names]
-        for path, trigger in found:
+        flat: list[dict[str, Any]] = []
+        which: list[int] = []
+        for m, (path, trigger) in enumerate(found):
             rows = path_rows(path)
             first = rows[0][3]
             for k in self.keys:
@@ -329,22 +411,32 @@ class MatchOperator(Operator):
             starts.append(rows[0][2])
             ends.append(rows[-1][2])
             triggers.append(trigger)
-            per_step: list[list[dict[str, Any]]] = [[] for _ in names]
             for step, _, _, row in rows:
-                per_step[step].append(row)
-            for i, taken in enumerate(per_step):
-                steps[i].append(taken)
+                flat.append(row)
+                which.append(m * len(names) + step)
         assert self.ttype is not None
         columns = [pl.Series(k, data[k], dtype=schema.get(k), strict=False) for k in self.keys]
         columns += [
             pl.Series("match_start", starts, dtype=pl.Int64).cast(self.ttype.dtype),
             pl.Series("match_end", ends, dtype=pl.Int64).cast(self.ttype.dtype),
         ]
-        columns += [pl.Series(name, steps[i], dtype=pl.List(struct), strict=False) for i, name in enumerate(names)]
+        columns += self._step_lists(flat, which, len(found), schema)
         out = pl.DataFrame(columns)
         if self.measures:
             out = out.with_columns(**self.measures)
         return out.with_columns(self._watermarks(pl.Series(_TRIGGER, triggers, dtype=pl.Int64), pre, lo))
+
+    def _step_lists(self, flat: list[dict[str, Any]], which: list[int], n: int, schema: pl.Schema) -> list[pl.Series]:
+        """One list-of-structs column per step from the matched rows (``which``: match * steps +
+        step of each), built as one frame and grouped, not struct by struct."""
+        steps = len(self.names)
+        events = pl.DataFrame(flat, schema=schema, strict=False).select(pl.struct(schema.names()).alias("e"))
+        cells = events.with_columns(pl.Series("__cell", which, dtype=pl.Int64))
+        grouped = cells.group_by("__cell").agg(pl.col("e"))
+        every = pl.DataFrame({"__cell": pl.int_range(0, n * steps, dtype=pl.Int64, eager=True)})
+        lists = every.join(grouped, on="__cell", how="left", maintain_order="left").get_column("e")
+        lists = lists.fill_null(pl.lit([], dtype=lists.dtype))
+        return [lists.gather_every(steps, offset=i).alias(name) for i, name in enumerate(self.names)]
 
     @staticmethod
     def _watermarks(triggers: pl.Series, pre: pl.Series | None, lo: int) -> pl.Series:
@@ -381,7 +473,6 @@ class MatchOperator(Operator):
             **self.keyed.snapshot(files),
             "live": live,
             "wm": self.wm,
-            "arrivals": self.arrivals,
             "finished": self.finished,
             "time_type": self.ttype,
             "column_types": self.input.snapshot(),
@@ -393,7 +484,6 @@ class MatchOperator(Operator):
         self.live = {key for part in objects["live"].values() for key in part}
         self.buffer = frames.get("buffer")
         self.wm = objects["wm"]
-        self.arrivals = objects["arrivals"]
         self.finished = objects["finished"]
         if self.ttype is None:
             self.ttype = objects["time_type"]
