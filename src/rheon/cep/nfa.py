@@ -242,13 +242,12 @@ def match_dict(path: Path, names: list[str]) -> dict[str, list[Row]]:
     >>> match_dict(((None, 0, 1, 5, {"x": 1}), 1, 2, 6, {"x": 2}), ["a", "b", "c"])
     {'a': [{'x': 1}], 'b': [{'x': 2}], 'c': []}
     """
-    rows: list[tuple[int, Row]] = []
-    while path is not None:
-        rows.append((path[1], path[4]))
-        path = path[0]
     out: dict[str, list[Row]] = {n: [] for n in names}
-    for step, row in reversed(rows):
-        out[names[step]].append(row)
+    while path is not None:
+        out[names[path[1]]].append(path[4])
+        path = path[0]
+    for taken in out.values():
+        taken.reverse()
     return out
 
 
@@ -292,6 +291,7 @@ class Matcher:
         self.on_timeout = on_timeout
         self.on_error = on_error
         n = len(self.steps)
+        self.prefixes = [self.names[: i + 1] for i in range(n)] + [self.names]
         self.after = [self._closure(i + 1, (), ()) for i in range(n)]
         self.start = [t for t in self._closure(0, (), ()) if t[0] == WAIT]
 
@@ -316,10 +316,10 @@ class Matcher:
     def _holds(self, cond: Cond, row: Row, flags: tuple[bool, ...], path: Path, step: int) -> bool:
         if type(cond) is int:
             return cond < 0 or flags[cond]
-        names = self.names
         try:
-            return bool(cond(row, match_dict(path, names[: step + 1] if step < len(names) else names)))
+            return bool(cond(row, match_dict(path, self.prefixes[step])))
         except Exception as exc:
+            names = self.names
             where = f"step {names[step]!r}" if step < len(names) else "a trailing negation"
             self.on_error(where, row, exc)
             return False
