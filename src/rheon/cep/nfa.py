@@ -26,7 +26,7 @@ pattern's size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,19 +236,44 @@ class KeyState:
         return None
 
 
-def match_dict(path: Path, names: list[str]) -> dict[str, list[Row]]:
-    """The rows of ``path`` per step name (every step, ``[]`` when it has none), in order.
+class MatchView(Mapping[str, list[Row]]):
+    """What a Python condition sees as ``match``: each step's rows so far, read from the thread's
+    path when asked for (most conditions look at one step), every step of the pattern up to the
+    current one present (``[]`` when it has no row).
 
-    >>> match_dict(((None, 0, 1, 5, {"x": 1}), 1, 2, 6, {"x": 2}), ["a", "b", "c"])
-    {'a': [{'x': 1}], 'b': [{'x': 2}], 'c': []}
+    >>> m = MatchView(((None, 0, 1, 5, {"x": 1}), 1, 2, 6, {"x": 2}), ["a", "b", "c"])
+    >>> m["a"], m["c"], dict(m)
+    ([{'x': 1}], [], {'a': [{'x': 1}], 'b': [{'x': 2}], 'c': []})
     """
-    out: dict[str, list[Row]] = {n: [] for n in names}
-    while path is not None:
-        out[names[path[1]]].append(path[4])
-        path = path[0]
-    for taken in out.values():
-        taken.reverse()
-    return out
+
+    __slots__ = ("_names", "_path")
+
+    def __init__(self, path: Path, names: list[str]) -> None:
+        self._path = path
+        self._names = names
+
+    def __getitem__(self, name: str) -> list[Row]:
+        try:
+            step = self._names.index(name)
+        except ValueError:
+            raise KeyError(name) from None
+        rows = []
+        path = self._path
+        while path is not None:
+            if path[1] == step:
+                rows.append(path[4])
+            path = path[0]
+        rows.reverse()
+        return rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 def path_rows(path: Path) -> list[tuple[int, int, int, Row]]:
@@ -317,7 +342,7 @@ class Matcher:
         if type(cond) is int:
             return cond < 0 or flags[cond]
         try:
-            return bool(cond(row, match_dict(path, self.prefixes[step])))
+            return bool(cond(row, MatchView(path, self.prefixes[step])))
         except Exception as exc:
             names = self.names
             where = f"step {names[step]!r}" if step < len(names) else "a trailing negation"
