@@ -67,9 +67,6 @@ def match_node(
             except pl.exceptions.PolarsError as exc:
                 msg = f"{where}: a measure does not apply to the match columns ({', '.join(out_schema)}): {exc}"
                 raise FlowError(msg) from exc
-    partial_schema = None
-    if out_schema is not None:
-        partial_schema = pl.Schema({n: t for n, t in out_schema.items() if n not in measures or not measures})
     return Node(
         "match",
         op_name,
@@ -90,6 +87,6 @@ def match_node(
         uses_event_time=True,
         side_outputs={
             "late": SideOutput(schema, time, time_type),
-            TIMED_OUT: SideOutput(partial_schema, "match_start", time_type),
+            TIMED_OUT: SideOutput(out_schema, "match_start", time_type),  # partial matches, same columns
         },
     )
