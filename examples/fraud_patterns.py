@@ -239,19 +239,13 @@ def main() -> None:
     )
     source(orders(rng)).key_by("order_id").match(unpaid).sink(unpaid_orders.out)
 
-    per_minute = rh.io.Collect()
-    source(cpu_metrics(rng)).key_by("host").window(rh.tumbling("1m")).agg(avg_cpu=rh.mean("cpu")).sink(per_minute)
-    flow.run()
-
-    # The CPU rule is a pattern over the per-minute averages. Window results reach a match in the
-    # same flow behind the watermark (they would all go to its .late()), so it runs in a second flow.
     hot_hosts = Rule(
         "CPU above 90% for 3 consecutive minutes", "host", describe_hot, planted=("web-07",), near_misses=("web-03",)
     )
-    second = rh.Flow("hot-hosts")
-    averages = second.source(rh.io.Records(per_minute.rows), time="window_start")
-    averages.key_by("host").match(hot_host).sink(hot_hosts.out)
-    second.run()
+    per_minute = source(cpu_metrics(rng)).key_by("host").window(rh.tumbling("1m")).agg(avg_cpu=rh.mean("cpu"))
+    per_minute.key_by("host").match(hot_host).sink(hot_hosts.out)  # a pattern over window results
+
+    flow.run()
 
     rules = [probes, guesses, takeovers, hot_hosts, unpaid_orders]
     found = flagged = 0

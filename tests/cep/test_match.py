@@ -104,11 +104,37 @@ def test_events_are_matched_in_event_time_order_whatever_their_arrival_order():
         assert [ids(r, "fail", "success") for r in out] == [[[0, 1, 2], [3]]]
 
 
-def test_events_behind_the_watermark_go_to_late_and_never_into_a_match():
-    rows = [*logins([0, 0]), {"id": 9, "user": "u", "ok": 0, "ts": 60_000}, {"id": 2, "user": "u", "ok": 0, "ts": 2000}]
-    out, _, late, _ = run(rows, BRUTE, key="user", max_delay="1s")
-    assert [r["id"] for r in late] == [2]
-    assert out == []
+def test_events_behind_an_event_already_released_go_to_late_and_never_into_a_match():
+    rows = [*logins([0, 0]), {"id": 9, "user": "u", "ok": 0, "ts": 60_000}, {"id": 2, "user": "u", "ok": 1, "ts": 500}]
+    for batch_size in (1, 100):
+        out, _, late, _ = run(rows, BRUTE, key="user", max_delay="1s", batch_size=batch_size)
+        assert [r["id"] for r in late] == [2]
+        assert out == []
+
+
+def test_an_event_behind_the_watermark_but_ahead_of_every_released_one_takes_its_place():
+    rows = [*logins([0, 0]), {"id": 9, "user": "u", "ok": 1, "ts": 60_000}, {"id": 2, "user": "u", "ok": 0, "ts": 2000}]
+    for batch_size in (1, 100):
+        out, _, late, _ = run(rows, BRUTE, key="user", max_delay="1s", batch_size=batch_size)
+        assert late == []
+        assert [ids(r, "fail", "success") for r in out] == [[[0, 1, 2], [9]]]
+
+
+def test_a_pattern_runs_on_the_results_of_a_window():
+    rows = [{"host": "h", "cpu": 95 if i < 25 else 50, "ts": i * 10_000} for i in range(40)]
+    for batch_size in (1, 1000):
+        flow = rh.Flow("w")
+        src = flow.source(rh.io.Records(rows, batch_size=batch_size), time="ts")
+        per_min = src.key_by("host").window(rh.tumbling("1m")).agg(avg=rh.mean("cpu"))
+        m = per_min.key_by("host").match(cep.begin("hot", rh.col("avg") > 90).times(3))
+        out, late = rh.io.Collect(), rh.io.Collect()
+        m.sink(out)
+        m.late().sink(late)
+        flow.run()
+        assert [(r["match_start"], [w["window_start"] for w in r["hot"]]) for r in out.rows] == [
+            (0, [0, 60_000, 120_000])
+        ]
+        assert late.rows == []
 
 
 def test_timed_out_has_the_steps_matched_so_far_and_is_empty_without_within():
@@ -343,3 +369,12 @@ def test_a_changed_pattern_on_restore_is_a_clear_error(tmp_path):
     changed = cep.begin("fail", rh.col("ok") == 0).times_or_more(4).next("success", rh.col("ok") == 1)
     with pytest.raises(rh.FlowError, match=r"match 'brute': its state in checkpoint .* was written by a different"):
         flow_with(changed).run(checkpoint_dir=tmp_path)
+
+
+def test_a_trailing_not_next_with_within_waits_for_the_next_row_and_does_not_hang():
+    rows = [{"card": 1, "t": t, "ts": ts} for t, ts in [("a", 0), ("x", 5000), ("a", 6000), ("b", 9500), ("a", 20_000)]]
+    p = cep.begin("a", rh.col("t") == "a").not_next("nb", rh.col("t") == "b").within("3s")
+    for batch_size in (1, 1000):
+        out, timed_out, _, _ = run(rows, p, batch_size=batch_size)
+        assert [r["match_start"] for r in out] == [0, 20_000]
+        assert timed_out == []

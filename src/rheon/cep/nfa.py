@@ -191,22 +191,24 @@ def _flags(conds: Any) -> tuple[int, ...] | None:
 class Attempt:
     """The threads of one match attempt (the rows from ``start`` on)."""
 
-    __slots__ = ("partial", "result", "start", "start_t", "threads")
+    __slots__ = ("expired", "partial", "result", "start", "start_t", "threads")
 
     def __init__(self, start: int, start_t: int, threads: list[Thread]) -> None:
         self.start = start
         self.start_t = start_t
         self.threads = threads
+        self.expired = False
+        """``within`` has run out (only a trailing ``not_next`` may still wait for its row)."""
         self.result: Path | None = None
         """The match (its path) once resolved with one."""
         self.partial: Path | None = None
         """The preferred partial match when cut short by ``within``."""
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.start, self.start_t, self.threads, self.result, self.partial)
+        return (self.start, self.start_t, self.threads, self.result, self.partial, self.expired)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.start, self.start_t, self.threads, self.result, self.partial = state
+        self.start, self.start_t, self.threads, self.result, self.partial, self.expired = state
 
     @property
     def resolved(self) -> bool:
@@ -231,7 +233,7 @@ class KeyState:
     def next_expiry(self, within: int) -> int | None:
         """When ``within`` ends the oldest open attempt (``None`` if none is open)."""
         for attempt in self.attempts:
-            if attempt.threads:
+            if attempt.threads and not attempt.expired:
                 return attempt.start_t + within
         return None
 
@@ -475,7 +477,8 @@ class Matcher:
         assert self.within is not None
         limit = at - self.within
         for attempt in ks.attempts:
-            if attempt.threads and attempt.start_t <= limit:
+            if attempt.threads and not attempt.expired and attempt.start_t <= limit:
+                attempt.expired = True
                 self._end(attempt, timed_out=True)
                 self._check(key, attempt)
                 if self.no_skip and attempt.partial is not None:

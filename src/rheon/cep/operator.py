@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 from typing_extensions import override
 
 from rheon.cep.nfa import Attempt, KeyState, Matcher, Path, compile_pattern, path_rows
 from rheon.cep.pattern import Pattern
-from rheon.core.batch import MAX_WM, WM_COL, Batch
+from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
 from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import dead_letter_frame, payload_of, payloads_of
 from rheon.core.errors import FlowError
@@ -129,7 +130,9 @@ class MatchOperator(Operator):
         self.input = ColumnTypes(None, where=self.label, passthrough=(WM_COL,))
         self.live: set[Any] = set()
         self.buffer: pl.DataFrame | None = None
-        self.wm = -(2**62)
+        self.wm = MIN_WM
+        self.frontier = MIN_WM
+        """The latest event time released to the matcher: an event behind it is late."""
         self.finished = False
         self._resolve()
         self._matches: list[tuple[Path, int]] = []
@@ -203,7 +206,7 @@ class MatchOperator(Operator):
             self.ttype = time_type_of(work.schema[self.time_col], column=self.time_col, where=self.label)
             self._resolve()
         work = work.with_columns(pl.col(self.time_col).cast(pl.Int64).alias(_T))
-        late = work.get_column(_T) < work.get_column(WM_COL)
+        late = pl.Series(self._behind(work))
         if late.any():
             outputs.append(
                 (
@@ -219,6 +222,28 @@ class MatchOperator(Operator):
             self.buffer = pl.concat([self.buffer, work], how="diagonal_relaxed")
         return pre
 
+    def _behind(self, work: pl.DataFrame) -> np.ndarray:
+        """Which records are late: a later event had entered the matcher when they arrived.
+
+        Rows enter the matcher when the watermark reaches their time, so this is the watermark's
+        test loosened to what order needs: a record behind the watermark still takes its place
+        if no later event has been released yet (a window's results, whose time is their
+        ``window_start``, come behind the watermark that closed them). Record ``i`` is late if
+        its time is below ``frontier_i``, the latest time released before it arrived: the
+        rows (buffered, or earlier in the batch) whose time the watermark had reached by then.
+        Computed from the per-record watermarks, so it does not depend on batching.
+        """
+        t = work.get_column(_T).to_numpy()
+        pre = np.maximum.accumulate(work.get_column(WM_COL).to_numpy())
+        released = np.full(len(t) + 1, self.frontier, dtype=np.int64)
+        # row j (and any earlier row) is released before row i when i > j and pre[i] >= its time
+        np.maximum.at(released, np.maximum(np.arange(1, len(t) + 1), np.searchsorted(pre, t, side="left")), t)
+        if self.buffer is not None and self.buffer.height:
+            buffered = self.buffer.get_column(_T).to_numpy()
+            np.maximum.at(released, np.searchsorted(pre, buffered, side="left"), buffered)
+        frontier = np.maximum.accumulate(released)[: len(t)]
+        return t < frontier  # type: ignore[no-any-return]
+
     def _release(self, hi: int) -> None:
         """Feed the buffered rows with times up to ``hi`` to the matcher (the buffer is kept in
         arrival order, which breaks ties in time), then fire the ``within`` timers due."""
@@ -228,6 +253,7 @@ class MatchOperator(Operator):
             if ready.any():
                 rows = buffer.filter(ready)
                 self.buffer = buffer.filter(~ready)
+                self.frontier = max(self.frontier, rows.get_column(_T).max())  # type: ignore[type-var]
                 self._feed(rows)
         self._fire(hi)
 
@@ -473,6 +499,7 @@ class MatchOperator(Operator):
             **self.keyed.snapshot(files),
             "live": live,
             "wm": self.wm,
+            "frontier": self.frontier,
             "finished": self.finished,
             "time_type": self.ttype,
             "column_types": self.input.snapshot(),
@@ -484,6 +511,7 @@ class MatchOperator(Operator):
         self.live = {key for part in objects["live"].values() for key in part}
         self.buffer = frames.get("buffer")
         self.wm = objects["wm"]
+        self.frontier = objects["frontier"]
         self.finished = objects["finished"]
         if self.ttype is None:
             self.ttype = objects["time_type"]
