@@ -5,10 +5,11 @@ from __future__ import annotations
 import inspect
 
 import rheon as rh
+import rheon.cep
 import rheon.testing
 
 EXPECTED_RHEON = [
-    "CheckpointError", "Flow", "FlowError", "KeyedStream", "RecordError", "RheonError", "RunStats", "SinkError", "SourceError",
+    "CheckpointError", "Flow", "FlowError", "KeyedStream", "MatchStream", "RecordError", "RheonError", "RunStats", "SinkError", "SourceError",
     "Stream", "WindowedStream", "__version__", "col", "configure_logging", "count", "count_distinct", "io", "lit",
     "max", "mean", "min", "session", "sliding", "sum", "tumbling",
 ]  # fmt: skip
@@ -19,9 +20,13 @@ EXPECTED_IO = [
 ]  # fmt: skip
 
 
+EXPECTED_CEP = ["Condition", "Pattern", "begin"]
+
+
 def test_all_is_exact_and_sorted():
     assert rh.__all__ == EXPECTED_RHEON
     assert rh.io.__all__ == EXPECTED_IO
+    assert rheon.cep.__all__ == EXPECTED_CEP
     assert sorted(rheon.testing.__all__) == rheon.testing.__all__
 
 
@@ -29,6 +34,7 @@ def test_every_public_name_has_a_docstring_with_an_example():
     names = [(rh, n) for n in rh.__all__ if n not in ("__version__", "io", "col", "lit")]
     names += [(rh.io, n) for n in rh.io.__all__]
     names += [(rheon.testing, n) for n in rheon.testing.__all__]
+    names += [(rheon.cep, n) for n in rheon.cep.__all__ if n != "Condition"]  # a type alias
     missing = []
     for module, name in names:
         obj = getattr(module, name)

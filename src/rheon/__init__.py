@@ -20,7 +20,7 @@ from polars import col, lit
 from rheon import io
 from rheon.api.aggregations import count, count_distinct, max, mean, min, sum
 from rheon.api.flow import Flow
-from rheon.api.stream import KeyedStream, Stream, WindowedStream
+from rheon.api.stream import KeyedStream, MatchStream, Stream, WindowedStream
 from rheon.core.errors import CheckpointError, FlowError, RecordError, RheonError, SinkError, SourceError
 from rheon.core.logs import configure_logging
 from rheon.runtime.stats import RunStats
@@ -36,6 +36,7 @@ __all__ = [
     "Flow",
     "FlowError",
     "KeyedStream",
+    "MatchStream",
     "RecordError",
     "RheonError",
     "RunStats",
