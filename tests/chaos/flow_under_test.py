@@ -1,5 +1,6 @@
 """The flow the chaos test kills: files in; windows, a keyed reduce, a process function with
-event-time timers and an interval join; files out.
+event-time timers, an interval join and a CEP pattern (matches and timed-out partial matches);
+files out.
 
 Run: python flow_under_test.py INPUT_GLOB OUT_DIR CHECKPOINT_DIR
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import rheon as rh
 import rheon.io.filesink as filesink_module
 import rheon.state.checkpoints as checkpoints_module
+from rheon import cep
 from rheon.operators.process import ProcessContext
 from rheon.runtime.checkpointing import CheckpointCoordinator
 
@@ -101,6 +103,13 @@ class Bursts:
         ctx.state.list("values").clear()
 
 
+# Brute force, with a value < 50 as a failed login and one >= 80 as a successful one: three or
+# more failures in a row, then a success, within 1 s (per key, in event-time order).
+BRUTE_FORCE = (
+    cep.begin("fail", rh.col("value") < 50).times_or_more(3).next("success", rh.col("value") >= 80).within("1s")
+)
+
+
 def build(input_glob: str, out: Path) -> rh.Flow:
     flow = rh.Flow("chaos")
     events = flow.source(rh.io.JsonLines(input_glob, batch_size=5_000), time="ts", max_delay="1s", name="events")
@@ -123,6 +132,21 @@ def build(input_glob: str, out: Path) -> rh.Flow:
     views.join(buys, between=("-100ms", "+100ms"), name="view_buy").filter(rh.col("key") < 10, name="some_keys").sink(
         rh.io.FileSink(out / "joined", format="csv"), name="joined_out"
     )
+    # CEP state at every checkpoint: keys 0-29 log in often (10 times a second), so some of their
+    # attempts are open and the buffer holds the last second of events (the disorder), which the
+    # watermark has not released yet. Keys 30-49 log in rarely (a failure every 10 s): their
+    # attempts time out, and at about every other checkpoint one is open whose key has no event in
+    # the next batch, so that only its restored ``within`` timer ends it. Times rounded up to 10 ms
+    # give a key several events at the same time, which keep their arrival order across a restore
+    # (none becomes late: the watermark follows the original times).
+    logins = (
+        events.filter((rh.col("key") < 30) | (rh.col("value") == 0), name="logins")
+        .with_columns(ts=(rh.col("ts") + 9) // 10 * 10)
+        .key_by("key")
+    )
+    matches = logins.match(BRUTE_FORCE, after_match="skip_past_last_event", name="brute_force")
+    matches.sink(rh.io.FileSink(out / "matches", format="parquet"), name="matches_out")
+    matches.timed_out().sink(rh.io.FileSink(out / "timed_out"), name="timed_out_out")
     return flow
 
 

@@ -1,6 +1,7 @@
 """Chaos: SIGKILL a running flow again and again; its committed output must equal, row for
 row, that of an uninterrupted run (nothing missing, nothing duplicated). The flow has windows of
-three kinds, a keyed reduce, a process function with timers and an interval join.
+three kinds, a keyed reduce, a process function with timers, an interval join and a CEP pattern
+with a quantifier and ``within`` (its matches and its timed-out partial matches).
 
 The default run kills a flow over 400k events 10 times; ``pytest -m slow`` runs the long
 version (3M events, 30 kills). Kills come from outside at random moments and from inside the
@@ -36,6 +37,8 @@ OUTPUTS = {
     "running": pl.read_ndjson,
     "bursts": pl.read_ndjson,
     "joined": pl.read_csv,
+    "matches": pl.read_parquet,
+    "timed_out": pl.read_ndjson,
 }
 
 
