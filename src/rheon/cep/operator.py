@@ -235,6 +235,9 @@ class MatchOperator(Operator):
         """
         t = work.get_column(_T).to_numpy()
         pre = np.maximum.accumulate(work.get_column(WM_COL).to_numpy())
+        behind = t < pre
+        if not behind.any():  # the usual case: the frontier is never ahead of the watermark
+            return behind
         released = np.full(len(t) + 1, self.frontier, dtype=np.int64)
         # row j (and any earlier row) is released before row i when i > j and pre[i] >= its time
         np.maximum.at(released, np.maximum(np.arange(1, len(t) + 1), np.searchsorted(pre, t, side="left")), t)
