@@ -149,7 +149,8 @@ def compile_pattern(pattern: Pattern) -> Program:
             starts = None
         if s.min > 0:
             break
-    relaxed = bool(nfb) or any(s.contiguity != STRICT for s in steps)
+    # a not_followed_by anywhere can reach the end of the pattern (the steps after it optional)
+    relaxed = any(s.kind == "not_followed_by" for s in pattern.steps) or any(s.contiguity != STRICT for s in steps)
     last = len(steps) - 1
     trailing = bool(nn or nfb)
     continuing = _flags(s.cond for j, s in enumerate(steps) if (j or s.max > 1) and (s.max > 1 or j < last or trailing))
@@ -319,6 +320,7 @@ class Matcher:
         self.on_error = on_error
         n = len(self.steps)
         self.prefixes = [self.names[: i + 1] for i in range(n)] + [self.names]
+        self.before = [self.names[:i] for i in range(n + 1)]  # what a negation before step i sees
         self.after = [self._closure(i + 1, (), ()) for i in range(n)]
         self.start = [t for t in self._closure(0, (), ()) if t[0] == WAIT]
 
@@ -341,18 +343,27 @@ class Matcher:
     # -- conditions ----------------------------------------------------------------------------
 
     def _holds(self, cond: Cond, row: Row, flags: tuple[bool, ...], path: Path, step: int) -> bool:
+        """Whether positive step ``step``'s condition holds for ``row``."""
         if type(cond) is int:
             return cond < 0 or flags[cond]
-        try:
-            return bool(cond(row, MatchView(path, self.prefixes[step])))
-        except Exception as exc:
-            names = self.names
-            where = f"step {names[step]!r}" if step < len(names) else "a trailing negation"
-            self.on_error(where, row, exc)
-            return False
+        return self._call(cond, row, path, self.prefixes[step], f"step {self.names[step]!r}")
 
     def _any(self, conds: tuple[Cond, ...], row: Row, flags: tuple[bool, ...], path: Path, step: int) -> bool:
-        return any(self._holds(c, row, flags, path, step) for c in conds)
+        """Whether a negation condition (before step ``step``) holds for ``row``."""
+        for cond in conds:
+            if type(cond) is int:
+                if cond < 0 or flags[cond]:
+                    return True
+            elif self._call(cond, row, path, self.before[step], "a negation"):
+                return True
+        return False
+
+    def _call(self, cond: Cond, row: Row, path: Path, names: list[str], where: str) -> bool:
+        try:
+            return bool(cond(row, MatchView(path, names)))
+        except Exception as exc:
+            self.on_error(where, row, exc)
+            return False
 
     # -- one row -------------------------------------------------------------------------------
 
@@ -456,6 +467,7 @@ class Matcher:
             done = [th for th in threads if th[0] == DONE]
             if done:
                 attempt.threads = [th for th in threads if th[0] != DONE]
+                attempt.result = done[0][5]  # it has matched: it will not be timed out
                 for th in done:
                     self.on_match(key, attempt, th[5])
             return
@@ -509,10 +521,12 @@ class Matcher:
                     kept.append((TAIL, th[1], 0, th[3], (), th[5]))
                 else:
                     kept.append((DONE, th[1], 0, (), (), th[5]))
-            elif timed_out and not dying and (self.no_skip or not kept):
+            elif timed_out and not dying:
                 partial, dying = th[5], True
         attempt.threads = self._tidy(kept)
-        attempt.partial = partial if dying and (self.no_skip or not attempt.threads) else None
+        # cut short: it has no match and no way left (a way still open ends it otherwise)
+        cut = dying and not attempt.threads and attempt.result is None
+        attempt.partial = partial if cut else None
 
     def _settle(self, key: Any, ks: KeyState) -> None:
         """Emit what resolved attempts at the front decided, apply the after-match skip."""
