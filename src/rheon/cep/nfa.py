@@ -50,6 +50,14 @@ Cond = Any
 
 
 @dataclass(frozen=True, eq=False)
+class Negation:
+    """A negation's Python condition and how many positive steps come before it (what it sees)."""
+
+    fn: Callable[[Row, Any], Any]
+    seen: int
+
+
+@dataclass(frozen=True, eq=False)
 class PStep:
     """A positive step, compiled."""
 
@@ -123,6 +131,8 @@ def compile_pattern(pattern: Pattern) -> Program:
     nfb: list[Cond] = []
     for step in pattern.steps:
         cond = cond_of(step.condition)
+        if step.kind != "positive" and callable(cond):
+            cond = Negation(cond, len(steps))
         if step.kind == "not_next":
             nn.append(cond)
         elif step.kind == "not_followed_by":
@@ -324,7 +334,9 @@ class Matcher:
         self.after = [self._closure(i + 1, (), ()) for i in range(n)]
         self.start = [t for t in self._closure(0, (), ()) if t[0] == WAIT]
 
-    def _closure(self, j: int, nn: tuple[Cond, ...], nfb: tuple[Cond, ...]) -> list[tuple[int, int, tuple, tuple]]:
+    def _closure(
+        self, j: int, nn: tuple[Cond, ...], nfb: tuple[Cond, ...]
+    ) -> list[tuple[int, int, tuple[Cond, ...], tuple[Cond, ...]]]:
         """Where a thread goes after the step before ``j`` is done: templates ``(state, step,
         not_next, not_followed_by)`` in preference order."""
         steps = self.steps
@@ -348,13 +360,13 @@ class Matcher:
             return cond < 0 or flags[cond]
         return self._call(cond, row, path, self.prefixes[step], f"step {self.names[step]!r}")
 
-    def _any(self, conds: tuple[Cond, ...], row: Row, flags: tuple[bool, ...], path: Path, step: int) -> bool:
-        """Whether a negation condition (before step ``step``) holds for ``row``."""
+    def _any(self, conds: tuple[Cond, ...], row: Row, flags: tuple[bool, ...], path: Path) -> bool:
+        """Whether a negation condition holds for ``row`` (a Python one sees the steps before it)."""
         for cond in conds:
             if type(cond) is int:
                 if cond < 0 or flags[cond]:
                     return True
-            elif self._call(cond, row, path, self.before[step], "a negation"):
+            elif self._call(cond.fn, row, path, self.before[cond.seen], "a negation"):
                 return True
         return False
 
@@ -394,7 +406,7 @@ class Matcher:
                 if not self.no_skip:
                     break  # less preferred threads cannot win any more
                 continue
-            if nn and self._any(nn, row, flags, path, i):
+            if nn and self._any(nn, row, flags, path):
                 continue
             if state == IN:
                 if self._holds(steps[i].cond, row, flags, path, i):
@@ -405,11 +417,11 @@ class Matcher:
                     self._taken(i, 1, (path, i, seq, t, row), out)
                     if step.contiguity != ANY:
                         continue
-                if step.contiguity == STRICT or (nfb and self._any(nfb, row, flags, path, i)):
+                if step.contiguity == STRICT or (nfb and self._any(nfb, row, flags, path)):
                     continue
                 out.append((WAIT, i, 0, (), nfb, path))
             elif nfb:  # TAIL waiting for within to run out
-                if not self._any(nfb, row, flags, path, i):
+                if not self._any(nfb, row, flags, path):
                     out.append((TAIL, i, 0, (), nfb, path))
             else:  # TAIL whose not_next held
                 out.append((DONE, i, 0, (), (), path))
@@ -448,7 +460,7 @@ class Matcher:
             threads: list[Thread] = []
             steps = self.steps
             for _, j, nn, _ in self.start:
-                if nn and self._any(nn, row, flags, None, j):
+                if nn and self._any(nn, row, flags, None):
                     continue
                 if self._holds(steps[j].cond, row, flags, None, j):
                     self._taken(j, 1, (None, j, seq, t, row), threads)

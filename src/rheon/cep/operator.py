@@ -245,7 +245,7 @@ class MatchOperator(Operator):
             buffered = self.buffer.get_column(_T).to_numpy()
             np.maximum.at(released, np.searchsorted(pre, buffered, side="left"), buffered)
         frontier = np.maximum.accumulate(released)[: len(t)]
-        return t < frontier  # type: ignore[no-any-return]
+        return t < frontier
 
     def _release(self, hi: int) -> None:
         """Feed the buffered rows with times up to ``hi`` to the matcher (the buffer is kept in
@@ -256,7 +256,7 @@ class MatchOperator(Operator):
             if ready.any():
                 rows = buffer.filter(ready)
                 self.buffer = buffer.filter(~ready)
-                self.frontier = max(self.frontier, rows.get_column(_T).max())  # type: ignore[type-var]
+                self.frontier = max(self.frontier, int(rows.get_column(_T).max()))  # type: ignore[arg-type]
                 self._feed(rows)
         self._fire(hi)
 
