@@ -43,6 +43,7 @@ _FIRST = "__cep_first"  # the key's first row in this release
 _NT = "__cep_nt"  # the row can be taken without ending a thread
 _LIVE = "__cep_live"  # the key has open attempts from earlier rows
 _USEFUL = "__cep_useful"  # a start row whose attempt can outlive the next row
+_IDX = "__cep_idx"  # a row's position in the released rows
 _NO_KEY = object()
 
 
@@ -275,19 +276,22 @@ class MatchOperator(Operator):
             start = pl.any_horizontal([pl.col(names[i]) for i in program.start_flags])
         else:
             start = pl.lit(False)
-        # The buffer is in arrival order: two stable sorts give (key, time, arrival) order, at a
-        # third of the cost of one sort on the three columns.
-        rows = rows.sort(_T, maintain_order=True).sort(self.keys, maintain_order=True)
         rows = rows.with_columns(flags).with_columns(start.alias(_START))
+        order, first = self._order(rows)
         if not program.python:
-            rows = self._relevant(rows, names)
-        if not rows.height:
+            order = order[self._candidates(rows, names, order, first)]
+        # conditions and relevance on narrow columns; only the rows kept are gathered whole
+        narrow = rows.select(*self.keys, _T, _START, *names)[order].with_columns(pl.Series(_IDX, order))
+        if not program.python and not program.relaxed:
+            narrow = self._relevant(narrow, names)
+        if not narrow.height:
             return
-        times = rows.get_column(_T).to_list()
-        starts = rows.get_column(_START).to_list()
+        times = narrow.get_column(_T).to_list()
+        starts = narrow.get_column(_START).to_list()
         flag_rows: list[tuple[bool, ...]] = (
-            list(zip(*(rows.get_column(n).to_list() for n in names), strict=True)) if names else [()] * rows.height
+            list(zip(*(narrow.get_column(n).to_list() for n in names), strict=True)) if names else [()] * narrow.height
         )
+        rows = rows[narrow.get_column(_IDX)]
         user = rows.drop(_T, _START, *names)
         records, _ = frame_to_rows(user)
         key_of = key_getter(self.keys, user.schema)
@@ -323,18 +327,74 @@ class MatchOperator(Operator):
                 if due is not None:
                     register(due, key)
 
+    def _order(self, rows: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The positions of ``rows`` in (key, time, arrival) order, and which of them starts a
+        key (its key differs from the one before).
+
+        With one integer key column (the usual card, device or user id) that is one sort of an
+        int64 made of the key, the time and the position; otherwise two stable sorts.
+        """
+        keys, n = self.keys, rows.height
+        times = rows.get_column(_T)
+        if len(keys) == 1 and n:
+            key = rows.get_column(keys[0])
+            if key.dtype.is_integer() and key.dtype != pl.UInt64 and not key.null_count():
+                kmin, kmax = int(key.min()), int(key.max())  # type: ignore[arg-type]
+                tmin, tmax = int(times.min()), int(times.max())  # type: ignore[arg-type]
+                span = tmax - tmin + 1
+                if (kmax - kmin + 1) * span * n < 1 << 63:
+                    packed = key.to_numpy().astype(np.int64, copy=True)
+                    packed -= kmin
+                    packed *= span
+                    packed += times.to_numpy()
+                    packed -= tmin
+                    packed *= n
+                    packed += np.arange(n, dtype=np.int64)
+                    ordered = pl.Series(packed).sort().to_numpy()
+                    key_part = ordered // (span * n)
+                    first = np.empty(n, dtype=bool)
+                    first[0] = True
+                    np.not_equal(key_part[1:], key_part[:-1], out=first[1:])
+                    return ordered % n, first
+        narrow = rows.select(*keys, _T).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_IDX))
+        narrow = narrow.sort(_T, maintain_order=True).sort(keys, maintain_order=True)
+        same = pl.all_horizontal([pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys]).fill_null(False)
+        first = narrow.select(~same).to_series().to_numpy()
+        return narrow.get_column(_IDX).to_numpy(), first
+
+    def _candidates(self, rows: pl.DataFrame, names: list[str], order: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """Which rows (in ``order``) may change something, from two flags per row: a cheap
+        superset of what :meth:`_relevant` keeps, or for a relaxed pattern exactly what matters.
+
+        A row matters only if it can start an attempt, or an attempt can be open before it: the
+        key's row before it could start one or be taken without ending one, or it is the first
+        row of a key with open attempts. Rows left out cannot hold an attempt open, so what is
+        computed on the rows kept (whose neighbours are then the kept rows) is unchanged.
+        """
+        program = self.program
+        if program.relaxed:
+            opens = keeps = rows.select(pl.any_horizontal([pl.col(n) for n in names]) if names else pl.lit(False))
+        else:
+            opens = rows.select(pl.col(_START))
+            keeps = rows.select(pl.col(_START) | _any_of(names, program.continuing))
+        o = opens.to_series().to_numpy()[order]
+        k = o if keeps is opens else keeps.to_series().to_numpy()[order]
+        wanted: np.ndarray = o.copy()
+        wanted[1:] |= k[:-1] & ~first[1:]
+        if self.live:
+            heads = np.flatnonzero(first)
+            wanted[heads] |= self._is_live(rows[order[heads]])
+        return wanted
+
     def _relevant(self, rows: pl.DataFrame, names: list[str]) -> pl.DataFrame:
-        """The rows that can change something (``rows`` sorted by key, then time): exact, see
-        the module's docstring."""
+        """The rows that can change something (``rows`` sorted by key, then time; a strict
+        pattern): exact, see the module's docstring."""
         program = self.program
         keys = self.keys
         same = pl.all_horizontal([pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys]).fill_null(False)
         first = ~same
-        live_key = self._is_live(rows) if self.live else pl.lit(False)
+        live_key = pl.lit(pl.Series(self._is_live(rows))) if self.live else pl.lit(False)
         start = pl.col(_START)
-        if program.relaxed:
-            some = pl.any_horizontal([pl.col(n) for n in names]) if names else pl.lit(False)
-            return rows.filter(some | (same & some.shift(1).fill_null(False)) | (first & live_key))
         nt = _any_of(names, program.continuing)
         rows = rows.with_columns(first.alias(_FIRST), nt.alias(_NT), live_key.alias(_LIVE))
         before = _live_before(pl.col(_START))
@@ -372,14 +432,15 @@ class MatchOperator(Operator):
             dies = dies | (start & ok & (end - idx + 1 < first_step.min) & broken)
         return dies
 
-    def _is_live(self, rows: pl.DataFrame) -> pl.Expr:
+    def _is_live(self, rows: pl.DataFrame) -> np.ndarray:
+        """Which rows' keys have open attempts."""
         keys = self.keys
         if len(keys) == 1:
             values = pl.Series(list(self.live), dtype=rows.schema[keys[0]], strict=False)
-            return pl.col(keys[0]).is_in(values.implode())
+            return rows.select(pl.col(keys[0]).is_in(values.implode())).to_series().to_numpy()
         live = pl.DataFrame(list(self.live), schema={k: rows.schema[k] for k in keys}, orient="row")
         marked = rows.select(keys).join(live.with_columns(pl.lit(True).alias("__live")), on=keys, how="left")
-        return pl.lit(marked.get_column("__live").fill_null(False))
+        return marked.get_column("__live").fill_null(False).to_numpy()
 
     def _keep(self, key: Any, ks: KeyState) -> None:
         live = self.live
