@@ -252,24 +252,22 @@ class KeyState:
 class MatchView(Mapping[str, list[Row]]):
     """What a Python condition sees as ``match``: each step's rows so far, read from the thread's
     path when asked for (most conditions look at one step), every step of the pattern up to the
-    current one present (``[]`` when it has no row).
+    current one present (``[]`` when it has no row). ``steps`` maps those steps' names to their
+    positions in the pattern.
 
-    >>> m = MatchView(((None, 0, 1, 5, {"x": 1}), 1, 2, 6, {"x": 2}), ["a", "b", "c"])
+    >>> m = MatchView(((None, 0, 1, 5, {"x": 1}), 1, 2, 6, {"x": 2}), {"a": 0, "b": 1, "c": 2})
     >>> m["a"], m["c"], dict(m)
     ([{'x': 1}], [], {'a': [{'x': 1}], 'b': [{'x': 2}], 'c': []})
     """
 
-    __slots__ = ("_names", "_path")
+    __slots__ = ("_path", "_steps")
 
-    def __init__(self, path: Path, names: list[str]) -> None:
+    def __init__(self, path: Path, steps: dict[str, int]) -> None:
         self._path = path
-        self._names = names
+        self._steps = steps
 
     def __getitem__(self, name: str) -> list[Row]:
-        try:
-            step = self._names.index(name)
-        except ValueError:
-            raise KeyError(name) from None
+        step = self._steps[name]
         rows = []
         path = self._path
         while path is not None:
@@ -280,10 +278,10 @@ class MatchView(Mapping[str, list[Row]]):
         return rows
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
+        return iter(self._steps)
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._steps)
 
     def __repr__(self) -> str:
         return repr(dict(self))
@@ -329,8 +327,20 @@ class Matcher:
         self.on_timeout = on_timeout
         self.on_error = on_error
         n = len(self.steps)
-        self.prefixes = [self.names[: i + 1] for i in range(n)] + [self.names]
-        self.before = [self.names[:i] for i in range(n + 1)]  # what a negation before step i sees
+        index = {name: i for i, name in enumerate(self.names)}
+        self.prefixes = [dict(list(index.items())[: i + 1]) for i in range(n)] + [index]
+        self.before = [dict(list(index.items())[:i]) for i in range(n + 1)]  # what a negation before step i sees
+        self.wheres = [f"step {name!r}" for name in self.names]
+        self.conds = [step.cond for step in self.steps]
+        # every step one row, strict, no negation: each attempt has one thread (a fast path)
+        self.strict_singles = (
+            all(
+                s.min == 1 and s.max == 1 and s.contiguity == STRICT and not s.not_next and not s.not_followed_by
+                for s in self.steps
+            )
+            and not program.trailing_not_next
+            and not program.trailing_not_followed_by
+        )
         self.after = [self._closure(i + 1, (), ()) for i in range(n)]
         self.start = [t for t in self._closure(0, (), ()) if t[0] == WAIT]
 
@@ -358,7 +368,7 @@ class Matcher:
         """Whether positive step ``step``'s condition holds for ``row``."""
         if type(cond) is int:
             return cond < 0 or flags[cond]
-        return self._call(cond, row, path, self.prefixes[step], f"step {self.names[step]!r}")
+        return self._call(cond, row, path, self.prefixes[step], self.wheres[step])
 
     def _any(self, conds: tuple[Cond, ...], row: Row, flags: tuple[bool, ...], path: Path) -> bool:
         """Whether a negation condition holds for ``row`` (a Python one sees the steps before it)."""
@@ -370,9 +380,9 @@ class Matcher:
                 return True
         return False
 
-    def _call(self, cond: Cond, row: Row, path: Path, names: list[str], where: str) -> bool:
+    def _call(self, cond: Cond, row: Row, path: Path, steps: dict[str, int], where: str) -> bool:
         try:
-            return bool(cond(row, MatchView(path, names)))
+            return bool(cond(row, MatchView(path, steps)))
         except Exception as exc:
             self.on_error(where, row, exc)
             return False
@@ -449,6 +459,8 @@ class Matcher:
 
     def row(self, key: Any, ks: KeyState, row: Row, t: int, flags: tuple[bool, ...], can_start: bool) -> bool:
         """Feed one row of ``key``; return whether it started an attempt (needing a timer)."""
+        if self.strict_singles:
+            return self._row_strict_singles(key, ks, row, t, flags, can_start)
         ks.seq += 1
         seq = ks.seq
         for attempt in ks.attempts:
@@ -470,6 +482,53 @@ class Matcher:
                 self._check(key, attempt)
                 started = True
         self._settle(key, ks)
+        return started
+
+    def _row_strict_singles(
+        self, key: Any, ks: KeyState, row: Row, t: int, flags: tuple[bool, ...], can_start: bool
+    ) -> bool:
+        """:meth:`row` for a pattern whose steps each take one row, strictly one after the other,
+        with no negation: the same threads, without the general machinery."""
+        ks.seq += 1
+        seq = ks.seq
+        conds, last = self.conds, len(self.conds) - 1
+        attempts = ks.attempts
+        for attempt in attempts:
+            threads = attempt.threads
+            if not threads:
+                continue
+            _, i, _, _, _, path = threads[0]
+            cond = conds[i]
+            if type(cond) is int:
+                ok = cond < 0 or flags[cond]
+            else:
+                try:
+                    ok = bool(cond(row, MatchView(path, self.prefixes[i])))
+                except Exception as exc:
+                    self.on_error(self.wheres[i], row, exc)
+                    ok = False
+            if not ok:
+                attempt.threads = []
+            elif i < last:
+                attempt.threads = [(WAIT, i + 1, 0, (), (), (path, i, seq, t, row))]
+            else:
+                attempt.threads = [(DONE, i + 1, 0, (), (), (path, i, seq, t, row))]
+                self._check(key, attempt)
+        started = False
+        if can_start:
+            cond = conds[0]
+            if type(cond) is int:
+                ok = cond < 0 or flags[cond]
+            else:
+                ok = self._call(cond, row, None, self.prefixes[0], self.wheres[0])
+            if ok:
+                attempt = Attempt(seq, t, [(WAIT if last else DONE, 1, 0, (), (), (None, 0, seq, t, row))])
+                attempts.append(attempt)
+                if not last:
+                    self._check(key, attempt)
+                started = True
+        if self.no_skip or (attempts and not attempts[0].threads):
+            self._settle(key, ks)
         return started
 
     def _check(self, key: Any, attempt: Attempt) -> None:

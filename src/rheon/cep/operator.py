@@ -11,13 +11,14 @@ start a match, and the rows right after them, reach the matcher.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 import polars as pl
 from typing_extensions import override
 
-from rheon.cep.nfa import Attempt, KeyState, Matcher, Path, compile_pattern, path_rows
+from rheon.cep.nfa import Attempt, KeyState, Matcher, Path, compile_pattern
 from rheon.cep.pattern import Pattern
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
 from rheon.core.columns import ColumnTypes
@@ -173,12 +174,12 @@ class MatchOperator(Operator):
             if hi >= MAX_WM and not self.finished:
                 self._finish()
             self.keyed.end_batch()
-        outputs[:0] = [(MAIN, batch.with_frame(self._frame(self._matches, pre, lo)))]
-        self._matches = []
-        if self._timeouts:
-            timed_out = self._frame(self._timeouts, pre, lo)
-            outputs.append((TIMED_OUT, Batch(timed_out, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
-            self._timeouts = []
+            outputs[:0] = [(MAIN, batch.with_frame(self._frame(self._matches, pre, lo)))]
+            self._matches = []
+            if self._timeouts:
+                timed_out = self._frame(self._timeouts, pre, lo)
+                outputs.append((TIMED_OUT, Batch(timed_out, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
+                self._timeouts = []
         if self._dead:
             letters = dead_letter_frame(self.label, [r for r, _ in self._dead], [p for _, p in self._dead])
             outputs.append((DEAD, Batch(letters, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
@@ -297,6 +298,7 @@ class MatchOperator(Operator):
         key_of = key_getter(self.keys, user.schema)
         live, cells, matcher = self.live, self.keyed.cells, self.matcher
         within = matcher.within
+        feed = matcher._row_strict_singles if matcher.strict_singles else matcher.row
         touched: list[tuple[Any, KeyState]] = []
         last_key: Any = _NO_KEY
         ks: KeyState | None = None
@@ -317,7 +319,7 @@ class MatchOperator(Operator):
             elif within is not None and ks.attempts:
                 matcher.expire(key, ks, t)
             matcher.now = t
-            matcher.row(key, ks, record, t, fl, can_start)
+            feed(key, ks, record, t, fl, can_start)
         if ks is not None:
             self._keep(last_key, ks)
         if within is not None:
@@ -483,27 +485,34 @@ class MatchOperator(Operator):
         per step, the measures; each with the watermark before what made it final."""
         if not found:
             return pl.DataFrame()
-        found = sorted(found, key=lambda f: f[1])  # keys were handled one by one: back in time order
+        found = sorted(found, key=itemgetter(1))  # keys were handled one by one: back in time order
         schema = pl.Schema([(n, t) for n, t in self.input.types.items() if n in self.input.columns])
         for name in self.input.columns:
             if name not in schema:
                 schema[name] = pl.Null()
-        names = self.names
-        data: dict[str, list[Any]] = {k: [] for k in self.keys}
-        starts, ends, triggers = [], [], []
+        steps = len(self.names)
+        heads: list[dict[str, Any]] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        triggers: list[int] = []
         flat: list[dict[str, Any]] = []
-        which: list[int] = []
-        for m, (path, trigger) in enumerate(found):
-            rows = path_rows(path)
-            first = rows[0][3]
-            for k in self.keys:
-                data[k].append(first.get(k))
-            starts.append(rows[0][2])
-            ends.append(rows[-1][2])
+        which: list[int] = []  # match * steps + step of each row in flat
+        for m, (found_path, trigger) in enumerate(found):
+            path: Any = found_path  # a match's path is never empty
             triggers.append(trigger)
-            for step, _, _, row in rows:
-                flat.append(row)
-                which.append(m * len(names) + step)
+            ends.append(path[3])
+            base = m * steps
+            while True:  # the path runs from the last row back to the first
+                flat.append(path[4])
+                which.append(base + path[1])
+                if path[0] is None:
+                    break
+                path = path[0]
+            starts.append(path[3])
+            heads.append(path[4])
+        flat.reverse()  # rows of each step in order
+        which.reverse()
+        data = {k: [head.get(k) for head in heads] for k in self.keys}
         assert self.ttype is not None
         columns = [pl.Series(k, data[k], dtype=schema.get(k), strict=False) for k in self.keys]
         columns += [
