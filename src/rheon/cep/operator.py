@@ -28,6 +28,7 @@ from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._keys import key_getter
 from rheon.operators._rows import frame_to_rows, no_gc
 from rheon.operators.base import DEAD, LATE, MAIN, Operator, Output, State
+from rheon.operators.packed import Packing
 from rheon.state.backends import KeyedStateBackend
 from rheon.state.keyed import key_group
 from rheon.state.service import KeyedService
@@ -333,36 +334,22 @@ class MatchOperator(Operator):
         """The positions of ``rows`` in (key, time, arrival) order, and which of them starts a
         key (its key differs from the one before).
 
-        With one integer key column (the usual card, device or user id) that is one sort of an
-        int64 made of the key, the time and the position; otherwise two stable sorts.
+        With integer keys (the usual card, device or user ids) that is one sort of an Int64
+        packing the keys, the time and the position; otherwise two stable sorts.
         """
-        keys, n = self.keys, rows.height
-        times = rows.get_column(_T)
-        if len(keys) == 1 and n:
-            key = rows.get_column(keys[0])
-            if key.dtype.is_integer() and key.dtype != pl.UInt64 and not key.null_count():
-                kmin, kmax = int(key.min()), int(key.max())  # type: ignore[arg-type]
-                tmin, tmax = int(times.min()), int(times.max())  # type: ignore[arg-type]
-                span = tmax - tmin + 1
-                if (kmax - kmin + 1) * span * n < 1 << 63:
-                    packed = key.to_numpy().astype(np.int64, copy=True)
-                    packed -= kmin
-                    packed *= span
-                    packed += times.to_numpy()
-                    packed -= tmin
-                    packed *= n
-                    packed += np.arange(n, dtype=np.int64)
-                    ordered = pl.Series(packed).sort().to_numpy()
-                    key_part = ordered // (span * n)
-                    first = np.empty(n, dtype=bool)
-                    first[0] = True
-                    np.not_equal(key_part[1:], key_part[:-1], out=first[1:])
-                    return ordered % n, first
+        keys = self.keys
         narrow = rows.select(*keys, _T).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_IDX))
+        packing = Packing.of(narrow, [*keys, _T, _IDX])
+        if packing is not None:
+            packed = narrow.select(packing.expr()).to_series().sort().to_numpy()
+            key_part = packed // packing.strides[len(keys) - 1]
+            first = np.empty(len(packed), dtype=bool)
+            first[:1] = True
+            np.not_equal(key_part[1:], key_part[:-1], out=first[1:])
+            return packed % packing.ranges[-1], first
         narrow = narrow.sort(_T, maintain_order=True).sort(keys, maintain_order=True)
         same = pl.all_horizontal([pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys]).fill_null(False)
-        first = narrow.select(~same).to_series().to_numpy()
-        return narrow.get_column(_IDX).to_numpy(), first
+        return narrow.get_column(_IDX).to_numpy(), narrow.select(~same).to_series().to_numpy()
 
     def _candidates(self, rows: pl.DataFrame, names: list[str], order: np.ndarray, first: np.ndarray) -> np.ndarray:
         """Which rows (in ``order``) may change something, from two flags per row: a cheap
@@ -385,7 +372,7 @@ class MatchOperator(Operator):
         wanted[1:] |= k[:-1] & ~first[1:]
         if self.live:
             heads = np.flatnonzero(first)
-            wanted[heads] |= self._is_live(rows[order[heads]])
+            wanted[heads] |= self._is_live(rows.select(self.keys)[order[heads]])
         return wanted
 
     def _relevant(self, rows: pl.DataFrame, names: list[str]) -> pl.DataFrame:
