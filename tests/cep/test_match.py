@@ -85,6 +85,28 @@ def test_several_key_columns():
     assert [(r["bank"], r["card"], ids(r, "fail", "success")) for r in out] == [("x", 1, [[0, 2, 4], [5]])]
 
 
+def test_integer_keys_give_what_the_same_keys_as_text_give():
+    # integer keys are ordered by one packed sort, text keys by two stable sorts
+    rng = random.Random(5)
+    rows = [
+        {
+            "id": i,
+            "bank": rng.choice([-2, 0, 3]),
+            "card": rng.choice([1, 10**12]),
+            "ok": rng.choice([0, 0, 1]),
+            "ts": i * 300 + rng.randrange(0, 2000),
+        }
+        for i in range(400)
+    ]
+    as_text = [{**r, "bank": str(r["bank"]), "card": str(r["card"])} for r in rows]
+    for batch_size in (7, 1000):
+        ints, *_ = run(rows, BRUTE, key=["bank", "card"], batch_size=batch_size)
+        texts, *_ = run(as_text, BRUTE, key=["bank", "card"], batch_size=batch_size)
+        assert len(ints) > 5
+        got = sorted((str(r["bank"]), str(r["card"]), ids(r, "fail", "success")) for r in ints)
+        assert got == sorted((r["bank"], r["card"], ids(r, "fail", "success")) for r in texts)
+
+
 def test_an_absent_optional_step_is_an_empty_list():
     p = cep.begin("a", rh.col("t") == "a").next("b", rh.col("t") == "b").optional().next("c", rh.col("t") == "c")
     rows = [{"id": i, "card": 1, "t": t, "ts": i} for i, t in enumerate("acabc")]
