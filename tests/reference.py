@@ -16,7 +16,34 @@ Row = dict[str, Any]
 NEG_INF = -math.inf
 
 
-def _agg(kind: str, column: str | None, records: list[Row]) -> Any:
+def quantile(values: list[Any], q: float, interpolation: str) -> float | None:
+    """Polars' quantile of ``values``, written out (``polars-core``'s definitions)."""
+    v = sorted(values)
+    n = len(v)
+    if not n:
+        return None
+    idx = (n - 1) * q
+    lo, hi = math.floor(idx), math.ceil(idx)
+    if interpolation == "nearest":
+        return float(v[math.floor(idx + 0.5)])  # Rust's round: halves away from zero
+    if interpolation == "lower":
+        return float(v[lo])
+    if interpolation == "higher":
+        return float(v[hi])
+    if interpolation == "midpoint":
+        return (v[lo] + v[hi]) / 2 if lo != hi else float(v[lo])
+    if interpolation == "linear":
+        return float(v[lo]) if lo == hi else v[lo] + (v[hi] - v[lo]) * (idx - lo)
+    if interpolation == "equiprobable":
+        return float(v[max(math.ceil(n * q) - 1, 0)])
+    raise ValueError(interpolation)
+
+
+def _agg(kind: str, column: str | None, records: list[Row], opts: dict[str, Any] | None = None) -> Any:
+    opts = opts or {}
+    if "where" in opts:
+        field_name, wanted = opts["where"]
+        records = [r for r in records if r.get(field_name) == wanted]
     if kind == "count":
         if column is None:
             return len(records)
@@ -35,6 +62,17 @@ def _agg(kind: str, column: str | None, records: list[Row]) -> Any:
         return max(values)
     if kind == "mean":
         return math.fsum(values) / len(values)
+    if kind in ("quantile", "median"):
+        return quantile(
+            values, opts.get("q", 0.5), opts.get("interpolation", "linear" if kind == "median" else "nearest")
+        )
+    if kind in ("var", "std"):
+        ddof = opts.get("ddof", 1)
+        if len(values) <= ddof:
+            return None
+        mean = math.fsum(values) / len(values)
+        var = math.fsum((x - mean) ** 2 for x in values) / (len(values) - ddof)
+        return var if kind == "var" else math.sqrt(var)
     raise ValueError(kind)
 
 
@@ -53,14 +91,16 @@ def reference(
     keys: Sequence[str],
     time: str,
     window: tuple[str, int, int],
-    aggs: dict[str, tuple[str, str | None]],
+    aggs: dict[str, tuple[Any, ...]],
     max_delay: int,
     lateness: int = 0,
 ) -> tuple[list[Row], list[Row]]:
     """Window results and late records, in emission order.
 
     ``window`` is ``("tumbling", size, size)``, ``("sliding", size, every)`` or
-    ``("session", gap, 0)``. ``aggs`` maps output name to ``(kind, column)``.
+    ``("session", gap, 0)``. ``aggs`` maps output name to ``(kind, column)`` or ``(kind, column,
+    options)``, options being ``q``, ``interpolation``, ``ddof`` and ``where=(field, value)``
+    (rows whose field equals value).
     """
     kind, size, every = window
     max_ts: float = NEG_INF
@@ -73,8 +113,8 @@ def reference(
         row: Row = dict(zip(keys, w.key, strict=True))
         row["window_start"] = w.start
         row["window_end"] = w.end
-        for name, (agg_kind, column) in aggs.items():
-            row[name] = _agg(agg_kind, column, w.records)
+        for name, (agg_kind, column, *opts) in aggs.items():
+            row[name] = _agg(agg_kind, column, w.records, *opts)
         return row
 
     def advance(new_wm: float) -> None:
@@ -138,7 +178,7 @@ def run_engine(
     *,
     keys: Sequence[str],
     window: tuple[str, int, int],
-    aggs: dict[str, tuple[str, str | None]],
+    aggs: dict[str, tuple[Any, ...]],
     max_delay: int,
     lateness: int = 0,
     batch_size: int = 1000,
@@ -161,8 +201,22 @@ def run_engine(
         "max": rh.max,
         "mean": rh.mean,
         "count_distinct": rh.count_distinct,
+        "quantile": rh.quantile,
+        "median": rh.median,
+        "var": rh.var,
+        "std": rh.std,
     }
-    spec = {name: (fns[k](c) if c is not None else fns[k]()) for name, (k, c) in aggs.items()}
+
+    def build_agg(kind: str, column: str | None, opts: dict[str, Any] | None = None) -> Any:
+        kw = dict(opts or {})
+        if "where" in kw:
+            field_name, wanted = kw["where"]
+            kw["where"] = rh.col(field_name) == wanted
+        if kind == "quantile":
+            return rh.quantile(column, kw.pop("q"), kw.pop("interpolation", "nearest"), **kw)  # type: ignore[arg-type]
+        return fns[kind](column, **kw) if column is not None else fns[kind](**kw)
+
+    spec = {name: build_agg(*agg) for name, agg in aggs.items()}
     flow = rh.Flow("reference-check")
     out, late = rh.io.Collect(), rh.io.Collect()
     src = flow.source(rh.io.Records(rows, batch_size=batch_size), time="ts", max_delay=f"{max_delay}ms")

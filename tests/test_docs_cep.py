@@ -7,51 +7,28 @@ use), and each must print exactly what the page shows.
 
 from __future__ import annotations
 
-import doctest
-import io
 import re
-from pathlib import Path
 
 import pytest
 
 import rheon.cep as cep_module
+from tests.doc_pages import ROOT, python_blocks, run_examples, unchecked_blocks
 
-ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "cep.md"
 TEXT = DOC.read_text()
-
-
-def _python_blocks() -> list[tuple[int, str]]:
-    """``(line number of the block's first line, code)`` of each ```python block."""
-    return [
-        (TEXT.count("\n", 0, m.start(1)) + 1, m.group(1))
-        for m in re.finditer(r"^```python\n(.*?)^```$", TEXT, flags=re.S | re.M)
-    ]
-
-
-DOCTESTS = [(line, code) for line, code in _python_blocks() if ">>>" in code]
+DOCTESTS = [(line, code) for line, code in python_blocks(TEXT) if ">>>" in code]
 
 
 def test_every_python_block_is_checked():
     """A python block without ``>>>`` would not be run, so it could silently go wrong."""
-    unchecked = [line for line, code in _python_blocks() if ">>>" not in code]
-    assert not unchecked, f"docs/cep.md: python blocks without >>> at lines {unchecked}"
+    assert not unchecked_blocks(TEXT), f"docs/cep.md: python blocks without >>> at lines {unchecked_blocks(TEXT)}"
     assert len(DOCTESTS) >= 25
 
 
 def test_examples_print_what_the_page_says():
-    parser = doctest.DocTestParser()
-    runner = doctest.DocTestRunner(optionflags=doctest.REPORT_NDIFF)
-    report = io.StringIO()
-    globs: dict[str, object] = {"__name__": "docs_cep"}
-    for line, code in DOCTESTS:
-        # lineno is 0-based in doctest: report lines as they are in docs/cep.md
-        test = parser.get_doctest(code, globs, f"docs/cep.md:{line}", str(DOC), line - 1)
-        runner.run(test, out=report.write, clear_globs=False)
-        globs = test.globs  # the next block sees what this one defined
-    results = runner.summarize(verbose=False)
+    results, report = run_examples(DOC)
     assert results.attempted > 100
-    assert results.failed == 0, report.getvalue()
+    assert results.failed == 0, report
 
 
 def _checked_code() -> str:

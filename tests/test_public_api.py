@@ -11,7 +11,7 @@ import rheon.testing
 EXPECTED_RHEON = [
     "CheckpointError", "Flow", "FlowError", "KeyedStream", "MatchStream", "RecordError", "RheonError", "RunStats", "SinkError", "SourceError",
     "Stream", "WindowedStream", "__version__", "col", "configure_logging", "count", "count_distinct", "io", "lit",
-    "max", "mean", "min", "session", "sliding", "sum", "tumbling",
+    "max", "mean", "median", "min", "quantile", "session", "sliding", "std", "sum", "tumbling", "var",
 ]  # fmt: skip
 EXPECTED_IO = [
     "BuildContext", "Callback", "Collect", "Console", "Csv", "FileSink", "Generator", "HttpIngest", "JsonLines",

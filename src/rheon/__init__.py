@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from polars import col, lit
 
 from rheon import io
-from rheon.api.aggregations import count, count_distinct, max, mean, min, sum
+from rheon.api.aggregations import count, count_distinct, max, mean, median, min, quantile, std, sum, var
 from rheon.api.flow import Flow
 from rheon.api.stream import KeyedStream, MatchStream, Stream, WindowedStream
 from rheon.core.errors import CheckpointError, FlowError, RecordError, RheonError, SinkError, SourceError
@@ -53,9 +53,13 @@ __all__ = [
     "lit",
     "max",
     "mean",
+    "median",
     "min",
+    "quantile",
     "session",
     "sliding",
+    "std",
     "sum",
     "tumbling",
+    "var",
 ]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from rheon.core.errors import FlowError
-from rheon.operators.aggregations import Count, CountDistinct, Max, Mean, Min, Sum
+from typing import Literal
 
-__all__ = ["count", "count_distinct", "max", "mean", "min", "sum"]
+import polars as pl
+
+from rheon.core.errors import FlowError
+from rheon.operators.aggregations import Count, CountDistinct, Max, Mean, Median, Min, Quantile, Std, Sum, Var
+
+__all__ = ["count", "count_distinct", "max", "mean", "median", "min", "quantile", "std", "sum", "var"]
+
+Interpolation = Literal["nearest", "higher", "lower", "midpoint", "linear", "equiprobable"]
 
 
 def _column(fn: str, column: object) -> str:
@@ -15,8 +21,11 @@ def _column(fn: str, column: object) -> str:
     return column
 
 
-def count(column: str | None = None) -> Count:
+def count(column: str | None = None, *, where: pl.Expr | None = None) -> Count:
     """Count rows, or with a column name, count its non-null values.
+
+    Every aggregation takes ``where=``: only rows where that expression is true count (SQL's
+    ``COUNT(*) FILTER (WHERE ...)``), so one window can count views and clicks side by side.
 
     Examples
     --------
@@ -27,11 +36,19 @@ def count(column: str | None = None) -> Count:
     ...      .agg(rows=rh.count(), values=rh.count("v")).sink(out))
     >>> flow.run(); out.rows[0]["rows"], out.rows[0]["values"]
     (2, 1)
+
+    >>> clicks = [{"page": "a", "ts": t, "event": e} for t, e in enumerate(["view", "click", "view"])]
+    >>> flow = rh.Flow("w"); out = rh.io.Collect()
+    >>> (flow.source(rh.io.Records(clicks), time="ts").key_by("page").window(rh.tumbling("1s"))
+    ...      .agg(views=rh.count(where=rh.col("event") == "view"), clicks=rh.count(where=rh.col("event") == "click"))
+    ...      .sink(out))
+    >>> flow.run(); out.rows[0]["views"], out.rows[0]["clicks"]
+    (2, 1)
     """
-    return Count(None if column is None else _column("count", column))
+    return Count(None if column is None else _column("count", column), where=where)
 
 
-def sum(column: str) -> Sum:
+def sum(column: str, *, where: pl.Expr | None = None) -> Sum:
     """Sum of the non-null values of a numeric column; null if there are none.
 
     Floats are added exactly (as 128-bit integers on a fixed grid) and rounded once at the end,
@@ -50,10 +67,10 @@ def sum(column: str) -> Sum:
     >>> flow.run(); out.rows[0]["total"]
     5
     """
-    return Sum(_column("sum", column))
+    return Sum(_column("sum", column), where=where)
 
 
-def min(column: str) -> Min:
+def min(column: str, *, where: pl.Expr | None = None) -> Min:
     """Smallest non-null value of a column. Of floats, a zero comes out as ``0.0`` even if the
     window held ``-0.0`` (which of two equal zeros wins would otherwise depend on batching).
 
@@ -67,10 +84,10 @@ def min(column: str) -> Min:
     >>> flow.run(); out.rows[0]["lo"]
     -3
     """
-    return Min(_column("min", column))
+    return Min(_column("min", column), where=where)
 
 
-def max(column: str) -> Max:
+def max(column: str, *, where: pl.Expr | None = None) -> Max:
     """Largest non-null value of a column. Of floats, a zero comes out as ``0.0`` even if the
     window held ``-0.0`` (which of two equal zeros wins would otherwise depend on batching).
 
@@ -84,10 +101,10 @@ def max(column: str) -> Max:
     >>> flow.run(); out.rows[0]["hi"]
     2
     """
-    return Max(_column("max", column))
+    return Max(_column("max", column), where=where)
 
 
-def mean(column: str) -> Mean:
+def mean(column: str, *, where: pl.Expr | None = None) -> Mean:
     """Mean of the non-null values of a numeric column (a float); null if there are none.
 
     The sum behind it is exact, as for :func:`sum`.
@@ -102,10 +119,10 @@ def mean(column: str) -> Mean:
     >>> flow.run(); out.rows[0]["avg"]
     2.5
     """
-    return Mean(_column("mean", column))
+    return Mean(_column("mean", column), where=where)
 
 
-def count_distinct(column: str) -> CountDistinct:
+def count_distinct(column: str, *, where: pl.Expr | None = None) -> CountDistinct:
     """Exact number of distinct non-null values of a column.
 
     Examples
@@ -118,4 +135,101 @@ def count_distinct(column: str) -> CountDistinct:
     >>> flow.run(); out.rows[0]["users"]
     2
     """
-    return CountDistinct(_column("count_distinct", column))
+    return CountDistinct(_column("count_distinct", column), where=where)
+
+
+def _fraction(fn: str, q: object) -> float:
+    if isinstance(q, bool) or not isinstance(q, int | float) or not 0 <= q <= 1:
+        msg = f"rh.{fn}: q must be a number from 0 to 1 (got {q!r}). Try rh.{fn}('latency', 0.95)."
+        raise FlowError(msg)
+    return float(q)
+
+
+def quantile(
+    column: str, q: float, interpolation: Interpolation = "nearest", *, where: pl.Expr | None = None
+) -> Quantile:
+    """Exact ``q`` quantile of a numeric column's non-null values: the same as Polars'
+    ``pl.col(column).quantile(q, interpolation)`` over the window's rows; null if there are none.
+
+    Exact means each pane keeps its values until its windows have fired (memory grows with the
+    rows per window).
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"host": "a", "ts": t, "ms": ms} for t, ms in enumerate([12, 15, 11, 240, 14])]
+    >>> flow = rh.Flow("q"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("host").window(rh.tumbling("1s")).agg(
+    ...     p50=rh.quantile("ms", 0.5), p95=rh.quantile("ms", 0.95, "linear")).sink(out)
+    >>> flow.run(); out.rows[0]["p50"], round(out.rows[0]["p95"], 6)
+    (14.0, 195.0)
+    """
+    if interpolation not in ("nearest", "higher", "lower", "midpoint", "linear", "equiprobable"):
+        msg = (
+            f"rh.quantile: interpolation must be one of nearest, higher, lower, midpoint, linear, equiprobable "
+            f"(got {interpolation!r})"
+        )
+        raise FlowError(msg)
+    return Quantile(_column("quantile", column), _fraction("quantile", q), interpolation, where=where)
+
+
+def median(column: str, *, where: pl.Expr | None = None) -> Median:
+    """Exact median of a numeric column's non-null values (Polars' ``median``: the mean of the
+    two middle values when there is an even number); null if there are none.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"host": "a", "ts": t, "ms": ms} for t, ms in enumerate([12, 15, 11, 240])]
+    >>> flow = rh.Flow("m"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("host").window(rh.tumbling("1s")).agg(
+    ...     mid=rh.median("ms")).sink(out)
+    >>> flow.run(); out.rows[0]["mid"]
+    13.5
+    """
+    return Median(_column("median", column), where=where)
+
+
+def _ddof(fn: str, ddof: object) -> int:
+    if isinstance(ddof, bool) or not isinstance(ddof, int) or ddof < 0:
+        msg = f"rh.{fn}: ddof must be a whole number >= 0 (got {ddof!r}): 1 for the sample {fn}, 0 for the population's"
+        raise FlowError(msg)
+    return ddof
+
+
+def var(column: str, ddof: int = 1, *, where: pl.Expr | None = None) -> Var:
+    """Variance of a numeric column's non-null values (sample variance, ``ddof=1``, as Polars;
+    ``ddof=0`` for the population's); null with ``ddof`` values or fewer.
+
+    Computed from exact sums of the values and of their squares, so a window's result has the
+    same bits whatever the batching. Its relative error is about 1e-16 * (mean / std)**2: fine
+    for measurements, not for values like 1e9 ± 1 (subtract a typical value first).
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"k": 1, "ts": t, "v": v} for t, v in enumerate([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])]
+    >>> flow = rh.Flow("v"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("k").window(rh.tumbling("1s")).agg(
+    ...     sample=rh.var("v"), population=rh.var("v", ddof=0)).sink(out)
+    >>> flow.run(); round(out.rows[0]["sample"], 6), out.rows[0]["population"]
+    (4.571429, 4.0)
+    """
+    return Var(_column("var", column), _ddof("var", ddof), where=where)
+
+
+def std(column: str, ddof: int = 1, *, where: pl.Expr | None = None) -> Std:
+    """Standard deviation of a numeric column's non-null values: the square root of
+    :func:`var` (same ``ddof``, same exactness).
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"k": 1, "ts": t, "v": v} for t, v in enumerate([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])]
+    >>> flow = rh.Flow("s"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("k").window(rh.tumbling("1s")).agg(
+    ...     spread=rh.std("v", ddof=0)).sink(out)
+    >>> flow.run(); out.rows[0]["spread"]
+    2.0
+    """
+    return Std(_column("std", column), _ddof("std", ddof), where=where)

@@ -18,7 +18,7 @@ Nulls are ignored like SQL: ``sum``/``min``/``max``/``mean`` of no non-null valu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -38,6 +38,8 @@ class Aggregation(ABC):
     """An aggregation of one column (or of rows, for ``count()``)."""
 
     column: str | None = None
+    where: pl.Expr | None = field(default=None, compare=False, kw_only=True)
+    """Only rows where this is true are aggregated (``where=``; SQL's ``FILTER (WHERE ...)``)."""
 
     fn_name = "agg"
     default_input: ClassVar[pl.DataType | None] = None
@@ -46,6 +48,28 @@ class Aggregation(ABC):
     def for_input(self, dtype: pl.DataType) -> Aggregation:
         """The implementation for an input column of type ``dtype`` (this one, by default)."""
         return self
+
+    def inputs(self) -> list[str]:
+        """The columns this aggregation reads: its column and those of ``where``."""
+        names = [self.column] if self.column else []
+        if self.where is not None:
+            names += [c for c in self.where.meta.root_names() if c not in names]
+        return names
+
+    def masked(self, helper: str) -> tuple[pl.Expr, Aggregation]:
+        """For ``where=``: a column ``helper`` holding the input where ``where`` is true and
+        null elsewhere (every aggregation ignores nulls; ``count()`` counts it), and this
+        aggregation reading ``helper`` instead.
+
+        >>> agg = Sum("v", where=pl.col("ok"))
+        >>> expr, plain = agg.masked("__h")
+        >>> frame = pl.DataFrame({"v": [1, 2, 3], "ok": [True, False, None]})
+        >>> frame.select(expr).to_series().to_list(), plain
+        ([1, None, None], rh.sum('__h'))
+        """
+        assert self.where is not None
+        value = pl.col(self.column) if self.column else pl.lit(True)
+        return pl.when(self.where).then(value).alias(helper), replace(self, column=helper, where=None)
 
     def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
         """How to compute :meth:`partials` over a frame of raw records: the frame with any helper
@@ -87,7 +111,31 @@ class Aggregation(ABC):
 
     def check(self, where: str, field_name: str, schema: pl.Schema | None) -> None:
         """Raise :class:`FlowError` if the column is missing or has a type this cannot use."""
-        if self.column is None or schema is None:
+        if self.where is not None and not isinstance(self.where, pl.Expr):
+            msg = (
+                f"{where}: aggregation '{field_name}' = {self!r}: where= must be an expression such as "
+                f'rh.col("event") == "view" (got {self.where!r})'
+            )
+            raise FlowError(msg)
+        if schema is None:
+            return
+        if self.where is not None:
+            for name in self.where.meta.root_names():
+                if name not in schema:
+                    msg = (
+                        f"{where}: aggregation '{field_name}' = {self!r}: where= reads unknown column '{name}' "
+                        f"{columns_hint(schema.names())}.{did_you_mean(name, schema.names())}"
+                    )
+                    raise FlowError(msg)
+            try:
+                dtype = pl.DataFrame(schema=schema).select(self.where).to_series().dtype
+            except pl.exceptions.PolarsError as exc:
+                msg = f"{where}: aggregation '{field_name}' = {self!r}: where= cannot be evaluated: {exc}"
+                raise FlowError(msg) from None
+            if dtype not in (pl.Boolean, pl.Null):
+                msg = f"{where}: aggregation '{field_name}' = {self!r}: where= must be true or false per row (it gives {dtype})"
+                raise FlowError(msg)
+        if self.column is None:
             return
         if self.column not in schema:
             msg = (
@@ -100,9 +148,15 @@ class Aggregation(ABC):
     def _check_type(self, where: str, field_name: str, dtype: pl.DataType) -> None:
         return None
 
+    def _args(self) -> list[str]:
+        """The arguments :func:`repr` shows (the column, by default)."""
+        return [repr(self.column)] if self.column is not None else []
+
     def __repr__(self) -> str:
-        arg = f"{self.column!r}" if self.column is not None else ""
-        return f"rh.{self.fn_name}({arg})"
+        args = self._args()
+        if self.where is not None:
+            args.append(f"where={self.where}")
+        return f"rh.{self.fn_name}({', '.join(args)})"
 
 
 def _numeric(agg: Aggregation, where: str, field_name: str, dtype: pl.DataType) -> None:
@@ -370,3 +424,154 @@ class CountDistinct(Aggregation):
     @override
     def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
         return pl.Int64()
+
+
+def _chain(first: Post | None, second: Post | None) -> Post | None:
+    """Two completing steps, one after the other."""
+    if first is None or second is None:
+        return first or second
+    return lambda frame: second(first(frame))
+
+
+_INTERPOLATIONS = ("nearest", "higher", "lower", "midpoint", "linear", "equiprobable")
+
+
+@dataclass(frozen=True, repr=False)
+class Quantile(Aggregation):
+    """Exact quantile of non-null values, as Polars' ``quantile(q, interpolation)`` over the
+    window's rows: each pane keeps its values (a list), merged by concatenation."""
+
+    q: float = 0.5
+    interpolation: str = "nearest"
+
+    fn_name = "quantile"
+    default_input = pl.Float64()
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        return [pl.col(self.column or "").drop_nulls().alias(p)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)]
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        quantile = pl.element().quantile(self.q, self.interpolation)  # type: ignore[arg-type]
+        return pl.col(p).list.eval(quantile).list.first()
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        if dtype is None:
+            return None
+        probe = pl.DataFrame(schema={"x": pl.Float64() if dtype == pl.Null else dtype})
+        return probe.select(pl.col("x").quantile(self.q, self.interpolation)).schema["x"]  # type: ignore[arg-type]
+
+    @override
+    def _check_type(self, where: str, field_name: str, dtype: pl.DataType) -> None:
+        _numeric(self, where, field_name, dtype)
+
+    @override
+    def _args(self) -> list[str]:
+        return [*super()._args(), repr(self.q), f"interpolation={self.interpolation!r}"]
+
+
+@dataclass(frozen=True, repr=False)
+class Median(Quantile):
+    """Exact median (Polars' ``median``: the linear-interpolated 0.5 quantile)."""
+
+    q: float = 0.5
+    interpolation: str = "linear"
+
+    fn_name = "median"
+
+    @override
+    def _args(self) -> list[str]:
+        return [repr(self.column)]
+
+
+@dataclass(frozen=True, repr=False)
+class Var(Aggregation):
+    """Variance of non-null values (Float64) from exact sums of the values and of their squares
+    (each square rounded once, then added exactly: the same bits whatever the batching); null
+    with ``ddof`` values or fewer."""
+
+    ddof: int = 1
+
+    fn_name = "var"
+    default_input = pl.Float64()
+
+    def _sums(self, p: str) -> tuple[FloatSum, FloatSum]:
+        return FloatSum(p + "_x"), FloatSum(p + "_xx")
+
+    def _helpers(self, frame: pl.DataFrame, p: str) -> pl.DataFrame:
+        x = pl.col(self.column or "").cast(pl.Float64)
+        return frame.with_columns(x.alias(p + "_x"), (x * x).alias(p + "_xx"))
+
+    @override
+    def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
+        values, squares = self._sums(p)
+        frame, first, post1 = values.aggregate(self._helpers(frame, p), p + "_a")
+        frame, second, post2 = squares.aggregate(frame, p + "_b")
+        return frame, first + second, _chain(post1, post2)
+
+    @override
+    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
+        values, squares = self._sums(p)
+        frame = self._helpers(frame, p)
+        first, second = values.dense(frame, p + "_a", groups), squares.dense(frame, p + "_b", groups)
+        if first is None or second is None:
+            return None
+        return pl.concat([first[0], second[0]], how="horizontal"), _chain(first[1], second[1])
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        values, squares = self._sums(p)
+        return values.partials(p + "_a") + squares.partials(p + "_b")
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        values, squares = self._sums(p)
+        return values.merges(p + "_a") + squares.merges(p + "_b")
+
+    @override
+    def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
+        values, squares = self._sums(p)
+        first, post1 = values.merge(partials, p + "_a")
+        second, post2 = squares.merge(partials, p + "_b")
+        return first + second, _chain(post1, post2)
+
+    @override
+    def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
+        values, squares = self._sums(p)
+        return squares.finish(values.finish(merged, p + "_a"), p + "_b")
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        n = pl.col(p + "_a_n").cast(pl.Float64)
+        total, squares = pl.col(p + "_a_sum"), pl.col(p + "_b_sum")
+        spread = (squares - total * (total / n)).clip(lower_bound=0.0)
+        return pl.when(pl.col(p + "_a_n") > self.ddof).then(spread / (n - self.ddof))
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        return pl.Float64()
+
+    @override
+    def _check_type(self, where: str, field_name: str, dtype: pl.DataType) -> None:
+        _numeric(self, where, field_name, dtype)
+
+    @override
+    def _args(self) -> list[str]:
+        return [*super()._args(), *([f"ddof={self.ddof}"] if self.ddof != 1 else [])]
+
+
+@dataclass(frozen=True, repr=False)
+class Std(Var):
+    """Standard deviation: the square root of :class:`Var`."""
+
+    fn_name = "std"
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return super().final(p).sqrt()

@@ -19,6 +19,7 @@ from typing_extensions import override
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
 from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import payloads_of
+from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
@@ -115,9 +116,16 @@ class WindowOperator(Operator):
         self.wm = MIN_WM
         self.prefix = {field: f"__a{i}" for i, field in enumerate(self.aggs)}
         self.input_types: dict[str, pl.DataType] | None = None
-        self._set_aggs(self.aggs)
-        needed = [*self.keys, time_col, *(a.column for a in self.aggs.values() if a.column)]
+        self.described = {field: repr(agg) for field, agg in self.aggs.items()}
+        needed = list(dict.fromkeys([*self.keys, time_col, *(c for a in self.aggs.values() for c in a.inputs())]))
         defaults = {a.column: a.default_input for a in self.aggs.values() if a.column and a.default_input is not None}
+        self.masks: list[pl.Expr] = []
+        """``where=``: helper columns holding an aggregation's input where its condition holds."""
+        for field, agg in list(self.aggs.items()):
+            if agg.where is not None:
+                mask, self.aggs[field] = agg.masked(f"{self.prefix[field]}_where")
+                self.masks.append(mask)
+        self._set_aggs(self.aggs)
         self.input = ColumnTypes([*needed, WM_COL], where=self.label, defaults=defaults)
         """The columns buffered and aggregated, in one order and with fixed types (records of one
         stream may come with fields in any order, missing, extra or of drifting types)."""
@@ -229,7 +237,7 @@ class WindowOperator(Operator):
             "window": repr(self.assigner),
             "keys": self.keys,
             "time": self.time_col,
-            "aggs": {field: repr(agg) for field, agg in self.aggs.items()},
+            "aggs": self.described,
             "allowed_lateness_ms": self.lateness_ms,
         }
 
@@ -297,6 +305,12 @@ class WindowOperator(Operator):
                 )
                 outputs.append(self.dead(reason, payloads_of(frame.filter(beyond)), batch))
                 frame, work = frame.filter(~beyond), work.filter(~beyond)
+        if self.masks:
+            try:
+                work = work.with_columns(self.masks)
+            except pl.exceptions.PolarsError as exc:
+                msg = f"{self.label}: a where= condition of {', '.join(self.described.values())} failed: {exc}"
+                raise FlowError(msg) from None
         if work.height and self.input_types is None:
             schema = work.schema
             self._specialize({f: schema[a.column] for f, a in self.aggs.items() if a.column is not None})
