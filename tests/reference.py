@@ -44,6 +44,21 @@ def _agg(kind: str, column: str | None, records: list[Row], opts: dict[str, Any]
     if "where" in opts:
         field_name, wanted = opts["where"]
         records = [r for r in records if r.get(field_name) == wanted]
+    if kind in ("first", "last", "collect", "arg_max", "arg_min"):
+        ordered = sorted(records, key=lambda r: r["ts"])  # stable: ties stay in arrival order
+        if kind in ("arg_max", "arg_min"):
+            by = opts["by"]
+            rows = [r for r in ordered if r.get(by) is not None]
+            if not rows:
+                return None
+            pick = max if kind == "arg_max" else min  # the first of equal ones, as documented
+            return pick(rows, key=lambda r: r[by]).get(column)  # type: ignore[arg-type]
+        values = [r[column] for r in ordered if r.get(column) is not None]  # type: ignore[index]
+        if kind == "collect":
+            return values
+        if not values:
+            return None
+        return values[0] if kind == "first" else values[-1]
     if kind == "count":
         if column is None:
             return len(records)
@@ -99,7 +114,7 @@ def reference(
 
     ``window`` is ``("tumbling", size, size)``, ``("sliding", size, every)`` or
     ``("session", gap, 0)``. ``aggs`` maps output name to ``(kind, column)`` or ``(kind, column,
-    options)``, options being ``q``, ``interpolation``, ``ddof`` and ``where=(field, value)``
+    options)``, options being ``q``, ``interpolation``, ``ddof``, ``by`` and ``where=(field, value)``
     (rows whose field equals value).
     """
     kind, size, every = window
@@ -205,6 +220,11 @@ def run_engine(
         "median": rh.median,
         "var": rh.var,
         "std": rh.std,
+        "first": rh.first,
+        "last": rh.last,
+        "collect": rh.collect,
+        "arg_max": rh.arg_max,
+        "arg_min": rh.arg_min,
     }
 
     def build_agg(kind: str, column: str | None, opts: dict[str, Any] | None = None) -> Any:

@@ -18,7 +18,10 @@ def test_examples_print_what_the_page_says():
     assert results.failed == 0, report
 
 
-AGGREGATIONS = ["count", "sum", "min", "max", "mean", "count_distinct", "quantile", "median", "var", "std"]
+AGGREGATIONS = [
+    "count", "sum", "min", "max", "mean", "count_distinct", "quantile", "median", "var", "std",
+    "first", "last", "arg_max", "arg_min", "collect",
+]  # fmt: skip
 
 
 def test_the_list_is_every_aggregation_rheon_exports():
@@ -31,7 +34,7 @@ def test_every_aggregation_is_in_the_table(name):
     assert f"`rh.{name}(" in TEXT
 
 
-@pytest.mark.parametrize("name", ["quantile", "median", "var", "std"])
+@pytest.mark.parametrize("name", ["quantile", "median", "var", "std", "first", "last", "arg_max", "arg_min", "collect"])
 def test_every_new_aggregation_has_a_checked_example(name):
     code = "\n".join(code for _, code in python_blocks(TEXT))
     assert f"rh.{name}(" in code

@@ -18,7 +18,23 @@ from importlib.metadata import PackageNotFoundError, version
 from polars import col, lit
 
 from rheon import io
-from rheon.api.aggregations import count, count_distinct, max, mean, median, min, quantile, std, sum, var
+from rheon.api.aggregations import (
+    arg_max,
+    arg_min,
+    collect,
+    count,
+    count_distinct,
+    first,
+    last,
+    max,
+    mean,
+    median,
+    min,
+    quantile,
+    std,
+    sum,
+    var,
+)
 from rheon.api.flow import Flow
 from rheon.api.stream import KeyedStream, MatchStream, Stream, WindowedStream
 from rheon.core.errors import CheckpointError, FlowError, RecordError, RheonError, SinkError, SourceError
@@ -45,11 +61,16 @@ __all__ = [
     "Stream",
     "WindowedStream",
     "__version__",
+    "arg_max",
+    "arg_min",
     "col",
+    "collect",
     "configure_logging",
     "count",
     "count_distinct",
+    "first",
     "io",
+    "last",
     "lit",
     "max",
     "mean",

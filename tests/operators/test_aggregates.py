@@ -1,4 +1,5 @@
-"""Quantiles, median, variance, standard deviation and ``where=``: against the plain-Python
+"""Quantiles, median, variance, standard deviation, first/last, arg_max/arg_min, collect and
+``where=``: against the plain-Python
 reference (tests/reference.py) for every window kind and batch size, bit for bit across
 batchings, through a crash and restore, and their build-time errors."""
 
@@ -37,6 +38,14 @@ AGGS = {
     "adist": ("count_distinct", "k2", {"where": ("u", "a")}),
     "amed": ("median", "v", {"where": ("u", "a")}),
     "asd": ("std", "v", {"where": ("u", "a")}),
+    "first": ("first", "u"),
+    "last": ("last", "v"),
+    "afirst": ("first", "f", {"where": ("u", "a")}),
+    "path": ("collect", "u"),
+    "bvs": ("collect", "v", {"where": ("u", "b")}),
+    "top": ("arg_max", "u", {"by": "v"}),
+    "low": ("arg_min", "k2", {"by": "v"}),
+    "ctop": ("arg_max", "f", {"by": "v", "where": ("u", "c")}),
 }
 
 WINDOWS = [("tumbling", 100, 100), ("sliding", 100, 20), ("session", 25, 0)]
@@ -66,6 +75,25 @@ def test_new_aggregates_match_the_reference(window, batch_size):
     assert any(r["views"] and r["bsum"] is not None and r["cmax"] is not None for r in expected[0])
     assert_rows_equal(got[0], expected[0], rel_tol=1e-9)
     assert got[1] == expected[1]
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
+def test_rows_at_the_same_time_are_taken_in_arrival_order(window, batch_size):
+    rnd = random.Random(3)
+    # five rows per event time, arriving shuffled within max_delay: ties everywhere
+    rows = [{"k": i % 2, "ts": (i // 10) * 15, "u": f"r{i}", "v": rnd.randrange(3)} for i in range(300)]
+    rows = sorted(rows, key=lambda r: r["ts"] + rnd.randrange(40))
+    aggs = {
+        "first": ("first", "u"),
+        "last": ("last", "u"),
+        "path": ("collect", "u"),
+        "top": ("arg_max", "u", {"by": "v"}),
+        "low": ("arg_min", "u", {"by": "v"}),
+    }
+    expected = reference(rows, keys=["k"], time="ts", window=window, aggs=aggs, max_delay=40)
+    got = run_engine(rows, keys=["k"], window=window, aggs=aggs, max_delay=40, batch_size=batch_size)
+    assert not expected[1]
+    assert got == expected
 
 
 @pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
@@ -113,6 +141,10 @@ def test_property_quantiles_and_filters_at_any_batching(rows, window, max_delay,
         "var": ("var", "f"),
         "n": ("count", None, {"where": ("u", "b")}),
         "s": ("sum", "v", {"where": ("u", "c")}),
+        "first": ("first", "v"),
+        "last": ("last", "u"),
+        "all": ("collect", "f"),
+        "top": ("arg_max", "u", {"by": "v"}),
     }
     expected = reference(rows, keys=["k"], time="ts", window=window, aggs=aggs, max_delay=max_delay)
     outputs = [
@@ -151,6 +183,9 @@ def _flow(rows: list[dict], out: Path, crash_after: int | None = None) -> rh.Flo
             sd=rh.std("f"),
             views=rh.count(where=rh.col("u") == "a"),
             bsum=rh.sum("v", where=rh.col("u") == "b"),
+            first=rh.first("u"),
+            top=rh.arg_max("k2", by="v"),
+            path=rh.collect("v"),
         )
     )
     result.sink(rh.io.FileSink(out), name="out")
@@ -239,8 +274,16 @@ def test_quantile_of_text_is_a_flow_error():
         _windowed().agg(q=rh.quantile("u", 0.5))
 
 
+def test_arg_max_needs_an_existing_by_column():
+    with pytest.raises(rh.FlowError, match=r"aggregation 'a'.*unknown column 'vv' in by=.*Did you mean 'v'"):
+        _windowed().agg(a=rh.arg_max("u", by="vv"))
+    with pytest.raises(rh.FlowError, match=r"rh.arg_max: by= must name the column to compare \(got 3\)"):
+        rh.arg_max("u", by=3)
+
+
 def test_reprs_show_the_arguments():
     assert repr(rh.quantile("v", 0.95, "linear")) == "rh.quantile('v', 0.95, interpolation='linear')"
     assert repr(rh.median("v")) == "rh.median('v')"
     assert repr(rh.std("v", ddof=0)) == "rh.std('v', ddof=0)"
     assert repr(rh.count(where=rh.col("u") == "a")) == 'rh.count(where=[(col("u")) == ("a")])'
+    assert repr(rh.arg_max("host", by="cpu")) == "rh.arg_max('host', by='cpu')"

@@ -7,9 +7,41 @@ from typing import Literal
 import polars as pl
 
 from rheon.core.errors import FlowError
-from rheon.operators.aggregations import Count, CountDistinct, Max, Mean, Median, Min, Quantile, Std, Sum, Var
+from rheon.operators.aggregations import (
+    ArgMax,
+    ArgMin,
+    Collect,
+    Count,
+    CountDistinct,
+    First,
+    Last,
+    Max,
+    Mean,
+    Median,
+    Min,
+    Quantile,
+    Std,
+    Sum,
+    Var,
+)
 
-__all__ = ["count", "count_distinct", "max", "mean", "median", "min", "quantile", "std", "sum", "var"]
+__all__ = [
+    "arg_max",
+    "arg_min",
+    "collect",
+    "count",
+    "count_distinct",
+    "first",
+    "last",
+    "max",
+    "mean",
+    "median",
+    "min",
+    "quantile",
+    "std",
+    "sum",
+    "var",
+]
 
 Interpolation = Literal["nearest", "higher", "lower", "midpoint", "linear", "equiprobable"]
 
@@ -233,3 +265,96 @@ def std(column: str, ddof: int = 1, *, where: pl.Expr | None = None) -> Std:
     2.0
     """
     return Std(_column("std", column), _ddof("std", ddof), where=where)
+
+
+def first(column: str, *, where: pl.Expr | None = None) -> First:
+    """The first non-null value of a column by event time; of rows with the same time, the one
+    that arrived first. Null if there is none.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"k": 1, "ts": 5, "v": "late"}, {"k": 1, "ts": 2, "v": "early"}, {"k": 1, "ts": 2, "v": "tie"}]
+    >>> flow = rh.Flow("f"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts", max_delay="1s").key_by("k").window(rh.tumbling("1s")).agg(
+    ...     opened=rh.first("v"), closed=rh.last("v")).sink(out)
+    >>> flow.run(); out.rows[0]["opened"], out.rows[0]["closed"]
+    ('early', 'late')
+    """
+    return First(_column("first", column), where=where)
+
+
+def last(column: str, *, where: pl.Expr | None = None) -> Last:
+    """The last non-null value of a column by event time; of rows with the same time, the one
+    that arrived last. Null if there is none.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"k": 1, "ts": 0, "state": "ok"}, {"k": 1, "ts": 9, "state": "down"}, {"k": 1, "ts": 9, "state": None}]
+    >>> flow = rh.Flow("l"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("k").window(rh.tumbling("1s")).agg(
+    ...     now=rh.last("state")).sink(out)
+    >>> flow.run(); out.rows[0]["now"]
+    'down'
+    """
+    return Last(_column("last", column), where=where)
+
+
+def _by(fn: str, by: object) -> str:
+    if not isinstance(by, str) or not by:
+        msg = f'rh.{fn}: by= must name the column to compare (got {by!r}). Try rh.{fn}("host", by="cpu").'
+        raise FlowError(msg)
+    return by
+
+
+def arg_max(column: str, *, by: str, where: pl.Expr | None = None) -> ArgMax:
+    """The value of ``column`` on the row with the largest ``by``: which host was the busiest,
+    which page the slowest. Rows whose ``by`` is null are left out; of rows tied on ``by``, the
+    first by event time (then by arrival) wins. Null if no row has a ``by``.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"dc": "eu", "ts": t, "host": h, "cpu": c} for t, (h, c) in enumerate([("a", 40), ("b", 95), ("c", 95)])]
+    >>> flow = rh.Flow("a"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("dc").window(rh.tumbling("1s")).agg(
+    ...     busiest=rh.arg_max("host", by="cpu"), idlest=rh.arg_min("host", by="cpu")).sink(out)
+    >>> flow.run(); out.rows[0]["busiest"], out.rows[0]["idlest"]
+    ('b', 'a')
+    """
+    return ArgMax(_column("arg_max", column), by=_by("arg_max", by), where=where)
+
+
+def arg_min(column: str, *, by: str, where: pl.Expr | None = None) -> ArgMin:
+    """The value of ``column`` on the row with the smallest ``by`` (ties and nulls as
+    :func:`arg_max`).
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"k": 1, "ts": t, "page": p, "ms": ms} for t, (p, ms) in enumerate([("/a", 30), ("/b", 9), ("/c", None)])]
+    >>> flow = rh.Flow("a"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("k").window(rh.tumbling("1s")).agg(
+    ...     fastest=rh.arg_min("page", by="ms")).sink(out)
+    >>> flow.run(); out.rows[0]["fastest"]
+    '/b'
+    """
+    return ArgMin(_column("arg_min", column), by=_by("arg_min", by), where=where)
+
+
+def collect(column: str, *, where: pl.Expr | None = None) -> Collect:
+    """The window's non-null values of a column as a list, in event-time order (ties by
+    arrival); ``[]`` when there are none. Each pane keeps its values.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> rows = [{"user": "u", "ts": t, "page": p} for t, p in [(3, "/cart"), (1, "/home"), (2, None), (2, "/item")]]
+    >>> flow = rh.Flow("c"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts", max_delay="1s").key_by("user").window(rh.tumbling("1s")).agg(
+    ...     path=rh.collect("page")).sink(out)
+    >>> flow.run(); out.rows[0]["path"]
+    ['/home', '/item', '/cart']
+    """
+    return Collect(_column("collect", column), where=where)

@@ -42,11 +42,18 @@ class Aggregation(ABC):
     """Only rows where this is true are aggregated (``where=``; SQL's ``FILTER (WHERE ...)``)."""
 
     fn_name = "agg"
+    needs_order: ClassVar[bool] = False
+    """Whether the result depends on the rows' order (event time, ties by arrival): the window
+    then gives each row an arrival number and calls :meth:`ordered`."""
     default_input: ClassVar[pl.DataType | None] = None
     """The type to read the input column as while no record has given it one (all nulls so far)."""
 
     def for_input(self, dtype: pl.DataType) -> Aggregation:
         """The implementation for an input column of type ``dtype`` (this one, by default)."""
+        return self
+
+    def ordered(self, time: str, seq: str) -> Aggregation:
+        """This aggregation reading rows' order from columns ``time`` and ``seq`` (arrival)."""
         return self
 
     def inputs(self) -> list[str]:
@@ -575,3 +582,143 @@ class Std(Var):
     @override
     def final(self, p: str) -> pl.Expr:
         return super().final(p).sqrt()
+
+
+@dataclass(frozen=True, repr=False)
+class _Ordered(Aggregation):
+    """An aggregation over rows in order: by event time (column ``time``), ties by arrival
+    (``seq``, numbered by the window as rows come in, so the same after a restore)."""
+
+    time: str = ""
+    seq: str = ""
+
+    needs_order = True
+
+    @override
+    def ordered(self, time: str, seq: str) -> Aggregation:
+        return replace(self, time=time, seq=seq)
+
+
+@dataclass(frozen=True, repr=False)
+class First(_Ordered):
+    """The first non-null value by event time (ties: the first to arrive)."""
+
+    fn_name = "first"
+    last = False
+
+    def _pick(self, value: pl.Expr, t: pl.Expr, s: pl.Expr, by: pl.Expr) -> list[pl.Expr]:
+        absent = by.is_not_null() if self.last else by.is_null()
+        order = [absent, t, s]
+        return [(e.sort_by(order).last() if self.last else e.sort_by(order).first()) for e in (value, t, s)]
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        c = pl.col(self.column or "")
+        value, t, s = self._pick(c, pl.col(self.time), pl.col(self.seq), c)
+        return [value.alias(p + "_v"), t.alias(p + "_t"), s.alias(p + "_s")]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        v = pl.col(p + "_v")
+        return self._pick(v, pl.col(p + "_t"), pl.col(p + "_s"), v)
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.col(p + "_v")
+
+
+@dataclass(frozen=True, repr=False)
+class Last(First):
+    """The last non-null value by event time (ties: the last to arrive)."""
+
+    fn_name = "last"
+    last = True
+
+
+@dataclass(frozen=True, repr=False)
+class ArgMax(_Ordered):
+    """The value of ``column`` on the row with the largest ``by`` (rows whose ``by`` is null
+    are left out); of rows tied on ``by``, the first by event time, then by arrival."""
+
+    by: str = ""
+
+    fn_name = "arg_max"
+    largest = True
+
+    def _pick(self, exprs: list[pl.Expr], by: pl.Expr, t: pl.Expr, s: pl.Expr) -> list[pl.Expr]:
+        order, descending = [by.is_null(), by, t, s], [False, self.largest, False, False]
+        return [e.sort_by(order, descending=descending).first() for e in exprs]
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        by, t, s = pl.col(self.by), pl.col(self.time), pl.col(self.seq)
+        picked = self._pick([pl.col(self.column or ""), by, t, s], by, t, s)
+        return [e.alias(p + suffix) for e, suffix in zip(picked, ("_v", "_by", "_t", "_s"), strict=True)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        by, t, s = pl.col(p + "_by"), pl.col(p + "_t"), pl.col(p + "_s")
+        return self._pick([pl.col(p + "_v"), by, t, s], by, t, s)
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.when(pl.col(p + "_by").is_not_null()).then(pl.col(p + "_v"))
+
+    @override
+    def inputs(self) -> list[str]:
+        names = super().inputs()
+        return [*names, self.by] if self.by not in names else names
+
+    @override
+    def masked(self, helper: str) -> tuple[pl.Expr, Aggregation]:
+        """For ``where=``: rows where it does not hold get a null ``by``, so they are left out."""
+        assert self.where is not None
+        return pl.when(self.where).then(pl.col(self.by)).alias(helper), replace(self, by=helper, where=None)
+
+    @override
+    def check(self, where: str, field_name: str, schema: pl.Schema | None) -> None:
+        super().check(where, field_name, schema)
+        if schema is not None and self.by not in schema:
+            msg = (
+                f"{where}: aggregation '{field_name}' = {self!r}: unknown column '{self.by}' in by= "
+                f"{columns_hint(schema.names())}.{did_you_mean(self.by, schema.names())}"
+            )
+            raise FlowError(msg)
+
+    @override
+    def _args(self) -> list[str]:
+        return [*super()._args(), f"by={self.by!r}"]
+
+
+@dataclass(frozen=True, repr=False)
+class ArgMin(ArgMax):
+    """The value of ``column`` on the row with the smallest ``by`` (ties as :class:`ArgMax`)."""
+
+    fn_name = "arg_min"
+    largest = False
+
+
+@dataclass(frozen=True, repr=False)
+class Collect(_Ordered):
+    """The non-null values as a list, in event-time order (ties by arrival); ``[]`` when none."""
+
+    fn_name = "collect"
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        c = pl.col(self.column or "")
+        row = pl.struct(pl.col(self.time).alias("t"), pl.col(self.seq).alias("s"), c.alias("v"))
+        return [row.filter(c.is_not_null()).alias(p)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)]
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        e = pl.element()
+        return pl.col(p).list.eval(e.sort_by(e.struct.field("t"), e.struct.field("s")).struct.field("v"))
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        return None if dtype is None else pl.List(dtype)

@@ -31,6 +31,7 @@ from rheon.time.windows import Session, WindowAssigner
 
 __all__ = ["WE", "WS", "RecordBuffer", "WindowOperator"]
 
+SEQ = "__seq"  # a row's arrival number, for aggregations that depend on order
 WS = "__ws"  # window start, ticks
 WE = "__we"  # window end, ticks
 # Fewer rows than these and the fast paths gain nothing (their own set-up costs more):
@@ -125,6 +126,12 @@ class WindowOperator(Operator):
             if agg.where is not None:
                 mask, self.aggs[field] = agg.masked(f"{self.prefix[field]}_where")
                 self.masks.append(mask)
+        self.numbered = any(agg.needs_order for agg in self.aggs.values())
+        """Whether rows get arrival numbers (column ``SEQ``) for order-dependent aggregations."""
+        if self.numbered:
+            self.aggs = {field: agg.ordered(time_col, SEQ) for field, agg in self.aggs.items()}
+        self.seq = 0
+        """The next row's arrival number (checkpointed, so a replay numbers rows the same)."""
         self._set_aggs(self.aggs)
         self.input = ColumnTypes([*needed, WM_COL], where=self.label, defaults=defaults)
         """The columns buffered and aggregated, in one order and with fixed types (records of one
@@ -251,13 +258,14 @@ class WindowOperator(Operator):
 
     @override
     def snapshot(self, files: SharedFiles) -> State:
-        objects = {"wm": self.wm, "time_type": self.ttype, "input_types": self.input_types}
+        objects = {"wm": self.wm, "time_type": self.ttype, "input_types": self.input_types, "seq": self.seq}
         return self._state_frames(), {**objects, "column_types": self.input.snapshot()}
 
     @override
     def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None:
         self._init_state()
         self.wm = objects["wm"]
+        self.seq = objects.get("seq", 0)
         if self.ttype is None:
             self.ttype = objects["time_type"]
         if self.ttype is not None:
@@ -311,6 +319,9 @@ class WindowOperator(Operator):
             except pl.exceptions.PolarsError as exc:
                 msg = f"{self.label}: a where= condition of {', '.join(self.described.values())} failed: {exc}"
                 raise FlowError(msg) from None
+        if self.numbered:
+            work = work.with_columns(pl.int_range(self.seq, self.seq + work.height, dtype=pl.Int64).alias(SEQ))
+            self.seq += work.height
         if work.height and self.input_types is None:
             schema = work.schema
             self._specialize({f: schema[a.column] for f, a in self.aggs.items() if a.column is not None})
