@@ -5,6 +5,14 @@ Event-time timers fire when the watermark passes them, judged per record like ev
 a timer fires before the first record whose watermark has reached it (in timestamp order, then
 registration order), so the output does not depend on batching. Processing-time timers fire
 when the flow's clock reaches them.
+
+When a bounded input ends, the watermark jumps to the end of time and every event-time timer
+left fires (as in Flink); ``on_timer`` sees ``ctx.input_ended`` and ``ctx.watermark ==
+END_WATERMARK`` then, so it can tell those timers from ones a real watermark reached.
+
+>>> from rheon.operators.process import END_WATERMARK
+>>> END_WATERMARK == 2**62
+True
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any
 import polars as pl
 from typing_extensions import override
 
-from rheon.core.batch import MIN_WM, WM_COL, Batch
+from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
 from rheon.core.deadletters import dead_letter_frame, payload_of
 from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
@@ -29,7 +37,12 @@ from rheon.state.service import KeyedService, KeyedTimers
 from rheon.state.shared import SharedFiles
 from rheon.time.clock import Clock
 
-__all__ = ["KeyedProcess", "ProcessContext"]
+__all__ = ["END_WATERMARK", "KeyedProcess", "ProcessContext"]
+
+END_WATERMARK: int = MAX_WM
+"""``ctx.watermark`` in ``on_timer`` for the timers that fire because the input ended: 2**62,
+greater than any watermark a record can make (in any time unit), like Flink's
+``Long.MAX_VALUE``. ``ctx.input_ended`` says the same as a flag."""
 
 Row = dict[str, Any]
 ProcessFn = Callable[[Row, "ProcessContext"], None]
@@ -106,7 +119,14 @@ class ProcessContext:
     timestamp
         The record's event time as it is in the record (or the timer's time in ``on_timer``).
     watermark
-        The watermark before this record, epoch ms (``None`` before the first).
+        The watermark before this record, epoch ms (``None`` before the first). In ``on_timer``
+        of an event-time timer: the watermark whose advance fired the timer (at least the
+        timer's time); :data:`END_WATERMARK` (2**62) when the timer fires because the input ended.
+        In ``on_timer`` of a processing-time timer: the watermark when it fires.
+    input_ended
+        ``True`` only in ``on_timer`` when the input has ended: a bounded source is exhausted (or
+        a draining stop ended it), the watermark jumped to the end and fires every event-time
+        timer left. A heartbeat check that alerts on silence can skip those timers.
     state
         Keyed state: ``ctx.state("n", default=0)`` (a value), ``ctx.state.list("seen")``,
         ``ctx.state.map("by_merchant")``; each takes ``ttl="1h"``.
@@ -125,9 +145,24 @@ class ProcessContext:
     >>> flow.source(rh.io.Records(rows), time="ts").key_by("card").process(count).sink(out)
     >>> flow.run(); out.rows
     [{'card': 'a', 'n': 1}, {'card': 'b', 'n': 1}, {'card': 'a', 'n': 2}]
+
+    A heartbeat check: alert when a host is silent for 5 s, but not because the input ended.
+
+    >>> def beat(record, ctx):
+    ...     ctx.timers.register_event_time(record["ts"] + 5_000)
+    >>> def silent(timestamp, ctx):
+    ...     if ctx.input_ended:
+    ...         return  # the replay is over: not a silence
+    ...     ctx.emit({"host": ctx.key, "due": timestamp, "watermark": ctx.watermark})
+    >>> rows = [{"host": "h1", "ts": 0}, {"host": "h2", "ts": 1_000}, {"host": "h2", "ts": 9_000}]
+    >>> flow = rh.Flow("beat"); alerts = rh.io.Collect()
+    >>> hosts = flow.source(rh.io.Records(rows), time="ts").key_by("host")
+    >>> hosts.process(beat, on_timer=silent).sink(alerts)
+    >>> flow.run(); alerts.rows
+    [{'host': 'h1', 'due': 5000, 'watermark': 9000}, {'host': 'h2', 'due': 6000, 'watermark': 9000}]
     """
 
-    __slots__ = ("_bound", "_op", "key", "state", "timers", "timestamp", "watermark")
+    __slots__ = ("_bound", "_op", "input_ended", "key", "state", "timers", "timestamp", "watermark")
 
     def __init__(self, op: KeyedProcess) -> None:
         self._op = op
@@ -135,6 +170,7 @@ class ProcessContext:
         self.key: Any = None
         self.timestamp: Any = None
         self.watermark: int | None = None
+        self.input_ended: bool = False
         self.state = _StateAccess(self)
         self.timers = _Timers(self)
 
@@ -228,20 +264,33 @@ class KeyedProcess(Operator):
 
     # -- timers --------------------------------------------------------------------------------
 
-    def _fire(self, timers: KeyedTimers, upto: int, domain: str) -> None:
+    def _fire(self, timers: KeyedTimers, upto: int, domain: str, watermark: int) -> None:
+        """Fire the timers due at ``upto``; ``on_timer`` sees ``watermark`` (in ticks), the
+        watermark whose advance fired them (event time) or that holds now (processing time)."""
         ctx = self.ctx
-        for at, key in timers.due(upto):
-            ctx._bind(key)
-            ctx.timestamp = self._from_ticks(at) if domain == "event" else at
-            if self.on_timer is None:
-                continue
-            try:
-                self.on_timer(ctx.timestamp, ctx)
-            except StateKindError:
-                raise  # a mistake in the code, not in one timer: stop the run
-            except Exception as exc:
-                reason = f"on_timer: {type(exc).__name__}: {exc}"
-                self._dead.append((reason, payload_of({"timer": ctx.timestamp, "key": key, "domain": domain})))
+        ended = watermark >= MAX_WM
+        fired_wm: int | None = None
+        if ended:
+            fired_wm = END_WATERMARK
+        elif watermark > MIN_WM:
+            fired_wm = watermark // (self.ttype.ticks_per_ms if self.ttype is not None else 1)
+        try:
+            for at, key in timers.due(upto):
+                ctx._bind(key)
+                ctx.timestamp = self._from_ticks(at) if domain == "event" else at
+                if self.on_timer is None:
+                    continue
+                # Set per timer: on_timer may not change what the next one sees.
+                ctx.watermark, ctx.input_ended = fired_wm, ended
+                try:
+                    self.on_timer(ctx.timestamp, ctx)
+                except StateKindError:
+                    raise  # a mistake in the code, not in one timer: stop the run
+                except Exception as exc:
+                    reason = f"on_timer: {type(exc).__name__}: {exc}"
+                    self._dead.append((reason, payload_of({"timer": ctx.timestamp, "key": key, "domain": domain})))
+        finally:
+            ctx.input_ended = False
 
     # -- running -------------------------------------------------------------------------------
 
@@ -282,7 +331,7 @@ class KeyedProcess(Operator):
                 self._records(frame)
             if batch.watermark > self.forwarded:
                 self._current_wm = self.forwarded
-                self._fire(self.keyed.event_timers, batch.watermark, "event")
+                self._fire(self.keyed.event_timers, batch.watermark, "event", batch.watermark)
                 self.forwarded = batch.watermark
             self.keyed.end_batch()
         return self._outputs(batch)
@@ -298,7 +347,7 @@ class KeyedProcess(Operator):
             due = timers.next_time()
             if due is not None and due <= wm:
                 self._current_wm = self.forwarded
-                self._fire(timers, wm, "event")
+                self._fire(timers, wm, "event", wm)
             self.forwarded = max(self.forwarded, wm)
             self._current_wm = wm
             try:
@@ -326,7 +375,7 @@ class KeyedProcess(Operator):
             return []
         with no_gc():
             self._current_wm = self.forwarded
-            self._fire(self.keyed.processing_timers, now_ms, "processing")
+            self._fire(self.keyed.processing_timers, now_ms, "processing", self.forwarded)
             self.keyed.end_batch()
         return self._outputs(like)
 

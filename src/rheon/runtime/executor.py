@@ -108,6 +108,8 @@ class Executor:
         self.unhandled: deque[dict[str, Any]] = deque(maxlen=_KEEP_DEAD)
         self.dead_total = 0
         self.late_total = 0
+        self.dropped_late: dict[int, int] = {}
+        """Late rows per operator (by index) that no ``.late()`` consumer took: logged, counted."""
         self.sources: list[_SourceTask] = []
         self.ops: list[Operator] = []
         self.op_stats: list[OperatorStats] = []
@@ -201,9 +203,40 @@ class Executor:
             if tag == LATE:
                 stats.late_rows += out.frame.height
                 self.late_total += out.frame.height
+                if out.frame.height and (tail_id, LATE) not in self.plan.routes:
+                    self._drop_late(index, out.frame.height)
+                    continue
             else:
                 stats.rows_out += out.frame.height
             self._push(tail_id, tag, out)
+
+    def _drop_late(self, index: int, rows: int) -> None:
+        """Late rows of an operator whose ``.late()`` nobody consumes: never dropped silently.
+
+        The first ones of each operator are logged at once; the total is logged when the run
+        ends (:meth:`_log_dropped_late`), so a big batch of late rows makes two lines, not one
+        per row.
+        """
+        before = self.dropped_late.get(index, 0)
+        self.dropped_late[index] = before + rows
+        if before == 0:
+            log.warning(
+                "late_rows operator=%s rows=%d dropped: nothing consumes its .late() (consume stream.late() "
+                "to keep them; the total is logged when the run ends)",
+                self.plan.groups[index].label,
+                rows,
+            )
+
+    def _log_dropped_late(self) -> None:
+        """Log, per operator, how many late rows went unconsumed during the run."""
+        for index, rows in self.dropped_late.items():
+            log.warning(
+                "late_rows operator=%s total=%d late row%s dropped: nothing consumed its .late() "
+                "(consume stream.late() to keep them)",
+                self.plan.groups[index].label,
+                rows,
+                "" if rows == 1 else "s",
+            )
 
     def _tick(self, now_ns: int) -> None:
         """Let operators that depend on processing time (timers) act on it."""
@@ -541,6 +574,7 @@ class Executor:
         finally:
             self.running = False
             self.finished_ns = self.clock.now_ns()
+            self._log_dropped_late()
             self._close()
         return self.stats()
 
