@@ -20,7 +20,7 @@ def test_examples_print_what_the_page_says():
 
 AGGREGATIONS = [
     "count", "sum", "min", "max", "mean", "count_distinct", "quantile", "median", "var", "std",
-    "first", "last", "arg_max", "arg_min", "collect",
+    "first", "last", "arg_max", "arg_min", "collect", "approx_count_distinct", "approx_quantile",
 ]  # fmt: skip
 
 
@@ -34,7 +34,13 @@ def test_every_aggregation_is_in_the_table(name):
     assert f"`rh.{name}(" in TEXT
 
 
-@pytest.mark.parametrize("name", ["quantile", "median", "var", "std", "first", "last", "arg_max", "arg_min", "collect"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "quantile", "median", "var", "std", "first", "last", "arg_max", "arg_min", "collect",
+        "approx_count_distinct", "approx_quantile",
+    ],
+)  # fmt: skip
 def test_every_new_aggregation_has_a_checked_example(name):
     code = "\n".join(code for _, code in python_blocks(TEXT))
     assert f"rh.{name}(" in code

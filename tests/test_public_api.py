@@ -10,7 +10,7 @@ import rheon.testing
 
 EXPECTED_RHEON = [
     "CheckpointError", "Flow", "FlowError", "KeyedStream", "MatchStream", "RecordError", "RheonError", "RunStats", "SinkError", "SourceError",
-    "Stream", "WindowedStream", "__version__", "arg_max", "arg_min", "col", "collect", "configure_logging", "count",
+    "Stream", "WindowedStream", "__version__", "approx_count_distinct", "approx_quantile", "arg_max", "arg_min", "col", "collect", "configure_logging", "count",
     "count_distinct", "first", "io", "last", "lit",
     "max", "mean", "median", "min", "quantile", "session", "sliding", "std", "sum", "tumbling", "var",
 ]  # fmt: skip

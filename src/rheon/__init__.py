@@ -19,6 +19,8 @@ from polars import col, lit
 
 from rheon import io
 from rheon.api.aggregations import (
+    approx_count_distinct,
+    approx_quantile,
     arg_max,
     arg_min,
     collect,
@@ -61,6 +63,8 @@ __all__ = [
     "Stream",
     "WindowedStream",
     "__version__",
+    "approx_count_distinct",
+    "approx_quantile",
     "arg_max",
     "arg_min",
     "col",

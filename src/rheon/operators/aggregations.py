@@ -17,6 +17,7 @@ Nulls are ignored like SQL: ``sum``/``min``/``max``/``mean`` of no non-null valu
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
@@ -722,3 +723,157 @@ class Collect(_Ordered):
     @override
     def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
         return None if dtype is None else pl.List(dtype)
+
+
+@dataclass(frozen=True, repr=False)
+class _Sketch(Aggregation):
+    """A mergeable sketch kept as a list of ``{k, v}`` entries per group: each row gives one
+    entry (a bucket ``k`` and a value ``v``, or none when null); entries with the same bucket
+    are reduced to one (the largest ``v``, or their sum) after every grouping, so a partial
+    holds at most one entry per bucket, and merging two is concatenating and reducing."""
+
+    summed: ClassVar[bool] = False
+
+    @abstractmethod
+    def entry(self, x: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+        """The bucket (Int64) and value (Int64) of each value ``x`` (null buckets are skipped)."""
+
+    def _entries(self, p: str) -> pl.Expr:
+        entry = pl.struct(pl.col(p + "_k").alias("k"), pl.col(p + "_v").alias("v"))
+        return entry.filter(pl.col(p + "_k").is_not_null()).alias(p)
+
+    def _reduce(self, p: str) -> Post:
+        def reduce(frame: pl.DataFrame) -> pl.DataFrame:
+            rows = frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("__row"), pl.col(p))
+            flat = rows.explode(p).unnest(p).drop_nulls("k")
+            v = pl.col("v").sum() if self.summed else pl.col("v").max()
+            per_bucket = flat.group_by("__row", "k").agg(v)
+            lists = per_bucket.group_by("__row").agg(pl.struct("k", "v").alias(p))
+            every = rows.select("__row").join(lists, on="__row", how="left", maintain_order="left")
+            reduced = every.get_column(p)
+            return frame.with_columns(reduced.fill_null(pl.lit([], dtype=reduced.dtype)).alias(p))
+
+        return reduce
+
+    @override
+    def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
+        x = pl.col(self.column or "")
+        k, v = self.entry(x)
+        frame = frame.with_columns(
+            pl.when(x.is_not_null()).then(k).cast(pl.Int64).alias(p + "_k"), v.cast(pl.Int64).alias(p + "_v")
+        )
+        return frame, [self._entries(p)], self._reduce(p)
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        return [self._entries(p)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)]
+
+    @override
+    def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
+        return self.merges(p), self._reduce(p)
+
+
+HLL_PRECISION = 14
+"""HyperLogLog registers: 2**14, a relative standard error of 1.04 / sqrt(2**14) ≈ 0.81 %."""
+
+
+@dataclass(frozen=True, repr=False)
+class ApproxCountDistinct(_Sketch):
+    """HyperLogLog: each value's 64-bit hash picks one of ``2**14`` registers (its top bits) and
+    a rank (one more than the leading zeros of the rest); a register keeps its largest rank.
+    The estimate is HyperLogLog's harmonic mean, with linear counting for small counts."""
+
+    fn_name = "approx_count_distinct"
+
+    @override
+    def entry(self, x: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+        h = x.hash(seed=0x5EED)
+        rest = 64 - HLL_PRECISION
+        register = h // (1 << rest)
+        rank = (h % (1 << rest)).bitwise_leading_zeros().cast(pl.Int64) - HLL_PRECISION + 1
+        return register, rank
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        m = float(1 << HLL_PRECISION)
+        alpha = 0.7213 / (1 + 1.079 / m)
+        e = pl.element()
+        used = pl.col(p).list.len().cast(pl.Float64)
+        # sorted: the float sum has one order whatever order the entries were merged in
+        terms = pl.lit(2.0) ** -e.struct.field("v").cast(pl.Float64).sort()
+        harmonic = pl.col(p).list.eval(terms.sum()).list.first()
+        raw = alpha * m * m / (harmonic.fill_null(0.0) + (m - used))
+        empty = m - used
+        small = (raw <= 2.5 * m) & (empty > 0)
+        estimate = pl.when(small).then(m * (m / empty).log()).otherwise(raw)
+        return pl.when(used == 0).then(0).otherwise(estimate.round(0)).cast(pl.Int64)
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        return pl.Int64()
+
+
+@dataclass(frozen=True, repr=False)
+class ApproxQuantile(_Sketch):
+    """DDSketch: each value falls in a logarithmic bucket ``ceil(log(|x|) / log(gamma))`` with
+    ``gamma = (1 + e) / (1 - e)``, ``e`` the relative error; a bucket keeps its count. The
+    quantile is the centre of the bucket holding the value of rank ``floor(q * (n - 1))``, within
+    relative error ``e`` of that value. Infinities and NaN are left out, as nulls are."""
+
+    q: float = 0.5
+    relative_error: float = 0.01
+
+    fn_name = "approx_quantile"
+    default_input = pl.Float64()
+    summed = True
+    OFFSET: ClassVar[int] = 1 << 40  # |bucket| < 2**40 for every finite float at e >= 1e-9
+
+    @property
+    def gamma(self) -> float:
+        return (1 + self.relative_error) / (1 - self.relative_error)
+
+    @override
+    def entry(self, x: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+        # one sortable code: negative values below zero below positive ones, by magnitude
+        magnitude = x.cast(pl.Float64).abs()
+        bucket = (magnitude.log() / math.log(self.gamma)).ceil().cast(pl.Int64) + self.OFFSET
+        code = pl.when(magnitude == 0).then(0).when(x < 0).then(-bucket).otherwise(bucket)
+        return pl.when(x.cast(pl.Float64).is_finite()).then(code), pl.lit(1)
+
+    @override
+    def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
+        """The chosen bucket of each window (Polars), turned into a value in Python, one power
+        per distinct bucket: computed the same way whatever else is in the frame (a vectorized
+        power may round differently in the last bit depending on the column's length)."""
+        e = pl.element()
+        k, count = e.struct.field("k"), e.struct.field("v")
+        rank = (pl.lit(self.q) * (count.sum() - 1).cast(pl.Float64)).floor()
+        chosen = k.sort().filter(count.sort_by(k).cum_sum().cast(pl.Float64) > rank).first()
+        codes = merged.select(pl.col(p).list.eval(chosen).list.first()).to_series()
+        gamma = self.gamma
+        distinct = codes.drop_nulls().unique().to_list()  # few: one per bucket chosen
+        centres = [
+            0.0 if c == 0 else math.copysign(2 * gamma ** (abs(c) - self.OFFSET) / (gamma + 1), c) for c in distinct
+        ]
+        values = codes.replace_strict(distinct, centres, default=None, return_dtype=pl.Float64)
+        return merged.with_columns(values.alias(p + "_value"))
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.col(p + "_value")
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        return pl.Float64()
+
+    @override
+    def _check_type(self, where: str, field_name: str, dtype: pl.DataType) -> None:
+        _numeric(self, where, field_name, dtype)
+
+    @override
+    def _args(self) -> list[str]:
+        return [*super()._args(), repr(self.q), f"relative_error={self.relative_error!r}"]
