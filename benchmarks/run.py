@@ -63,6 +63,18 @@ WORKLOADS["Q2A"] = (
         .agg(n=rh.count(), total=rh.sum("value"), lo=rh.min("value"), hi=rh.max("value"), avg=rh.mean("value"))
     ),
 )
+WORKLOADS["Q2Q"] = (
+    "Q2 with an exact quantile (p95)",
+    lambda s: s.key_by("key").window(rh.tumbling("1s")).agg(n=rh.count(), p95=rh.quantile("value", 0.95)),
+)
+WORKLOADS["Q2AQ"] = (
+    "Q2 with an approximate quantile (DDSketch p95)",
+    lambda s: s.key_by("key").window(rh.tumbling("1s")).agg(n=rh.count(), p95=rh.approx_quantile("value", 0.95)),
+)
+WORKLOADS["Q2HLL"] = (
+    "Q2 with approx_count_distinct (HyperLogLog)",
+    lambda s: s.key_by("key").window(rh.tumbling("1s")).agg(n=rh.count(), d=rh.approx_count_distinct("value")),
+)
 WORKLOADS["Q2C"] = ("Q2 with a checkpoint every second", WORKLOADS["Q2"][1])
 WORKLOADS["Q2C100"] = ("Q2 with a checkpoint every 100 ms", WORKLOADS["Q2"][1])
 CHECKPOINT_EVERY = {"Q2C": "1s", "Q2C100": "100ms"}
