@@ -68,11 +68,12 @@ def _events(n: int, seed: int) -> list[dict]:
 
 @pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
 def test_new_aggregates_match_the_reference(window, batch_size):
-    rows = _events(250, seed=17)
+    rows = _events(160, seed=17)
     expected = reference(rows, keys=["k"], time="ts", window=window, aggs=AGGS, max_delay=30, lateness=20)
     got = run_engine(rows, keys=["k"], window=window, aggs=AGGS, max_delay=30, lateness=20, batch_size=batch_size)
-    assert len(expected[0]) > 20
-    assert any(r["views"] and r["bsum"] is not None and r["cmax"] is not None for r in expected[0])
+    assert len(expected[0]) > 15
+    for name in ("views", "bsum", "cmax", "top", "path"):
+        assert any(r[name] for r in expected[0]), f"no window has {name}: the data checks less than it claims"
     assert_rows_equal(got[0], expected[0], rel_tol=1e-9)
     assert got[1] == expected[1]
 
@@ -96,9 +97,10 @@ def test_rows_at_the_same_time_are_taken_in_arrival_order(window, batch_size):
     assert got == expected
 
 
+@pytest.mark.parametrize("n", [120, pytest.param(600, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
-def test_new_aggregates_give_the_same_bits_at_any_batch_size(window):
-    rows = _events(300, seed=5)
+def test_new_aggregates_give_the_same_bits_at_any_batch_size(window, n):
+    rows = _events(n, seed=5)
     outputs = [
         run_engine(rows, keys=["k"], window=window, aggs=AGGS, max_delay=30, lateness=20, batch_size=b)
         for b in (13, 1000)  # the reference test above runs batches of 1

@@ -61,8 +61,9 @@ def test_small_counts_are_exact_or_nearly():
     assert [(r["k"], r["users"]) for r in out] == [(1, 50), (2, 0)]
 
 
+@pytest.mark.parametrize("n", [600, pytest.param(3000, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("window", [rh.tumbling("100ms"), rh.sliding("300ms", every="100ms"), rh.session(gap="20ms")])
-def test_sketches_give_the_same_result_at_any_batching(window):
+def test_sketches_give_the_same_result_at_any_batching(window, n):
     rnd = random.Random(4)
     rows = [
         {
@@ -72,7 +73,7 @@ def test_sketches_give_the_same_result_at_any_batching(window):
             "x": rnd.lognormvariate(0, 2) * rnd.choice([1, 1, -1]) if rnd.random() > 0.05 else None,
             "ok": rnd.random() < 0.7,
         }
-        for i in range(1500)
+        for i in range(n)
     ]
     aggs = {
         "users": rh.approx_count_distinct("u"),
