@@ -30,6 +30,7 @@ from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.operators import exactsum
 from rheon.operators.dense import DenseGroups, numpy_integer
 from rheon.operators.exactsum import Post
+from rheon.operators.packed import Packing
 
 __all__ = ["Aggregation", "Count", "CountDistinct", "FloatMean", "FloatSum", "Max", "Mean", "Min", "Sum"]
 
@@ -729,8 +730,9 @@ class Collect(_Ordered):
 class _Sketch(Aggregation):
     """A mergeable sketch kept as a list of ``{k, v}`` entries per group: each row gives one
     entry (a bucket ``k`` and a value ``v``, or none when null); entries with the same bucket
-    are reduced to one (the largest ``v``, or their sum) after every grouping, so a partial
-    holds at most one entry per bucket, and merging two is concatenating and reducing."""
+    are reduced to one (the largest ``v``, or their sum) after a grouping that leaves a long
+    list, and before a window's result is computed, so a list holds at most one entry per
+    bucket or a few short of it, and merging two is concatenating and reducing."""
 
     summed: ClassVar[bool] = False
 
@@ -742,18 +744,61 @@ class _Sketch(Aggregation):
         entry = pl.struct(pl.col(p + "_k").alias("k"), pl.col(p + "_v").alias("v"))
         return entry.filter(pl.col(p + "_k").is_not_null()).alias(p)
 
-    def _reduce(self, p: str) -> Post:
+    SHORT: ClassVar[int] = 64
+    """Lists up to this long may keep repeated buckets until they grow or their window fires:
+    reducing a batch of small groups costs more than carrying a few repeats."""
+
+    def _reduce(self, p: str, *, always: bool = False) -> Post:
+        """The step that leaves one entry per bucket in each row's list (unless every list is
+        short): the entries of all rows sorted by (row, bucket, value) in one sort, runs of one
+        bucket reduced with NumPy."""
+
         def reduce(frame: pl.DataFrame) -> pl.DataFrame:
-            rows = frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("__row"), pl.col(p))
-            flat = rows.explode(p).unnest(p).drop_nulls("k")
-            v = pl.col("v").sum() if self.summed else pl.col("v").max()
-            per_bucket = flat.group_by("__row", "k").agg(v)
-            lists = per_bucket.group_by("__row").agg(pl.struct("k", "v").alias(p))
-            every = rows.select("__row").join(lists, on="__row", how="left", maintain_order="left")
-            reduced = every.get_column(p)
-            return frame.with_columns(reduced.fill_null(pl.lit([], dtype=reduced.dtype)).alias(p))
+            lists = frame.get_column(p)
+            lens = lists.list.len().to_numpy()
+            if not always and (not len(lens) or lens.max() <= self.SHORT):
+                return frame
+            flat = frame.select(pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)).to_series()
+            if not len(flat):
+                return frame
+            row = np.repeat(np.arange(len(lists), dtype=np.int64), lens)
+            entries = pl.DataFrame([pl.Series("__row", row), flat.struct.field("k"), flat.struct.field("v")])
+            columns = ["__row", "k"] if self.summed else ["__row", "k", "v"]
+            packing = Packing.of(entries, columns)
+            entries = entries.sort(packing.expr() if packing is not None else columns)
+            rows, ks = entries.get_column("__row").to_numpy(), entries.get_column("k").to_numpy()
+            first = np.empty(len(rows), dtype=bool)
+            first[0] = True
+            np.not_equal(rows[1:], rows[:-1], out=first[1:])
+            first[1:] |= ks[1:] != ks[:-1]
+            starts = np.flatnonzero(first)
+            if self.summed:
+                values = np.add.reduceat(entries.get_column("v").to_numpy(), starts)
+            else:  # sorted by value too: a run's last entry holds its largest
+                values = entries.get_column("v").to_numpy()[np.append(starts[1:], len(rows)) - 1]
+            kept = pl.DataFrame(
+                [pl.Series("__row", rows[starts]), pl.Series("k", ks[starts]), pl.Series("v", values, dtype=pl.Int64)]
+            )
+            per_row = kept.group_by("__row", maintain_order=True).agg(pl.struct("k", "v").alias(p))
+            if per_row.height == frame.height:  # every row has entries (the usual case)
+                return frame.with_columns(per_row.get_column(p))
+            every = pl.DataFrame({"__row": np.arange(frame.height, dtype=np.int64)})
+            reduced = every.join(per_row, on="__row", how="left", maintain_order="left").get_column(p)
+            return frame.with_columns(reduced.fill_null(pl.lit([], dtype=reduced.dtype)))
 
         return reduce
+
+    @staticmethod
+    def _entries_of(frame: pl.DataFrame, p: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each row's number of entries, and all entries' buckets and values (row by row, each
+        row's in bucket order, as the reduce step leaves them)."""
+        lens = frame.get_column(p).list.len().to_numpy().astype(np.int64)
+        flat = frame.select(pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)).to_series()
+        return lens, flat.struct.field("k").to_numpy(), flat.struct.field("v").to_numpy()
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.col(p + "_value")
 
     @override
     def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
@@ -798,19 +843,25 @@ class ApproxCountDistinct(_Sketch):
         return register, rank
 
     @override
-    def final(self, p: str) -> pl.Expr:
+    def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
+        """The estimate of each window, from its registers, in NumPy: one pass over all
+        windows' entries (each a power of two, summed in register order: the same bits however
+        the entries were merged)."""
         m = float(1 << HLL_PRECISION)
         alpha = 0.7213 / (1 + 1.079 / m)
-        e = pl.element()
-        used = pl.col(p).list.len().cast(pl.Float64)
-        # sorted: the float sum has one order whatever order the entries were merged in
-        terms = pl.lit(2.0) ** -e.struct.field("v").cast(pl.Float64).sort()
-        harmonic = pl.col(p).list.eval(terms.sum()).list.first()
-        raw = alpha * m * m / (harmonic.fill_null(0.0) + (m - used))
-        empty = m - used
-        small = (raw <= 2.5 * m) & (empty > 0)
-        estimate = pl.when(small).then(m * (m / empty).log()).otherwise(raw)
-        return pl.when(used == 0).then(0).otherwise(estimate.round(0)).cast(pl.Int64)
+        lens, _, ranks = self._entries_of(self._reduce(p, always=True)(merged), p)
+        harmonic = np.zeros(len(lens))
+        filled = lens > 0
+        if filled.any():
+            starts = (np.cumsum(lens) - lens)[filled]
+            harmonic[filled] = np.add.reduceat(np.ldexp(1.0, -ranks), starts)
+        empty = m - lens
+        raw = alpha * m * m / (harmonic + empty)
+        with np.errstate(divide="ignore"):
+            linear = m * np.log(m / empty)
+        estimate = np.where((raw <= 2.5 * m) & (empty > 0), linear, raw)
+        values = np.where(filled, np.rint(estimate), 0).astype(np.int64)
+        return merged.with_columns(pl.Series(p + "_value", values, dtype=pl.Int64))
 
     @override
     def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
@@ -846,25 +897,27 @@ class ApproxQuantile(_Sketch):
 
     @override
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
-        """The chosen bucket of each window (Polars), turned into a value in Python, one power
-        per distinct bucket: computed the same way whatever else is in the frame (a vectorized
-        power may round differently in the last bit depending on the column's length)."""
-        e = pl.element()
-        k, count = e.struct.field("k"), e.struct.field("v")
-        rank = (pl.lit(self.q) * (count.sum() - 1).cast(pl.Float64)).floor()
-        chosen = k.sort().filter(count.sort_by(k).cum_sum().cast(pl.Float64) > rank).first()
-        codes = merged.select(pl.col(p).list.eval(chosen).list.first()).to_series()
-        gamma = self.gamma
-        distinct = codes.drop_nulls().unique().to_list()  # few: one per bucket chosen
-        centres = [
-            0.0 if c == 0 else math.copysign(2 * gamma ** (abs(c) - self.OFFSET) / (gamma + 1), c) for c in distinct
-        ]
-        values = codes.replace_strict(distinct, centres, default=None, return_dtype=pl.Float64)
-        return merged.with_columns(values.alias(p + "_value"))
-
-    @override
-    def final(self, p: str) -> pl.Expr:
-        return pl.col(p + "_value")
+        """Each window's bucket of rank ``floor(q * (n - 1))``, found in NumPy over all windows'
+        entries at once (cumulative counts, in bucket order within each window), then turned
+        into a value with one power per distinct bucket in Python (a vectorized power may round
+        differently in the last bit depending on the array's length)."""
+        lens, codes, counts = self._entries_of(self._reduce(p, always=True)(merged), p)
+        values = np.full(len(lens), np.nan)
+        filled = lens > 0
+        if filled.any():
+            cum = np.concatenate([[0], np.cumsum(counts)])
+            ends = np.cumsum(lens)
+            base, totals = cum[ends - lens], cum[ends] - cum[ends - lens]
+            rank = np.floor(self.q * (totals - 1).astype(np.float64)).astype(np.int64)
+            at = np.searchsorted(cum[1:], base + rank, side="right")
+            chosen = codes[np.minimum(at, len(codes) - 1)][filled]
+            gamma = self.gamma
+            centres = {
+                c: 0.0 if c == 0 else math.copysign(2 * gamma ** (abs(c) - self.OFFSET) / (gamma + 1), c)
+                for c in np.unique(chosen).tolist()
+            }
+            values[filled] = [centres[c] for c in chosen.tolist()]
+        return merged.with_columns(pl.Series(p + "_value", values, dtype=pl.Float64).fill_nan(None))
 
     @override
     def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
