@@ -19,6 +19,8 @@ from polars import col, lit
 
 from rheon import io
 from rheon.api.aggregations import (
+    Aggregate,
+    agg_fn,
     approx_count_distinct,
     approx_quantile,
     arg_max,
@@ -50,6 +52,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "Aggregate",
     "CheckpointError",
     "Flow",
     "FlowError",
@@ -63,6 +66,7 @@ __all__ = [
     "Stream",
     "WindowedStream",
     "__version__",
+    "agg_fn",
     "approx_count_distinct",
     "approx_quantile",
     "arg_max",

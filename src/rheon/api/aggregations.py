@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import polars as pl
 
 from rheon.core.errors import FlowError
 from rheon.operators.aggregations import (
+    AggFn,
     ApproxCountDistinct,
     ApproxQuantile,
     ArgMax,
@@ -24,10 +26,13 @@ from rheon.operators.aggregations import (
     Quantile,
     Std,
     Sum,
+    UserDefined,
     Var,
 )
 
 __all__ = [
+    "Aggregate",
+    "agg_fn",
     "approx_count_distinct",
     "approx_quantile",
     "arg_max",
@@ -419,3 +424,109 @@ def approx_quantile(
         float(relative_error),
         where=where,
     )
+
+
+class Aggregate:
+    """Base class for an aggregation of your own, run as the built-ins are: vectorized with
+    Polars expressions over a batch's rows, kept per pane as partial columns, merged, finished
+    when the window fires, and checkpointed.
+
+    A subclass passes the columns it reads to ``__init__`` and defines three methods; each gets
+    ``col``, a function giving the expression of a column by name:
+
+    * ``add(col)``: the partial columns, as ``{name: aggregation}`` over one group's rows
+      (``col`` reads the input columns);
+    * ``merge(col)``: the same names, as aggregations combining partial rows of one group
+      (``col`` reads the partial columns);
+    * ``finish(col)``: the result, an expression of the merged partial columns.
+
+    A partial must be mergeable (sums, counts, minima, lists...): a window's result is then the
+    same whatever the batching. Set ``dtype`` (a class attribute) to give the result type
+    before the flow runs. ``where=`` works as for the built-ins (the inputs read as null where
+    it is false). :meth:`__repr__` names the aggregation in errors and in checkpoints: a changed
+    one is refused on restore.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import rheon as rh
+    >>> class WeightedMean(rh.Aggregate):
+    ...     dtype = pl.Float64()
+    ...     def __init__(self, value, weight, *, where=None):
+    ...         super().__init__(value, weight, where=where)
+    ...         self.value, self.weight = value, weight
+    ...     def add(self, col):
+    ...         return {"total": (col(self.value) * col(self.weight)).sum(), "weight": col(self.weight).sum()}
+    ...     def merge(self, col):
+    ...         return {"total": col("total").sum(), "weight": col("weight").sum()}
+    ...     def finish(self, col):
+    ...         return col("total") / col("weight")
+    >>> rows = [{"sym": "X", "ts": t, "price": p, "qty": q} for t, (p, q) in enumerate([(10.0, 1), (13.0, 3)])]
+    >>> flow = rh.Flow("vwap"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("sym").window(rh.tumbling("1s")).agg(
+    ...     vwap=WeightedMean("price", "qty")).sink(out)
+    >>> flow.run(); out.rows[0]["vwap"]
+    12.25
+    """
+
+    dtype: pl.DataType | None = None
+    """The result's type, if known before the flow runs."""
+
+    def __init__(self, *inputs: str, where: pl.Expr | None = None) -> None:
+        if not inputs or not all(isinstance(c, str) and c for c in inputs):
+            msg = f"{type(self).__name__}: pass the input column names to Aggregate.__init__ (got {inputs!r})"
+            raise FlowError(msg)
+        self.inputs: tuple[str, ...] = tuple(inputs)
+        self.where = where
+
+    def add(self, col: Callable[[str], pl.Expr]) -> Mapping[str, pl.Expr]:
+        """The partial columns over one group's rows: ``{name: aggregation}``."""
+        msg = f"{type(self).__name__} must define add(col)"
+        raise NotImplementedError(msg)
+
+    def merge(self, col: Callable[[str], pl.Expr]) -> Mapping[str, pl.Expr]:
+        """The partial columns combined over one group's partial rows (same names as add)."""
+        msg = f"{type(self).__name__} must define merge(col)"
+        raise NotImplementedError(msg)
+
+    def finish(self, col: Callable[[str], pl.Expr]) -> pl.Expr:
+        """The result from merged partial columns."""
+        msg = f"{type(self).__name__} must define finish(col)"
+        raise NotImplementedError(msg)
+
+    def __repr__(self) -> str:
+        settings = [
+            f"{k}={v!r}"
+            for k, v in sorted(vars(self).items())
+            if k not in ("inputs", "where") and " at 0x" not in repr(v)
+        ]
+        return f"{type(self).__name__}({', '.join([*map(repr, self.inputs), *settings])})"
+
+    def as_aggregation(self) -> UserDefined:
+        """What a window runs (see :class:`rheon.operators.aggregations.UserDefined`)."""
+        return UserDefined(None, where=self.where, user=self)
+
+
+def agg_fn(
+    fn: Callable[[list[Any]], Any], column: str, *, dtype: pl.DataType | None = None, where: pl.Expr | None = None
+) -> AggFn:
+    """A plain Python function over the list of a window's non-null values of a column: the
+    easy, slow path (each pane keeps its values; ``fn`` runs once per window result). A call
+    that raises gives a null result and a dead letter naming the function. Give ``dtype`` when
+    the results' type matters or may vary.
+
+    Examples
+    --------
+    >>> import statistics
+    >>> import rheon as rh
+    >>> rows = [{"k": 1, "ts": t, "v": v} for t, v in enumerate([3, 1, 4, 1, 5])]
+    >>> flow = rh.Flow("f"); out = rh.io.Collect()
+    >>> flow.source(rh.io.Records(rows), time="ts").key_by("k").window(rh.tumbling("1s")).agg(
+    ...     mode=rh.agg_fn(statistics.mode, "v"), kinds=rh.agg_fn(lambda vs: len(set(vs)), "v")).sink(out)
+    >>> flow.run(); out.rows[0]["mode"], out.rows[0]["kinds"]
+    (1, 4)
+    """
+    if not callable(fn):
+        msg = f"rh.agg_fn: expected a function of a list of values (got {fn!r}). Try rh.agg_fn(statistics.mode, 'v')."
+        raise FlowError(msg)
+    return AggFn(_column("agg_fn", column), fn=fn, dtype=dtype, where=where)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from rheon.api._schema import infer
+from rheon.api.aggregations import Aggregate
 from rheon.api.joins import LatestByKey, keyed_join, lookup_join
 from rheon.api.matching import match_node
 from rheon.cep.pattern import Pattern
@@ -818,7 +819,7 @@ class WindowedStream:
     def __repr__(self) -> str:
         return f"<WindowedStream {self.assigner!r} by {self.keys}>"
 
-    def agg(self, **aggs: Aggregation) -> Stream:
+    def agg(self, **aggs: Aggregation | Aggregate) -> Stream:
         """Aggregate each window: ``agg(n=rh.count(), total=rh.sum("amount"))``.
 
         Output rows are the key column(s), ``window_start``, ``window_end``, then the
@@ -843,7 +844,10 @@ class WindowedStream:
             msg = f"{where}: agg() needs at least one aggregation, e.g. .agg(n=rh.count())"
             raise FlowError(msg)
         reserved = {*self.keys, "window_start", "window_end"}
-        for field_name, agg in aggs.items():
+        runs: dict[str, Aggregation] = {
+            name: agg.as_aggregation() if isinstance(agg, Aggregate) else agg for name, agg in aggs.items()
+        }
+        for field_name, agg in runs.items():
             if not isinstance(agg, Aggregation):
                 msg = f"{where}: aggregation '{field_name}' must be rh.count(), rh.sum(col), ... (got {agg!r})"
                 raise FlowError(msg)
@@ -861,7 +865,7 @@ class WindowedStream:
             fields: dict[str, pl.DataType] = {k: in_schema[k] for k in keys}
             fields["window_start"] = time_type.dtype
             fields["window_end"] = time_type.dtype
-            for field_name, agg in aggs.items():
+            for field_name, agg in runs.items():
                 dtype = agg.result_dtype(in_schema[agg.column] if agg.column else None)
                 if dtype is None:
                     fields = {}
@@ -871,7 +875,7 @@ class WindowedStream:
 
         def make(ctx: object) -> PaneWindowOperator | SessionWindowOperator:
             kind = SessionWindowOperator if isinstance(assigner, Session) else PaneWindowOperator
-            return kind(op_name, keys, time, aggs, lateness, assigner, time_type)
+            return kind(op_name, keys, time, runs, lateness, assigner, time_type)
 
         node = Node(
             "window",

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import polars as pl
 from typing_extensions import override
 
+from rheon.core.deadletters import payload_of
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.operators import exactsum
 from rheon.operators.dense import DenseGroups, numpy_integer
@@ -65,20 +67,25 @@ class Aggregation(ABC):
             names += [c for c in self.where.meta.root_names() if c not in names]
         return names
 
-    def masked(self, helper: str) -> tuple[pl.Expr, Aggregation]:
+    def masked(self, helper: str) -> tuple[list[pl.Expr], Aggregation]:
         """For ``where=``: a column ``helper`` holding the input where ``where`` is true and
         null elsewhere (every aggregation ignores nulls; ``count()`` counts it), and this
         aggregation reading ``helper`` instead.
 
         >>> agg = Sum("v", where=pl.col("ok"))
-        >>> expr, plain = agg.masked("__h")
+        >>> (expr,), plain = agg.masked("__h")
         >>> frame = pl.DataFrame({"v": [1, 2, 3], "ok": [True, False, None]})
         >>> frame.select(expr).to_series().to_list(), plain
         ([1, None, None], rh.sum('__h'))
         """
         assert self.where is not None
         value = pl.col(self.column) if self.column else pl.lit(True)
-        return pl.when(self.where).then(value).alias(helper), replace(self, column=helper, where=None)
+        return [pl.when(self.where).then(value).alias(helper)], replace(self, column=helper, where=None)
+
+    def take_errors(self) -> list[tuple[str, str]]:
+        """Failures since the last call, as ``(reason, payload)`` for dead letters (only
+        aggregations that run user code have any)."""
+        return []
 
     def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
         """How to compute :meth:`partials` over a frame of raw records: the frame with any helper
@@ -672,10 +679,10 @@ class ArgMax(_Ordered):
         return [*names, self.by] if self.by not in names else names
 
     @override
-    def masked(self, helper: str) -> tuple[pl.Expr, Aggregation]:
+    def masked(self, helper: str) -> tuple[list[pl.Expr], Aggregation]:
         """For ``where=``: rows where it does not hold get a null ``by``, so they are left out."""
         assert self.where is not None
-        return pl.when(self.where).then(pl.col(self.by)).alias(helper), replace(self, by=helper, where=None)
+        return [pl.when(self.where).then(pl.col(self.by)).alias(helper)], replace(self, by=helper, where=None)
 
     @override
     def check(self, where: str, field_name: str, schema: pl.Schema | None) -> None:
@@ -930,3 +937,163 @@ class ApproxQuantile(_Sketch):
     @override
     def _args(self) -> list[str]:
         return [*super()._args(), repr(self.q), f"relative_error={self.relative_error!r}"]
+
+
+class UserAggregate(Protocol):
+    """What :class:`rheon.Aggregate` provides (see there)."""
+
+    inputs: tuple[str, ...]
+    dtype: pl.DataType | None
+
+    def add(self, col: Callable[[str], pl.Expr]) -> Mapping[str, pl.Expr]: ...
+    def merge(self, col: Callable[[str], pl.Expr]) -> Mapping[str, pl.Expr]: ...
+    def finish(self, col: Callable[[str], pl.Expr]) -> pl.Expr: ...
+
+
+@dataclass(frozen=True, repr=False)
+class UserDefined(Aggregation):
+    """A user's :class:`rheon.Aggregate` run as the built-ins are: its ``add`` expressions over
+    a group's rows give partial columns (named ``p_<name>``), ``merge`` combines partial rows,
+    ``finish`` gives the result."""
+
+    user: Any = None
+    reads: tuple[tuple[str, str], ...] = ()
+    """Input column -> the column read instead (``where=`` helpers)."""
+
+    def _input(self, name: str) -> pl.Expr:
+        if name not in self.user.inputs:
+            msg = f"{self!r}: add() reads column {name!r}, which is not in its inputs {tuple(self.user.inputs)!r}"
+            raise FlowError(msg)
+        return pl.col(dict(self.reads).get(name, name))
+
+    def _named(self, exprs: Mapping[str, pl.Expr], p: str, method: str) -> list[pl.Expr]:
+        if not isinstance(exprs, Mapping) or not exprs or not all(isinstance(e, pl.Expr) for e in exprs.values()):
+            msg = f"{self!r}: {method}() must return a dict of partial name -> Polars expression (got {exprs!r})"
+            raise FlowError(msg)
+        return [e.alias(f"{p}_{name}") for name, e in exprs.items()]
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        return self._named(self.user.add(self._input), p, "add")
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return self._named(self.user.merge(lambda name: pl.col(f"{p}_{name}")), p, "merge")
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return self.user.finish(lambda name: pl.col(f"{p}_{name}"))  # type: ignore[no-any-return]
+
+    @override
+    def inputs(self) -> list[str]:
+        names = list(dict.fromkeys(self.user.inputs))
+        if self.where is not None:
+            names += [c for c in self.where.meta.root_names() if c not in names]
+        return names
+
+    @override
+    def masked(self, helper: str) -> tuple[list[pl.Expr], Aggregation]:
+        """For ``where=``: each input column read through a helper that is null where
+        ``where`` does not hold."""
+        assert self.where is not None
+        names = list(dict.fromkeys(self.user.inputs))
+        exprs = [pl.when(self.where).then(pl.col(c)).alias(f"{helper}{i}") for i, c in enumerate(names)]
+        reads = tuple((c, f"{helper}{i}") for i, c in enumerate(names))
+        return exprs, replace(self, reads=reads, where=None)
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        return self.user.dtype  # type: ignore[no-any-return]
+
+    @override
+    def check(self, where: str, field_name: str, schema: pl.Schema | None) -> None:
+        super().check(where, field_name, schema)
+        added = set(self.user.add(self._input))
+        merged = set(self.user.merge(lambda name: pl.col(name)))
+        if added != merged:
+            msg = (
+                f"{where}: aggregation '{field_name}' = {self!r}: merge() must give the partials add() gives "
+                f"(add: {sorted(added)}, merge: {sorted(merged)})"
+            )
+            raise FlowError(msg)
+        if schema is None:
+            return
+        for name in self.user.inputs:
+            if name not in schema:
+                msg = (
+                    f"{where}: aggregation '{field_name}' = {self!r}: unknown input column '{name}' "
+                    f"{columns_hint(schema.names())}.{did_you_mean(name, schema.names())}"
+                )
+                raise FlowError(msg)
+        try:  # the expressions run once on no rows: type errors show now, not mid-flow
+            partial = pl.DataFrame(schema=schema).group_by(pl.lit(0).alias("__g")).agg(self.partials("p"))
+            partial.group_by("__g").agg(self.merges("p")).select(self.final("p"))
+        except pl.exceptions.PolarsError as exc:
+            msg = f"{where}: aggregation '{field_name}' = {self!r} cannot run on this stream: {exc}"
+            raise FlowError(msg) from None
+
+    def __repr__(self) -> str:
+        text = repr(self.user)
+        return f"{text[:-1]}, where={self.where})" if self.where is not None and text.endswith(")") else text
+
+
+@dataclass(frozen=True, repr=False)
+class AggFn(Aggregation):
+    """A Python function over the list of a window's non-null values (``rh.agg_fn``): each pane
+    keeps its values, and the function runs once per window result. A call that raises gives
+    a null result and a dead letter."""
+
+    fn: Callable[[list[Any]], Any] | None = None
+    dtype: pl.DataType | None = None
+    errors: list[tuple[str, str]] = field(default_factory=list, compare=False)
+
+    fn_name = "agg_fn"
+
+    @override
+    def partials(self, p: str) -> list[pl.Expr]:
+        return [pl.col(self.column or "").drop_nulls().alias(p)]
+
+    @override
+    def merges(self, p: str) -> list[pl.Expr]:
+        return [pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)]
+
+    @override
+    def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
+        assert self.fn is not None
+        fn, results = self.fn, []
+        for values in merged.get_column(p).to_list():
+            try:
+                results.append(fn(values))
+            except Exception as exc:  # the user's function: its failure is a dead letter, not a crash
+                name = getattr(fn, "__name__", repr(fn))
+                reason = f"rh.agg_fn({name}, {self.column!r}) raised {type(exc).__name__}: {exc}"
+                self.errors.append((reason, payload_of({"values": values})))
+                results.append(None)
+        try:
+            column = pl.Series(p + "_value", results, dtype=self.dtype, strict=self.dtype is None)
+        except (TypeError, OverflowError, ValueError, pl.exceptions.PolarsError) as exc:
+            msg = (
+                f"rh.agg_fn({getattr(fn, '__name__', repr(fn))}, {self.column!r}): its results do not fit one column "
+                f"type ({exc}); give dtype=, e.g. rh.agg_fn(fn, {self.column!r}, dtype=pl.Float64)"
+            )
+            raise FlowError(msg) from None
+        return merged.with_columns(column)
+
+    @override
+    def final(self, p: str) -> pl.Expr:
+        return pl.col(p + "_value")
+
+    @override
+    def take_errors(self) -> list[tuple[str, str]]:
+        errors = list(self.errors)
+        self.errors.clear()
+        return errors
+
+    @override
+    def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
+        return self.dtype
+
+    @override
+    def _args(self) -> list[str]:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        return [name, *super()._args(), *([f"dtype={self.dtype}"] if self.dtype is not None else [])]

@@ -124,14 +124,16 @@ class WindowOperator(Operator):
         """``where=``: helper columns holding an aggregation's input where its condition holds."""
         for field, agg in list(self.aggs.items()):
             if agg.where is not None:
-                mask, self.aggs[field] = agg.masked(f"{self.prefix[field]}_where")
-                self.masks.append(mask)
+                masks, self.aggs[field] = agg.masked(f"{self.prefix[field]}_where")
+                self.masks += masks
         self.numbered = any(agg.needs_order for agg in self.aggs.values())
         """Whether rows get arrival numbers (column ``SEQ``) for order-dependent aggregations."""
         if self.numbered:
             self.aggs = {field: agg.ordered(time_col, SEQ) for field, agg in self.aggs.items()}
         self.seq = 0
         """The next row's arrival number (checkpointed, so a replay numbers rows the same)."""
+        self.failed: list[tuple[str, str]] = []
+        """User functions that raised while computing results: ``(reason, payload)``."""
         self._set_aggs(self.aggs)
         self.input = ColumnTypes([*needed, WM_COL], where=self.label, defaults=defaults)
         """The columns buffered and aggregated, in one order and with fixed types (records of one
@@ -331,6 +333,7 @@ class WindowOperator(Operator):
         """``keys, WS, WE, aggs...`` (and ``WM`` if there): merged partials turned into results."""
         for field, agg in self.aggs.items():
             merged = agg.finish(merged, self.prefix[field])
+            self.failed += agg.take_errors()
         extra = [pl.col(WM_COL)] if WM_COL in merged.columns else []
         return merged.select(*[pl.col(k) for k in self.keys], pl.col(WS), pl.col(WE), *self.final_exprs, *extra)
 
@@ -413,4 +416,7 @@ class WindowOperator(Operator):
             0,
             (MAIN, Batch(main, watermark=batch.watermark, ingest_ns=batch.ingest_ns, idle=batch.idle, end=batch.end)),
         )
+        if self.failed:
+            outputs.append(self.dead([r for r, _ in self.failed], [p for _, p in self.failed], batch))
+            self.failed = []
         return outputs
