@@ -20,7 +20,7 @@ def test_examples_print_what_the_page_says():
 
 AGGREGATIONS = [
     "count", "sum", "min", "max", "mean", "count_distinct", "quantile", "median", "var", "std",
-    "first", "last", "arg_max", "arg_min", "collect", "approx_count_distinct", "approx_quantile",
+    "first", "last", "arg_max", "arg_min", "collect", "approx_count_distinct", "approx_quantile", "agg_fn",
 ]  # fmt: skip
 
 
@@ -38,12 +38,17 @@ def test_every_aggregation_is_in_the_table(name):
     "name",
     [
         "quantile", "median", "var", "std", "first", "last", "arg_max", "arg_min", "collect",
-        "approx_count_distinct", "approx_quantile",
+        "approx_count_distinct", "approx_quantile", "agg_fn",
     ],
 )  # fmt: skip
 def test_every_new_aggregation_has_a_checked_example(name):
     code = "\n".join(code for _, code in python_blocks(TEXT))
     assert f"rh.{name}(" in code
+
+
+def test_a_user_defined_aggregate_has_a_checked_example():
+    code = "\n".join(code for _, code in python_blocks(TEXT))
+    assert "(rh.Aggregate):" in code
 
 
 def test_where_has_a_checked_example():

@@ -511,9 +511,10 @@ def agg_fn(
     fn: Callable[[list[Any]], Any], column: str, *, dtype: pl.DataType | None = None, where: pl.Expr | None = None
 ) -> AggFn:
     """A plain Python function over the list of a window's non-null values of a column: the
-    easy, slow path (each pane keeps its values; ``fn`` runs once per window result). A call
-    that raises gives a null result and a dead letter naming the function. Give ``dtype`` when
-    the results' type matters or may vary.
+    easy, slow path (each pane keeps its values; ``fn`` runs once per window result, and not
+    for a window with no non-null value, whose result is null). A call that raises gives a null
+    result and a dead letter naming the function. Give ``dtype`` when the results' type matters
+    or may vary (integers and floats mixed come out as floats).
 
     Examples
     --------

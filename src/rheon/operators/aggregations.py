@@ -1040,8 +1040,8 @@ class UserDefined(Aggregation):
 @dataclass(frozen=True, repr=False)
 class AggFn(Aggregation):
     """A Python function over the list of a window's non-null values (``rh.agg_fn``): each pane
-    keeps its values, and the function runs once per window result. A call that raises gives
-    a null result and a dead letter."""
+    keeps its values, and the function runs once per window result (not for a window with no
+    value: null). A call that raises gives a null result and a dead letter."""
 
     fn: Callable[[list[Any]], Any] | None = None
     dtype: pl.DataType | None = None
@@ -1062,6 +1062,9 @@ class AggFn(Aggregation):
         assert self.fn is not None
         fn, results = self.fn, []
         for values in merged.get_column(p).to_list():
+            if not values:  # no value: null, as for the built-ins
+                results.append(None)
+                continue
             try:
                 results.append(fn(values))
             except Exception as exc:  # the user's function: its failure is a dead letter, not a crash
@@ -1070,13 +1073,18 @@ class AggFn(Aggregation):
                 self.errors.append((reason, payload_of({"values": values})))
                 results.append(None)
         try:
-            column = pl.Series(p + "_value", results, dtype=self.dtype, strict=self.dtype is None)
-        except (TypeError, OverflowError, ValueError, pl.exceptions.PolarsError) as exc:
-            msg = (
-                f"rh.agg_fn({getattr(fn, '__name__', repr(fn))}, {self.column!r}): its results do not fit one column "
-                f"type ({exc}); give dtype=, e.g. rh.agg_fn(fn, {self.column!r}, dtype=pl.Float64)"
-            )
-            raise FlowError(msg) from None
+            column = pl.Series(p + "_value", results, dtype=self.dtype, strict=True)
+        except (TypeError, OverflowError, ValueError, pl.exceptions.PolarsError):
+            numbers = all(isinstance(r, int | float) and not isinstance(r, bool) for r in results if r is not None)
+            if self.dtype is not None or not numbers:
+                kinds = ", ".join(sorted({type(r).__name__ for r in results if r is not None}))
+                wanted = f"type {self.dtype}" if self.dtype is not None else "one column type"
+                msg = (
+                    f"rh.agg_fn({getattr(fn, '__name__', repr(fn))}, {self.column!r}): its results ({kinds}) do not "
+                    f"fit {wanted}; give dtype=, e.g. rh.agg_fn(fn, {self.column!r}, dtype=pl.Float64)"
+                )
+                raise FlowError(msg) from None
+            column = pl.Series(p + "_value", results, dtype=pl.Float64)  # integers and floats: floats
         return merged.with_columns(column)
 
     @override
