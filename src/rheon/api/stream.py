@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +16,11 @@ from rheon.cep.pattern import Pattern
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.core.eventtime import TimeType
-from rheon.io.base import Sink
+from rheon.io.base import BuildContext, Sink
 from rheon.io.callback import Callback
 from rheon.operators.aggregations import Aggregation
+from rheon.operators.changes import Changes
+from rheon.operators.dedup import REPEATS, Dedup
 from rheon.operators.process import KeyedProcess
 from rheon.operators.reduce import Reduce
 from rheon.operators.rowfn import RowStep
@@ -468,6 +470,25 @@ class Stream:
             raise FlowError(msg)
         return Stream(self.flow, self.node, "late")
 
+    def repeats(self) -> Stream:
+        """The records a ``dedup`` dropped as repeats, in event-time order (ties by arrival).
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> rows = [{"card": "a", "ts": 0}, {"card": "a", "ts": 4_000}, {"card": "a", "ts": 12_000}]
+        >>> flow = rh.Flow("rep"); kept = rh.io.Collect(); dropped = rh.io.Collect()
+        >>> once = flow.source(rh.io.Records(rows), time="ts").key_by("card").dedup(within="10s")
+        >>> once.sink(kept); once.repeats().sink(dropped)
+        >>> flow.run(); [r["ts"] for r in kept.rows], [r["ts"] for r in dropped.rows]
+        ([0, 12000], [4000])
+        """
+        if self.node.kind != "dedup" or self.tag != "main":
+            msg = f"repeats(): {self.node.label} is not a dedup; repeats() is defined on the result of key_by(...).dedup(...)"
+            raise FlowError(msg)
+        self.node.side_outputs.setdefault(REPEATS, SideOutput(self.schema, self.time, self.time_type))
+        return Stream(self.flow, self.node, REPEATS)
+
     # -- sinks -------------------------------------------------------------------------------
 
     def sink(self, sink: Sink | Callable[[Row], object], *, name: str | None = None) -> None:
@@ -725,6 +746,94 @@ class KeyedStream:
         )
         return stream._add(node)
 
+    def dedup(self, within: Duration, *, name: str | None = None) -> Stream:
+        """Drop each key's repeats: a record passes unless a record of its key that passed came
+        less than ``within`` before it (in event time); then it is a repeat and is dropped.
+
+        Records wait until the watermark passes them and are handled per key in event-time
+        order (ties by arrival), so the result does not depend on arrival order or batching
+        (Flink's keep-first deduplication). Records that come after a later one was handled
+        go to ``.late()``; the repeats are on ``.repeats()``. The state per key is the time of
+        its last record that passed, checkpointed and cleared once ``within`` has gone by.
+        See ``docs/stream-tools.md``.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> alerts = [{"card": "a", "ts": 0}, {"card": "b", "ts": 1_000}, {"card": "a", "ts": 60_000},
+        ...           {"card": "a", "ts": 540_000}, {"card": "a", "ts": 600_000}]
+        >>> flow = rh.Flow("once"); out = rh.io.Collect()
+        >>> flow.source(rh.io.Records(alerts), time="ts").key_by("card").dedup(within="10m").sink(out)
+        >>> flow.run(); [(r["card"], r["ts"]) for r in out.rows]
+        [('a', 0), ('b', 1000), ('a', 600000)]
+        """
+        stream = self.stream
+        op_name = stream.flow.graph.name_for("dedup", name)
+        where = f"dedup '{op_name}'"
+        within_ms = to_ms(within, what=f"{where}: within")
+        if within_ms <= 0:
+            msg = f"{where}: within must be positive (got {within!r})"
+            raise FlowError(msg)
+        time, time_type, schema = _ordered_time(stream, where)
+        keys = list(self.keys)
+
+        def make(ctx: BuildContext) -> Dedup:
+            backend = make_backend(ctx.state_backend, ctx.state_dir)
+            repeats = REPEATS in node.side_outputs
+            return Dedup(op_name, keys, time, within_ms, time_type, backend, repeats=repeats)
+
+        node = Node(
+            "dedup",
+            op_name,
+            [stream._edge()],
+            make=make,
+            schema=schema,
+            time=time,
+            time_type=time_type,
+            uses_event_time=True,
+            side_outputs={"late": SideOutput(schema, time, time_type)},
+        )
+        return stream._add(node)
+
+    def changes(self, col: str | Sequence[str], *, name: str | None = None) -> Stream:
+        """Emit a record only when ``col`` (a column, or a list of them) differs from the key's
+        previous record; a key's first record is emitted. Nulls equal nulls.
+
+        Records wait until the watermark passes them and are handled per key in event-time
+        order (ties by arrival); later ones go to ``.late()``. The state per key is its last
+        value, checkpointed. Use it to turn a status stream into transitions (alert ->
+        resolved). See ``docs/stream-tools.md``.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> checks = [{"host": "h1", "status": s, "ts": i * 1_000} for i, s in enumerate(["ok", "ok", "alert", "alert", "ok"])]
+        >>> flow = rh.Flow("flips"); out = rh.io.Collect()
+        >>> flow.source(rh.io.Records(checks), time="ts").key_by("host").changes("status").sink(out)
+        >>> flow.run(); [(r["status"], r["ts"]) for r in out.rows]
+        [('ok', 0), ('alert', 2000), ('ok', 4000)]
+        """
+        stream = self.stream
+        op_name = stream.flow.graph.name_for("changes", name)
+        where = f"changes '{op_name}'"
+        columns = _column_list(stream, where, "col", col)
+        time, time_type, schema = _ordered_time(stream, where)
+        keys = list(self.keys)
+        node = Node(
+            "changes",
+            op_name,
+            [stream._edge()],
+            make=lambda ctx: Changes(
+                op_name, keys, time, columns, time_type, make_backend(ctx.state_backend, ctx.state_dir)
+            ),
+            schema=schema,
+            time=time,
+            time_type=time_type,
+            uses_event_time=True,
+            side_outputs={"late": SideOutput(schema, time, time_type)},
+        )
+        return stream._add(node)
+
 
 class MatchStream(Stream):
     """The matches of a pattern (from :meth:`KeyedStream.match`), with its side outputs.
@@ -889,3 +998,34 @@ class WindowedStream:
             side_outputs={"late": SideOutput(in_schema, time, time_type)},
         )
         return stream._add(node)
+
+
+def _ordered_time(stream: Stream, where: str) -> tuple[str, TimeType | None, pl.Schema | None]:
+    """The stream's event-time column (an operator that orders records needs one), its type and
+    the stream's schema."""
+    if stream.time is None:
+        msg = (
+            f"{where}: the stream has no event-time column, so records cannot be put in order. "
+            'Declare one where the data comes in: flow.source(..., time="ts").'
+        )
+        raise FlowError(msg)
+    return stream.time, stream.time_type, stream.schema
+
+
+def _column_list(stream: Stream, where: str, field: str, value: object) -> list[str]:
+    """``value`` as a non-empty list of the stream's columns (one name, or a list of names)."""
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else None
+    if not names or not all(isinstance(c, str) for c in names):
+        msg = f"{where}: {field} must be a column name or a list of column names (got {value!r})"
+        raise FlowError(msg)
+    schema = stream.schema
+    if schema is not None:
+        for column in names:
+            if column not in schema:
+                known = schema.names()
+                msg = (
+                    f"{where}: unknown column '{column}' in {field}= {columns_hint(known)}."
+                    f"{did_you_mean(column, known)}"
+                )
+                raise FlowError(msg)
+    return names
