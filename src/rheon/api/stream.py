@@ -25,6 +25,7 @@ from rheon.operators.process import KeyedProcess
 from rheon.operators.reduce import Reduce
 from rheon.operators.rowfn import RowStep
 from rheon.operators.stateless import ExprFilter, Select, WithColumns
+from rheon.operators.topn import RANK, RunningTopN, WindowTopN
 from rheon.operators.union import Union
 from rheon.operators.window import PaneWindowOperator, SessionWindowOperator
 from rheon.runtime.graph import Edge, Node, SideOutput
@@ -489,6 +490,80 @@ class Stream:
         self.node.side_outputs.setdefault(REPEATS, SideOutput(self.schema, self.time, self.time_type))
         return Stream(self.flow, self.node, REPEATS)
 
+    def top_n(
+        self,
+        n: int,
+        by: str | Sequence[str],
+        *,
+        descending: bool | Sequence[bool] = True,
+        per_window: bool = True,
+        allowed_lateness: Duration | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """The ``n`` best rows of each window of a window's result, across keys, with their ``rank``.
+
+        The stream must have ``window_start`` and ``window_end`` (a ``.window(...).agg(...)``).
+        When the watermark passes a window's end, its ``n`` best rows by ``by`` (largest first,
+        unless ``descending=False``; nulls last) come out with a ``rank`` column, 1 to ``n``;
+        ties go by the key columns (the columns before ``window_start``) ascending, then
+        arrival. If a window's result is updated (``allowed_lateness`` of the window, found by
+        itself; give ``allowed_lateness=`` when the window is not right upstream), the window's
+        new top ``n`` comes out again when it changes. Rows for a window whose lateness ran out
+        go to ``.late()``. ``per_window=False`` ranks the whole stream instead: a running top
+        ``n``, as ``key_by(...).top_n`` without a key. See ``docs/stream-tools.md``.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> views = [{"page": p, "ts": t} for p, t in
+        ...          [("a", 1_000), ("b", 2_000), ("b", 3_000), ("c", 4_000), ("c", 5_000), ("c", 6_000), ("a", 61_000)]]
+        >>> flow = rh.Flow("top"); out = rh.io.Collect()
+        >>> per_page = (flow.source(rh.io.Records(views), time="ts").key_by("page")
+        ...                 .window(rh.tumbling("1m")).agg(views=rh.count()))
+        >>> per_page.top_n(2, by="views").sink(out)
+        >>> flow.run(); [(r["window_start"], r["page"], r["views"], r["rank"]) for r in out.rows]
+        [(0, 'c', 3, 1), (0, 'b', 2, 2), (60000, 'a', 1, 1)]
+        """
+        op_name = self.flow.graph.name_for("top_n", name)
+        where = f"top_n '{op_name}'"
+        if not isinstance(per_window, bool):
+            msg = f"{where}: per_window must be True or False (got {per_window!r})"
+            raise FlowError(msg)
+        if not per_window:
+            if allowed_lateness is not None:
+                msg = f"{where}: allowed_lateness applies to per_window=True only (got {allowed_lateness!r})"
+                raise FlowError(msg)
+            return _running_top_n(self, (), op_name, n, by, descending)
+        size, columns, desc = _top_n_args(self, where, n, by, descending)
+        time, time_type, schema = _ordered_time(self, where)
+        if schema is None or "window_start" not in schema or "window_end" not in schema:
+            seen = f"(columns: {', '.join(schema.names())})" if schema is not None else "(columns not known)"
+            msg = (
+                f"{where}: per_window=True ranks the rows of each window, but the stream has no window_start and "
+                f"window_end columns {seen}. Use it on a window's result: .window(...).agg(...).top_n(...); for a "
+                "running top n use key_by(...).top_n(...) or per_window=False."
+            )
+            raise FlowError(msg)
+        names = schema.names()
+        key_columns = names[: names.index("window_start")]
+        if allowed_lateness is not None:
+            lateness = to_ms(allowed_lateness, what=f"{where}: allowed_lateness")
+        else:
+            lateness = _upstream_lateness(self)
+        out_schema = pl.Schema({**dict(schema), RANK: pl.Int64()})
+        node = Node(
+            "top_n",
+            op_name,
+            [self._edge()],
+            make=lambda ctx: WindowTopN(op_name, size, columns, desc, key_columns, lateness, time_type),
+            schema=out_schema,
+            time=time,
+            time_type=time_type,
+            uses_event_time=True,
+            side_outputs={"late": SideOutput(schema, time, time_type)},
+        )
+        return self._add(node)
+
     # -- sinks -------------------------------------------------------------------------------
 
     def sink(self, sink: Sink | Callable[[Row], object], *, name: str | None = None) -> None:
@@ -834,6 +909,37 @@ class KeyedStream:
         )
         return stream._add(node)
 
+    def top_n(
+        self,
+        n: int,
+        by: str | Sequence[str],
+        *,
+        descending: bool | Sequence[bool] = True,
+        name: str | None = None,
+    ) -> Stream:
+        """Each key's ``n`` best records so far by ``by``, emitted (all of them, with their
+        ``rank``, 1 to ``n``) each time they change.
+
+        Records wait until the watermark passes them and are handled per key in event-time
+        order; a record enters when it beats the key's ``n``-th (largest first, unless
+        ``descending=False``; nulls last; on a tie the earlier record stays ahead). The output
+        is an update stream, a key's ``(key, rank)`` rows replacing the ones before, so it has
+        no event time. State per key: its best ``n`` records, checkpointed. For the best rows
+        of each window across keys, use ``.window(...).agg(...).top_n(...)``.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> pays = [{"card": "a", "amount": a, "ts": i * 1_000} for i, a in enumerate([5, 9, 1, 7])]
+        >>> flow = rh.Flow("biggest"); out = rh.io.Collect()
+        >>> flow.source(rh.io.Records(pays), time="ts").key_by("card").top_n(2, by="amount").sink(out)
+        >>> flow.run(); [(r["amount"], r["rank"]) for r in out.rows]
+        [(5, 1), (9, 1), (5, 2), (9, 1), (7, 2)]
+        """
+        stream = self.stream
+        op_name = stream.flow.graph.name_for("top_n", name)
+        return _running_top_n(stream, self.keys, op_name, n, by, descending)
+
 
 class MatchStream(Stream):
     """The matches of a pattern (from :meth:`KeyedStream.match`), with its side outputs.
@@ -1029,3 +1135,65 @@ def _column_list(stream: Stream, where: str, field: str, value: object) -> list[
                 )
                 raise FlowError(msg)
     return names
+
+
+def _top_n_args(
+    stream: Stream, where: str, n: object, by: object, descending: object
+) -> tuple[int, list[str], list[bool]]:
+    """``n``, ``by`` and ``descending`` of a top_n, checked."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        msg = f"{where}: n must be a whole number >= 1 (got {n!r})"
+        raise FlowError(msg)
+    columns = _column_list(stream, where, "by", by)
+    if isinstance(descending, bool):
+        desc = [descending] * len(columns)
+    elif isinstance(descending, list | tuple) and len(descending) == len(columns):
+        desc = list(descending)
+    else:
+        desc = []
+    if not desc or not all(isinstance(d, bool) for d in desc):
+        msg = f"{where}: descending must be True, False or one of them per column of by= (got {descending!r})"
+        raise FlowError(msg)
+    schema = stream.schema
+    if schema is not None and RANK in schema:
+        msg = f"{where}: the stream already has a column '{RANK}', which top_n adds; rename it first"
+        raise FlowError(msg)
+    return n, columns, desc
+
+
+def _running_top_n(
+    stream: Stream, keys: Sequence[str], op_name: str, n: object, by: object, descending: object
+) -> Stream:
+    """The node of a running top n (per key, or of the whole stream with no keys)."""
+    where = f"top_n '{op_name}'"
+    size, columns, desc = _top_n_args(stream, where, n, by, descending)
+    time, time_type, schema = _ordered_time(stream, where)
+    keys = list(keys)
+    out_schema = pl.Schema({**dict(schema), RANK: pl.Int64()}) if schema is not None else None
+    node = Node(
+        "top_n",
+        op_name,
+        [stream._edge()],
+        make=lambda ctx: RunningTopN(
+            op_name, keys, time, size, columns, desc, time_type, make_backend(ctx.state_backend, ctx.state_dir)
+        ),
+        schema=out_schema,
+        uses_event_time=True,
+        side_outputs={"late": SideOutput(schema, time, time_type)},
+    )
+    return stream._add(node)
+
+
+def _upstream_lateness(stream: Stream) -> int:
+    """The ``allowed_lateness`` (ms) of the window aggregation ``stream`` comes from, through
+    filters and column steps; 0 when it does not come right from one."""
+    node, tag = stream.node, stream.tag
+    while tag == "main" and node.kind in ("filter", "with_columns", "select") and len(node.inputs) == 1:
+        node, tag = node.inputs[0].node, node.inputs[0].tag
+    if tag != "main" or node.kind != "window" or node.make is None:
+        return 0
+    # the window operator knows its lateness; building one touches nothing (no files, no state)
+    op = node.make(BuildContext(flow=stream.flow.name, operator=node.name))
+    if isinstance(op, PaneWindowOperator | SessionWindowOperator):
+        return op.lateness_ms
+    return 0
