@@ -1060,7 +1060,8 @@ class AggFn(Aggregation):
     @override
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
         assert self.fn is not None
-        fn, results = self.fn, []
+        fn = self.fn
+        results: list[Any] = []
         for values in merged.get_column(p).to_list():
             if not values:  # no value: null, as for the built-ins
                 results.append(None)
