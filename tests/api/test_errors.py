@@ -106,7 +106,10 @@ def test_bad_durations_on_source_and_lateness():
 
 
 def test_late_only_on_window_results():
-    with pytest.raises(rh.FlowError, match=r"late\(\): filter 'f' is not a window aggregation or a join"):
+    with pytest.raises(
+        rh.FlowError,
+        match=r"late\(\): filter 'f' is not a window aggregation or a join, nor an event-time operator.*\.dedup",
+    ):
         _tx().filter(rh.col("amount") > 1, name="f").late()
 
 

@@ -465,8 +465,9 @@ class Stream:
         """
         if "late" not in self.node.side_outputs or self.tag != "main":
             msg = (
-                f"late(): {self.node.label} is not a window aggregation or a join; late() is defined "
-                "on the result of .window(...).agg(...) and of .join(...)."
+                f"late(): {self.node.label} is not a window aggregation or a join, nor an event-time "
+                "operator; late() is defined on the result of .window(...).agg(...), .join(...), .match(...), "
+                ".dedup(...), .changes(...) and .top_n(...)."
             )
             raise FlowError(msg)
         return Stream(self.flow, self.node, "late")
