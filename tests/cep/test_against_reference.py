@@ -39,7 +39,7 @@ from tests.cep.reference import (
     reference_timed_out,
 )
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- logs -----------------------------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ def _events(n: int, seed: int) -> list[dict]:
     ]
 
 
+@pytest.mark.parametrize("batch_size", [1, 1000], ids=lambda b: f"batch{b}")  # odd sizes: the test below
 @pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
 def test_new_aggregates_match_the_reference(window, batch_size):
     rows = _events(160, seed=17)
@@ -127,7 +128,7 @@ window_spec = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(event, max_size=50),
     window=window_spec,
