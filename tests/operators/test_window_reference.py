@@ -138,7 +138,7 @@ def test_float_sums_are_bit_identical_at_any_batch_size(window):
             "ts": max(i * 7 + rnd.randint(-30, 30), 0),
             "v": rnd.uniform(-1, 1) * 10.0 ** rnd.randint(-6, 6),
         }
-        for i in range(500)
+        for i in range(300)
     ]
     aggs = {"total": ("sum", "v"), "avg": ("mean", "v"), "hi": ("max", "v"), "n": ("count", None)}
     expected = reference(rows, keys=["k"], time="ts", window=window, aggs=aggs, max_delay=20, lateness=25)
