@@ -28,6 +28,7 @@ from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._keys import key_getter
 from rheon.operators._rows import frame_to_rows, no_gc
 from rheon.operators.base import DEAD, LATE, MAIN, Operator, Output, State
+from rheon.operators.ordered import late_behind_frontier, watermarks_before
 from rheon.operators.packed import Packing
 from rheon.state.backends import KeyedStateBackend
 from rheon.state.keyed import key_group
@@ -38,7 +39,6 @@ __all__ = ["TIMED_OUT", "MatchOperator", "parse_after_match"]
 
 TIMED_OUT = "timed_out"
 _T = "__cep_t"  # event time in ticks
-_TRIGGER = "__cep_trigger"  # the time (ticks) whose release made an output final
 _STATE = "m"
 _START = "__cep_start"  # the row can be a match's first row
 _FIRST = "__cep_first"  # the key's first row in this release
@@ -236,19 +236,9 @@ class MatchOperator(Operator):
         rows (buffered, or earlier in the batch) whose time the watermark had reached by then.
         Computed from the per-record watermarks, so it does not depend on batching.
         """
-        t = work.get_column(_T).to_numpy()
         pre = np.maximum.accumulate(work.get_column(WM_COL).to_numpy())
-        behind = t < pre
-        if not behind.any():  # the usual case: the frontier is never ahead of the watermark
-            return behind
-        released = np.full(len(t) + 1, self.frontier, dtype=np.int64)
-        # row j (and any earlier row) is released before row i when i > j and pre[i] >= its time
-        np.maximum.at(released, np.maximum(np.arange(1, len(t) + 1), np.searchsorted(pre, t, side="left")), t)
-        if self.buffer is not None and self.buffer.height:
-            buffered = self.buffer.get_column(_T).to_numpy()
-            np.maximum.at(released, np.searchsorted(pre, buffered, side="left"), buffered)
-        frontier = np.maximum.accumulate(released)[: len(t)]
-        return t < frontier
+        buffered = self.buffer.get_column(_T).to_numpy() if self.buffer is not None and self.buffer.height else None
+        return late_behind_frontier(work.get_column(_T).to_numpy(), pre, self.frontier, buffered)
 
     def _release(self, hi: int) -> None:
         """Feed the buffered rows with times up to ``hi`` to the matcher (the buffer is kept in
@@ -510,7 +500,8 @@ class MatchOperator(Operator):
         out = pl.DataFrame(columns)
         if self.measures:
             out = out.with_columns(**self.measures)
-        return out.with_columns(self._watermarks(pl.Series(_TRIGGER, triggers, dtype=pl.Int64), pre, lo))
+        wm = watermarks_before(np.asarray(triggers, dtype=np.int64), None if pre is None else pre.to_numpy(), lo)
+        return out.with_columns(pl.Series(WM_COL, wm, dtype=pl.Int64))
 
     def _step_lists(self, flat: list[dict[str, Any]], which: list[int], n: int, schema: pl.Schema) -> list[pl.Series]:
         """One list-of-structs column per step from the matched rows (``which``: match * steps +
@@ -523,15 +514,6 @@ class MatchOperator(Operator):
         lists = every.join(grouped, on="__cell", how="left", maintain_order="left").get_column("e")
         lists = lists.fill_null(pl.lit([], dtype=lists.dtype))
         return [lists.gather_every(steps, offset=i).alias(name) for i, name in enumerate(self.names)]
-
-    @staticmethod
-    def _watermarks(triggers: pl.Series, pre: pl.Series | None, lo: int) -> pl.Series:
-        """Each output's watermark: the one that held before the watermark reached its trigger."""
-        if pre is None or not len(pre):
-            return pl.Series(WM_COL, [lo] * len(triggers), dtype=pl.Int64)
-        positions = pre.search_sorted(triggers, side="left")
-        before = pre.shift(1, fill_value=lo).append(pre.tail(1))
-        return before.gather(positions).clip(upper_bound=triggers).alias(WM_COL)
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -38,7 +38,18 @@ from rheon.state.backends import KeyedStateBackend
 from rheon.state.service import KeyedService
 from rheon.state.shared import SharedFiles
 
-__all__ = ["HELPER", "ORDER", "SEQ", "TIME", "TRIGGER", "OrderedKeyed", "Released", "first_at_or_after"]
+__all__ = [
+    "HELPER",
+    "ORDER",
+    "SEQ",
+    "TIME",
+    "TRIGGER",
+    "OrderedKeyed",
+    "Released",
+    "first_at_or_after",
+    "late_behind_frontier",
+    "watermarks_before",
+]
 
 HELPER = "__ord_"
 """Prefix of the helper columns; outputs lose every column that starts with it."""
@@ -96,6 +107,48 @@ def first_at_or_after(groups: np.ndarray, times: np.ndarray, q_groups: np.ndarra
     same = np.zeros(m, dtype=bool)
     same[hit] = groups[found[hit]] == q_groups[hit]
     return np.where(same, found, -1)
+
+
+def late_behind_frontier(t: np.ndarray, pre: np.ndarray, frontier: int, buffered: np.ndarray | None) -> np.ndarray:
+    """Which records are late by the frontier rule: a record with a later time had been
+    released (handled in event-time order) when they arrived.
+
+    ``t`` are the records' times in arrival order, ``pre`` the (non-decreasing) watermark before
+    each, ``frontier`` the latest time released before the batch, ``buffered`` the times of
+    records still waiting. Record ``j`` is released before record ``i`` when it arrived earlier
+    (or was buffered) and the watermark before ``i`` has reached its time; ``i`` is late if its
+    time is below the latest time released before it. Computed from the per-record
+    watermarks, so it does not depend on batching.
+
+    >>> late_behind_frontier(np.array([5, 1, 9, 2]), np.array([0, 0, 6, 6]), 0, None).tolist()
+    [False, False, False, True]
+    """
+    behind: np.ndarray = t < pre
+    if not behind.any():  # the usual case: no record behind the watermark
+        return behind
+    n = len(t)
+    released = np.full(n + 1, frontier, dtype=np.int64)
+    np.maximum.at(released, np.maximum(np.arange(1, n + 1), np.searchsorted(pre, t, side="left")), t)
+    if buffered is not None and len(buffered):
+        np.maximum.at(released, np.searchsorted(pre, buffered, side="left"), buffered)
+    late: np.ndarray = t < np.maximum.accumulate(released)[:n]
+    return late
+
+
+def watermarks_before(triggers: np.ndarray, pre: np.ndarray | None, lo: int) -> np.ndarray:
+    """The watermark each output carries: the one that held before the watermark reached the
+    output's trigger time (``pre``: the watermark before each input record; ``lo``: before the
+    batch), never above the trigger, as in Flink, where results precede the watermark that
+    made them final.
+
+    >>> watermarks_before(np.array([3, 10]), np.array([2, 5, 8]), 0).tolist()
+    [2, 8]
+    """
+    if pre is None or not len(pre):
+        return np.full(len(triggers), lo, dtype=np.int64)
+    before = np.concatenate([[lo], pre])  # before[p]: the watermark before record p
+    wm: np.ndarray = np.minimum(before[np.searchsorted(pre, triggers, side="left")], triggers)
+    return wm
 
 
 class OrderedKeyed(Operator):
@@ -224,25 +277,10 @@ class OrderedKeyed(Operator):
         return pre
 
     def _behind(self, t: np.ndarray, wm: np.ndarray) -> np.ndarray:
-        """Which records are late: a later record had been released when they arrived.
-
-        Record ``j`` is released before record ``i`` when it arrived earlier (or was buffered)
-        and the watermark before ``i`` has reached its time; ``i`` is late if its time is below
-        the latest time released before it.
-        """
+        """Which records are late (:func:`late_behind_frontier`)."""
         pre = np.maximum.accumulate(np.maximum(wm, self.wm))
-        behind: np.ndarray = t < pre
-        if not behind.any():  # the usual case: no record behind the watermark
-            return behind
-        n = len(t)
-        released = np.full(n + 1, self.frontier, dtype=np.int64)
-        np.maximum.at(released, np.maximum(np.arange(1, n + 1), np.searchsorted(pre, t, side="left")), t)
-        if self.pending:
-            buffered = np.concatenate([f.get_column(TIME).to_numpy() for f in self.pending])
-            np.maximum.at(released, np.searchsorted(pre, buffered, side="left"), buffered)
-        frontier = np.maximum.accumulate(released)[:n]
-        late: np.ndarray = t < frontier
-        return late
+        buffered = np.concatenate([f.get_column(TIME).to_numpy() for f in self.pending]) if self.pending else None
+        return late_behind_frontier(t, pre, self.frontier, buffered)
 
     def _release(self, hi: int) -> Released | None:
         """The buffered rows with times up to ``hi``, sorted by key, time and arrival."""
@@ -305,12 +343,7 @@ class OrderedKeyed(Operator):
         out = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
         if out.height > 1:
             out = out.sort(TRIGGER, ORDER, maintain_order=True)
-        triggers = out.get_column(TRIGGER).to_numpy()
-        if pre is None or not len(pre):
-            wm = np.full(len(triggers), lo, dtype=np.int64)
-        else:
-            before = np.concatenate([[lo], pre])  # before[p]: the watermark before record p
-            wm = np.minimum(before[np.searchsorted(pre, triggers, side="left")], triggers)
+        wm = watermarks_before(out.get_column(TRIGGER).to_numpy(), pre, lo)
         shown = [c for c in out.columns if not c.startswith(HELPER) and c != WM_COL]
         return out.select(shown).hstack([pl.Series(WM_COL, wm, dtype=pl.Int64)])
 
