@@ -137,12 +137,7 @@ class Aggregation(ABC):
             return
         if self.where is not None:
             for name in self.where.meta.root_names():
-                if name not in schema:
-                    msg = (
-                        f"{where}: aggregation '{field_name}' = {self!r}: where= reads unknown column '{name}' "
-                        f"{columns_hint(schema.names())}.{did_you_mean(name, schema.names())}"
-                    )
-                    raise FlowError(msg)
+                self._require(where, field_name, schema, name, "where= reads unknown column {name}")
             try:
                 dtype = pl.DataFrame(schema=schema).select(self.where).to_series().dtype
             except pl.exceptions.PolarsError as exc:
@@ -153,16 +148,22 @@ class Aggregation(ABC):
                 raise FlowError(msg)
         if self.column is None:
             return
-        if self.column not in schema:
-            msg = (
-                f"{where}: aggregation '{field_name}' = {self!r}: unknown column '{self.column}' "
-                f"{columns_hint(schema.names())}.{did_you_mean(self.column, schema.names())}"
-            )
-            raise FlowError(msg)
+        self._require(where, field_name, schema, self.column, "unknown column {name}")
         self._check_type(where, field_name, schema[self.column])
 
     def _check_type(self, where: str, field_name: str, dtype: pl.DataType) -> None:
         return None
+
+    def _require(self, where: str, field_name: str, schema: pl.Schema, name: str, what: str) -> None:
+        """Raise a :class:`FlowError` if column ``name`` is not in ``schema``: ``what`` says how
+        this aggregation reads it (``{name}`` stands for the name), then the columns there and
+        the nearest name."""
+        if name not in schema:
+            msg = (
+                f"{where}: aggregation '{field_name}' = {self!r}: {what.format(name=repr(name))} "
+                f"{columns_hint(schema.names())}.{did_you_mean(name, schema.names())}"
+            )
+            raise FlowError(msg)
 
     def _args(self) -> list[str]:
         """The arguments :func:`repr` shows (the column, by default)."""
@@ -453,15 +454,9 @@ _INTERPOLATIONS = ("nearest", "higher", "lower", "midpoint", "linear", "equiprob
 
 
 @dataclass(frozen=True, repr=False)
-class Quantile(Aggregation):
-    """Exact quantile of non-null values, as Polars' ``quantile(q, interpolation)`` over the
-    window's rows: each pane keeps its values (a list), merged by concatenation."""
-
-    q: float = 0.5
-    interpolation: str = "nearest"
-
-    fn_name = "quantile"
-    default_input = pl.Float64()
+class _Values(Aggregation):
+    """An aggregation of a window's non-null values themselves: each pane keeps them as a list,
+    and panes merge by concatenation."""
 
     @override
     def partials(self, p: str) -> list[pl.Expr]:
@@ -470,6 +465,18 @@ class Quantile(Aggregation):
     @override
     def merges(self, p: str) -> list[pl.Expr]:
         return [pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)]
+
+
+@dataclass(frozen=True, repr=False)
+class Quantile(_Values):
+    """Exact quantile of non-null values, as Polars' ``quantile(q, interpolation)`` over the
+    window's rows: each pane keeps its values (a list), merged by concatenation."""
+
+    q: float = 0.5
+    interpolation: str = "nearest"
+
+    fn_name = "quantile"
+    default_input = pl.Float64()
 
     @override
     def final(self, p: str) -> pl.Expr:
@@ -687,12 +694,8 @@ class ArgMax(_Ordered):
     @override
     def check(self, where: str, field_name: str, schema: pl.Schema | None) -> None:
         super().check(where, field_name, schema)
-        if schema is not None and self.by not in schema:
-            msg = (
-                f"{where}: aggregation '{field_name}' = {self!r}: unknown column '{self.by}' in by= "
-                f"{columns_hint(schema.names())}.{did_you_mean(self.by, schema.names())}"
-            )
-            raise FlowError(msg)
+        if schema is not None:
+            self._require(where, field_name, schema, self.by, "unknown column {name} in by=")
 
     @override
     def _args(self) -> list[str]:
@@ -1019,12 +1022,7 @@ class UserDefined(Aggregation):
         if schema is None:
             return
         for name in self.user.inputs:
-            if name not in schema:
-                msg = (
-                    f"{where}: aggregation '{field_name}' = {self!r}: unknown input column '{name}' "
-                    f"{columns_hint(schema.names())}.{did_you_mean(name, schema.names())}"
-                )
-                raise FlowError(msg)
+            self._require(where, field_name, schema, name, "unknown input column {name}")
         try:  # the expressions run once on no rows: type errors show now, not mid-flow
             partial = pl.DataFrame(schema=schema).group_by(pl.lit(0).alias("__g")).agg(self.partials("p"))
             partial.group_by("__g").agg(self.merges("p")).select(self.final("p"))
@@ -1038,7 +1036,7 @@ class UserDefined(Aggregation):
 
 
 @dataclass(frozen=True, repr=False)
-class AggFn(Aggregation):
+class AggFn(_Values):
     """A Python function over the list of a window's non-null values (``rh.agg_fn``): each pane
     keeps its values, and the function runs once per window result (not for a window with no
     value: null). A call that raises gives a null result and a dead letter."""
@@ -1048,14 +1046,6 @@ class AggFn(Aggregation):
     errors: list[tuple[str, str]] = field(default_factory=list, compare=False)
 
     fn_name = "agg_fn"
-
-    @override
-    def partials(self, p: str) -> list[pl.Expr]:
-        return [pl.col(self.column or "").drop_nulls().alias(p)]
-
-    @override
-    def merges(self, p: str) -> list[pl.Expr]:
-        return [pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)]
 
     @override
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
