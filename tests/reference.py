@@ -109,8 +109,12 @@ def reference(
     aggs: dict[str, tuple[Any, ...]],
     max_delay: int,
     lateness: int = 0,
+    watermark_time: str | None = None,
 ) -> tuple[list[Row], list[Row]]:
     """Window results and late records, in emission order.
+
+    The watermark is the largest ``watermark_time`` (default: ``time``) seen so far minus
+    ``max_delay``; records are windowed by ``time``.
 
     ``window`` is ``("tumbling", size, size)``, ``("sliding", size, every)`` or
     ``("session", gap, 0)``. ``aggs`` maps output name to ``(kind, column)`` or ``(kind, column,
@@ -181,7 +185,7 @@ def reference(
                 if merged.end <= pre:
                     merged.fired = True
                     out.append(result(merged))
-        max_ts = max(max_ts, t)
+        max_ts = max(max_ts, r[watermark_time] if watermark_time is not None else t)
         wm = max_ts - max_delay
         advance(wm)
     advance(math.inf)

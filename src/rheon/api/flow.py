@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+import polars as pl
+
 from rheon.api.stream import Stream
 from rheon.core.deadletters import DEAD_LETTER_SCHEMA
 from rheon.core.durations import Duration, to_ms
@@ -22,6 +24,7 @@ from rheon.runtime.plan import make_plan
 from rheon.runtime.stats import RunStats
 from rheon.state.backends import BACKENDS
 from rheon.time.clock import Clock, SystemClock
+from rheon.time.column import time_column_name, time_schema
 
 __all__ = ["Flow"]
 
@@ -98,7 +101,7 @@ class Flow:
         self,
         source: Source,
         *,
-        time: str | None = None,
+        time: str | pl.Expr | None = None,
         max_delay: Duration = "0s",
         idle_timeout: Duration | None = None,
         name: str | None = None,
@@ -111,7 +114,10 @@ class Flow:
             A source config, e.g. ``rh.io.Records(rows)`` or ``rh.io.Generator(fn, rate=100)``.
         time
             The event-time column: int64 epoch milliseconds or a Polars Datetime. Needed by
-            windows.
+            windows. Or a Polars expression that computes it from each record, such as
+            ``rh.col("when").str.to_datetime()``: its result replaces the column it is named
+            after (``"when"`` here; ``.alias("ts")`` makes a new one). A record the expression
+            fails on, or gives null for, goes to the dead letters with the value it read.
         max_delay
             How far out of order events may arrive. The watermark is the largest event time
             seen so far minus ``max_delay``.
@@ -135,16 +141,16 @@ class Flow:
         where = f"source '{op_name}'"
         schema = source.schema()
         time_type = None
-        if time is not None:
-            if not isinstance(time, str):
-                msg = f"{where}: time must be a column name (got {time!r})"
+        column = time_column_name(time, where=where) if time is not None else None
+        time_expr = time if isinstance(time, pl.Expr) else None
+        if time is not None and column is not None and schema is not None:
+            schema = time_schema(time, schema, where=where)
+            assert schema is not None
+            if column not in schema:
+                names = schema.names()
+                msg = f"{where}: unknown time column '{column}' {columns_hint(names)}.{did_you_mean(column, names)}"
                 raise FlowError(msg)
-            if schema is not None:
-                if time not in schema:
-                    names = schema.names()
-                    msg = f"{where}: unknown time column '{time}' {columns_hint(names)}.{did_you_mean(time, names)}"
-                    raise FlowError(msg)
-                time_type = time_type_of(schema[time], column=time, where=where)
+            time_type = time_type_of(schema[column], column=column, where=where)
         delay_ms = to_ms(max_delay, what=f"{where}: max_delay")
         if time is None and delay_ms:
             msg = f'{where}: max_delay needs an event-time column; add time="..."'
@@ -154,8 +160,9 @@ class Flow:
             "source",
             op_name,
             schema=schema,
-            time=time,
+            time=column,
             time_type=time_type,
+            time_expr=time_expr,
             source=source,
             max_delay_ms=delay_ms,
             idle_timeout_ms=idle_ms,

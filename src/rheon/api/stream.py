@@ -15,12 +15,13 @@ from rheon.api.matching import match_node
 from rheon.cep.pattern import Pattern
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
-from rheon.core.eventtime import TimeType
+from rheon.core.eventtime import TimeType, time_type_of
 from rheon.io.base import BuildContext, Sink
 from rheon.io.callback import Callback
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.changes import Changes
 from rheon.operators.dedup import REPEATS, Dedup
+from rheon.operators.eventtime import WithTime
 from rheon.operators.process import KeyedProcess
 from rheon.operators.reduce import Reduce
 from rheon.operators.rowfn import RowStep
@@ -30,6 +31,7 @@ from rheon.operators.union import Union
 from rheon.operators.window import PaneWindowOperator, SessionWindowOperator
 from rheon.runtime.graph import Edge, Node, SideOutput
 from rheon.state.backends import make_backend
+from rheon.time.column import EventTimeColumn, time_column_name, time_schema
 from rheon.time.windows import Session, Sliding, Tumbling
 
 if TYPE_CHECKING:
@@ -234,7 +236,8 @@ class Stream:
         if schema is not None and time is not None and self.schema is not None and schema[time] != self.schema[time]:
             msg = (
                 f"{where}: changes the type of the event-time column '{time}' from {self.schema[time]} "
-                f"to {schema[time]}. Event time is fixed at the source; write the new value to another column."
+                f"to {schema[time]}. Write the new value to another column, and make it the event time "
+                "with .with_time(...) if it should be."
             )
             raise FlowError(msg)
         node = Node(
@@ -245,6 +248,73 @@ class Stream:
             schema=schema,
             time=time,
             time_type=time_type,
+        )
+        return self._add(node)
+
+    def with_time(self, time: str | pl.Expr, *, max_delay: Duration = "0s", name: str | None = None) -> Stream:
+        """Make ``time`` the stream's event-time column: a column name, or a Polars expression.
+
+        An expression computes the column from each record (``rh.col("when").str.to_datetime()``
+        replaces ``when``; add ``.alias("ts")`` to make a new column). The column must be int64
+        epoch milliseconds or a Datetime; a record whose time is null, does not parse, or makes
+        the expression fail goes to the dead letters with the value it had.
+
+        The watermark that goes with it:
+
+        - If this stream already has event time, its watermark carries over, ``max_delay``
+          lower: a record's new time may be at most ``max_delay`` behind the watermark when it
+          arrives (``0s``, the default, when the new column is the old time under another name,
+          or later than it). Idle inputs and the end of input carry over too.
+        - If it has none, the watermark is made here as a source makes it: the largest new time
+          seen so far minus ``max_delay`` (``source.with_time(expr)`` gives what
+          ``flow.source(..., time=expr)`` gives).
+
+        A record whose new time is behind the watermark is not dropped here: the event-time
+        operator after ``with_time`` (a window whose window has fired, a join, ``dedup``,
+        ``match``) sends it to that operator's ``late()``. Streams whose time columns had
+        different names can be merged with ``union`` once ``with_time`` gives them the same one.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("wt"); out = rh.io.Collect()
+        >>> clicks = flow.source(rh.io.Records([{"page": "a", "ts": 1_000}, {"page": "b", "ts": 2_500}]), time="ts")
+        >>> views = flow.source(rh.io.Records([{"page": "a", "when": "1970-01-01T00:00:01.500"}]))
+        >>> views = views.with_time(rh.col("when").str.to_datetime(time_unit="ms").dt.epoch("ms").alias("ts"))
+        >>> both = clicks.union(views.select("page", "ts"))
+        >>> both.window(rh.tumbling("2s")).agg(n=rh.count()).sink(out)
+        >>> flow.run(); out.rows
+        [{'window_start': 0, 'window_end': 2000, 'n': 2}, {'window_start': 2000, 'window_end': 4000, 'n': 1}]
+        """
+        op_name = self.flow.graph.name_for("with_time", name)
+        where = f"with_time '{op_name}'"
+        column = time_column_name(time, where=where)
+        expr = time if isinstance(time, pl.Expr) else None
+        schema = time_schema(time, self.schema, where=where)
+        time_type = None
+        if schema is not None:
+            if column not in schema:
+                names = schema.names()
+                msg = f"{where}: unknown time column '{column}' {columns_hint(names)}.{did_you_mean(column, names)}"
+                raise FlowError(msg)
+            time_type = time_type_of(schema[column], column=column, where=where)
+        delay_ms = to_ms(max_delay, what=f"{where}: max_delay")
+        upstream, upstream_type = self.time, self.time_type
+        node = Node(
+            "with_time",
+            op_name,
+            [self._edge()],
+            make=lambda ctx: WithTime(
+                op_name,
+                EventTimeColumn(column, where=where, expr=expr, time_type=time_type),
+                delay_ms,
+                upstream,
+                upstream_type,
+            ),
+            schema=schema,
+            time=column,
+            time_type=time_type,
+            uses_event_time=upstream is not None,
         )
         return self._add(node)
 
@@ -463,6 +533,13 @@ class Stream:
         >>> flow.run(); late.rows
         [{'k': 1, 'ts': 600}]
         """
+        if self.node.kind == "with_time" and self.tag == "main":
+            msg = (
+                f"late(): {self.node.label} does not hold records back: a record behind its watermark "
+                "goes on, and the window, join, dedup or match after it sends the records it can no "
+                "longer place to its own late(). Call late() on that operator."
+            )
+            raise FlowError(msg)
         if "late" not in self.node.side_outputs or self.tag != "main":
             msg = (
                 f"late(): {self.node.label} is not a window aggregation or a join, nor an event-time "

@@ -22,8 +22,8 @@ import polars as pl
 from rheon.core.batch import MAX_WM, MIN_WM, RAW_COL, SPLIT_COL, WM_COL, Batch
 from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import dead_letter_frame, payloads_of
-from rheon.core.errors import FlowError, RecordError
-from rheon.core.eventtime import TimeType, time_type_of
+from rheon.core.errors import RecordError
+from rheon.core.eventtime import TimeType
 from rheon.core.metrics import LatencyHistogram, OperatorStats
 from rheon.io.base import BuildContext, SourceLogic
 from rheon.operators.base import DEAD, LATE, Operator
@@ -34,6 +34,7 @@ from rheon.runtime.graph import Node
 from rheon.runtime.plan import OpGroup, Plan
 from rheon.runtime.stats import RunStats
 from rheon.time.clock import Clock
+from rheon.time.column import EventTimeColumn
 from rheon.time.watermarks import SplitWatermarks, WatermarkTracker
 
 __all__ = ["Executor"]
@@ -53,13 +54,18 @@ class _SourceTask:
     stats: OperatorStats
     tracker: WatermarkTracker | None
     needs_wm: bool
-    time_type: TimeType | None = None
+    time_col: EventTimeColumn | None = None
+    """The event-time column: its type once known, and the records that cannot have one."""
     last_data_ns: int = 0
     idle: bool = False
     ended: bool = False
     splits: SplitWatermarks | None = None
     columns: ColumnTypes | None = None
     """The source's columns in first-seen order, each with the type it first had."""
+
+    @property
+    def time_type(self) -> TimeType | None:
+        return self.time_col.time_type if self.time_col is not None else None
 
     @property
     def watermark(self) -> int:
@@ -160,7 +166,11 @@ class Executor:
                     OperatorStats(node.label),
                     tracker,
                     needs_wm=node.id in self.plan.needs_wm,
-                    time_type=node.time_type,
+                    time_col=(
+                        EventTimeColumn(node.time, where=node.label, expr=node.time_expr, time_type=node.time_type)
+                        if node.time is not None
+                        else None
+                    ),
                     columns=ColumnTypes(
                         None,
                         where=node.label,
@@ -276,83 +286,17 @@ class Executor:
     # -- sources ----------------------------------------------------------------------------
 
     def _resolve_time(self, task: _SourceTask, frame: pl.DataFrame) -> pl.DataFrame:
-        """Give the time column its type; records whose time cannot have it become dead letters.
-
-        The first batch fixes the type (int64 epoch ms or a Datetime). A later batch whose
-        column came out as another type (a ``"ts": "yesterday"`` among numbers makes a JSON batch's
-        column a string) is converted value by value; the values that do not convert are
-        dead-lettered as unparseable event times, and the rest goes on.
-        """
-        node = task.node
-        column = node.time
-        assert column is not None
+        """The batch with its event-time column computed and typed; records that cannot have an
+        event time become dead letters (:class:`~rheon.time.column.EventTimeColumn`)."""
+        assert task.time_col is not None
         assert task.tracker is not None
-        dtype = frame.schema[column]
-        if task.time_type is None:
-            if dtype == pl.Null:
-                return frame  # no record has a time yet: nothing fixes the type (_check_times)
-            kind = dtype
-            if dtype.is_float() or (
-                dtype == pl.String and frame.get_column(column).cast(pl.Int64, strict=False).null_count() < frame.height
-            ):
-                kind = pl.Int64()  # numbers (as text, or with a fraction of 0) are epoch ms; other text is to parse
-            try:
-                task.time_type = time_type_of(kind, column=column, where=node.label)
-            except FlowError as exc:  # no record of this batch has a time a flow can use
-                bad = frame.filter(frame.get_column(column).is_not_null())
-                self._dead(Batch(dead_letter_frame(node.label, str(exc), payloads_of(bad))))
-                task.stats.dead_letters += bad.height
-                return frame.filter(frame.get_column(column).is_null())
-            task.tracker.max_delay = task.time_type.ticks(node.max_delay_ms)
-        expected = task.time_type.dtype
-        if dtype == expected:
-            return frame
-        original = frame.get_column(column)
-        if isinstance(expected, pl.Datetime) and dtype == pl.String:
-            converted = original.str.to_datetime(
-                time_unit=expected.time_unit, time_zone=expected.time_zone, strict=False
-            )
-        else:
-            converted = original.cast(expected, strict=False)
-        failed = converted.is_null() & original.is_not_null()
-        if dtype.is_float():  # 1.9 is not the millisecond 1: no silent truncation
-            failed = failed | (converted.cast(dtype) != original).fill_null(False)
-        if failed.any():
-            bad = frame.filter(failed)
-            values = ", ".join(repr(v) for v in bad.get_column(column).head(3).to_list())
-            reason = f"unparseable event time in column '{column}' (expected {expected}; got {values})"
-            self._dead(Batch(dead_letter_frame(node.label, reason, payloads_of(bad))))
-            task.stats.dead_letters += bad.height
-            frame, converted = frame.filter(~failed), converted.filter(~failed)
-        return frame.with_columns(converted.alias(column))
-
-    def _check_times(self, task: _SourceTask, frame: pl.DataFrame) -> pl.DataFrame:
-        """Records without an event time, or with one outside ``[MIN_WM, MAX_WM)`` ticks (where
-        watermark arithmetic would overflow and windows could never fire), become dead letters."""
-        column = task.node.time
-        assert column is not None
-        if task.time_type is None:  # every record left has a null time
-            if frame.height:
-                reason = f"record has no event time (column '{column}' is null)"
-                self._dead(Batch(dead_letter_frame(task.node.label, reason, payloads_of(frame))))
-                task.stats.dead_letters += frame.height
-            return frame.clear()
-        ticks = frame.get_column(column).cast(pl.Int64)
-        low, high = ticks.min(), ticks.max()
-        nulls = ticks.null_count() > 0
-        outside = low is not None and high is not None and (low < MIN_WM or high >= MAX_WM)  # type: ignore[operator]
-        if not (nulls or outside):
-            return frame
-        first, last = pl.Series([MIN_WM, MAX_WM - 1]).cast(task.time_type.dtype).to_list()
-        nulls_reason = f"record has no event time (column '{column}' is null)"
-        range_reason = f"event time in column '{column}' is outside the range a flow can handle ({first} to {last})"
-        for reason in (nulls_reason, range_reason):
-            bad = ticks.is_null() if reason is nulls_reason else ((ticks < MIN_WM) | (ticks >= MAX_WM)).fill_null(False)
-            if bad.any():
-                rows = frame.filter(bad)
-                self._dead(Batch(dead_letter_frame(task.node.label, reason, payloads_of(rows))))
-                task.stats.dead_letters += rows.height
-                frame, ticks = frame.filter(~bad), ticks.filter(~bad)
+        known = task.time_col.time_type is not None
+        frame, rejected = task.time_col.resolve(frame)
+        for reasons, rows in rejected:
+            self._dead(Batch(dead_letter_frame(task.node.label, reasons, payloads_of(rows))))
+            task.stats.dead_letters += rows.height
+        if not known and task.time_col.time_type is not None:
+            task.tracker.max_delay = task.time_col.time_type.ticks(task.node.max_delay_ms)
         return frame
 
     def _conform(self, task: _SourceTask, frame: pl.DataFrame) -> pl.DataFrame:
@@ -374,13 +318,8 @@ class Executor:
         task.stats.batches += 1
         column = node.time
         if column is not None and task.tracker is not None and frame.height:
-            if column not in frame.columns:
-                reason = f"record has no event time (column '{column}' is missing)"
-                self._dead(Batch(dead_letter_frame(node.label, reason, payloads_of(frame))))
-                task.stats.dead_letters += frame.height
-                frame = frame.clear()
-            else:
-                frame = self._conform(task, self._check_times(task, self._resolve_time(task, frame)))
+            frame = self._conform(task, self._resolve_time(task, frame))
+            if column in frame.columns:
                 ticks = frame.get_column(column).cast(pl.Int64)
                 if SPLIT_COL in frame.columns:
                     splits = self._splits(task, now_ns)
@@ -481,10 +420,10 @@ class Executor:
             task.splits = SplitWatermarks(task.tracker.max_delay)
             task.splits.max_ts = dict(saved["split_max_ts"])
             task.splits.registered = set(task.splits.max_ts)
-        if saved["time_type"] is not None:
-            task.time_type = saved["time_type"]
+        if saved["time_type"] is not None and task.time_col is not None:
+            task.time_col.time_type = saved["time_type"]
             if task.tracker is not None:
-                task.tracker.max_delay = task.time_type.ticks(task.node.max_delay_ms)
+                task.tracker.max_delay = saved["time_type"].ticks(task.node.max_delay_ms)
                 if task.splits is not None:
                     task.splits.max_delay = task.tracker.max_delay
 

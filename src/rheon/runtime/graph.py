@@ -34,6 +34,8 @@ class Node:
     schema: pl.Schema | None = None
     time: str | None = None
     time_type: TimeType | None = None
+    time_expr: pl.Expr | None = None
+    """For a source whose ``time=`` is an expression: what computes the ``time`` column."""
     uses_event_time: bool = False
     row_step: RowStep | None = None
     source: Source | None = None
