@@ -300,3 +300,18 @@ def test_a_crash_and_restore_gives_the_uninterrupted_output(tmp_path, crash_afte
         _flow(rows, out, crash_after).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     _flow(rows, out).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     assert _committed(out) == expected
+
+
+def test_a_time_expression_reading_a_field_the_records_lack_dead_letters_them_all(tmp_path):
+    (tmp_path / "a.jsonl").write_text("".join(f'{{"x": {i}}}\n' for i in range(50)))
+    flow = rh.Flow("lack")
+    out, dead = rh.io.Collect(), rh.io.Collect()
+    source = rh.io.JsonLines(tmp_path / "a.jsonl", batch_size=25)
+    flow.source(source, time=rh.col("when").str.to_datetime(), name="tx").sink(out)
+    flow.dead_letters().sink(dead)
+    flow.run()
+    assert out.rows == []
+    assert len(dead.rows) == 50
+    assert dead.rows[0]["operator"] == "source 'tx'"
+    assert "failed" in dead.rows[0]["reason"]
+    assert "when" in dead.rows[0]["reason"]

@@ -62,7 +62,7 @@ def time_type_of(dtype: pl.DataType, *, column: str, where: str) -> TimeType:
     >>> time_type_of(pl.String(), column="ts", where="source 's'")
     Traceback (most recent call last):
     ...
-    rheon.core.errors.FlowError: source 's': time column 'ts' has type String; expected int64 epoch milliseconds or a Datetime. Try parsing it first, e.g. rh.col('ts').str.to_datetime().
+    rheon.core.errors.FlowError: source 's': time column 'ts' has type String; expected int64 epoch milliseconds or a Datetime. Parse it with an expression: time=rh.col('ts').str.to_datetime().
     """
     if isinstance(dtype, pl.Datetime):
         return TimeType(dtype, _TICKS_PER_MS[dtype.time_unit or "us"])
@@ -70,6 +70,6 @@ def time_type_of(dtype: pl.DataType, *, column: str, where: str) -> TimeType:
         return TimeType(pl.Int64(), 1)
     msg = (
         f"{where}: time column '{column}' has type {dtype}; expected int64 epoch milliseconds "
-        f"or a Datetime. Try parsing it first, e.g. rh.col('{column}').str.to_datetime()."
+        f"or a Datetime. Parse it with an expression: time=rh.col('{column}').str.to_datetime()."
     )
     raise FlowError(msg)

@@ -169,6 +169,10 @@ class EventTimeColumn:
         assert self.expr is not None
         try:
             out = frame.select(self.expr).to_series()
+        except (pl.exceptions.ColumnNotFoundError, pl.exceptions.SchemaError) as exc:
+            # About the batch's columns, not a value: every record has it, no need to look further.
+            reason = f"time expression {self._expr_text()} failed: {_first_line(exc)}"
+            return pl.Series(self.column, []), [(offset + i, reason) for i in range(frame.height)]
         except _FAILED as exc:
             if frame.height == 1:
                 reason = f"time expression {self._expr_text()} failed: {_first_line(exc)} ({self._inputs(frame.row(0, named=True))})"
