@@ -29,10 +29,9 @@ from typing_extensions import override
 
 from rheon.core.deadletters import payload_of
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
-from rheon.operators import exactsum
+from rheon.operators import exactsum, sketches
 from rheon.operators.dense import DenseGroups, numpy_integer
 from rheon.operators.exactsum import Post
-from rheon.operators.packed import Packing
 
 __all__ = ["Aggregation", "Count", "CountDistinct", "FloatMean", "FloatSum", "Max", "Mean", "Min", "Sum"]
 
@@ -742,7 +741,8 @@ class _Sketch(Aggregation):
     entry (a bucket ``k`` and a value ``v``, or none when null); entries with the same bucket
     are reduced to one (the largest ``v``, or their sum) after a grouping that leaves a long
     list, and before a window's result is computed, so a list holds at most one entry per
-    bucket or a few short of it, and merging two is concatenating and reducing."""
+    bucket or a few short of it, and merging two is concatenating and reducing. Reduced lists
+    are in bucket order, which keeps later reductions cheap (:mod:`rheon.operators.sketches`)."""
 
     summed: ClassVar[bool] = False
 
@@ -750,61 +750,44 @@ class _Sketch(Aggregation):
     def entry(self, x: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
         """The bucket (Int64) and value (Int64) of each value ``x`` (null buckets are skipped)."""
 
+    def _entry_columns(self, p: str) -> list[pl.Expr]:
+        """Each record's bucket (null for a null value) and value, as columns ``p_k`` and ``p_v``."""
+        x = pl.col(self.column or "")
+        k, v = self.entry(x)
+        return [pl.when(x.is_not_null()).then(k).cast(pl.Int64).alias(p + "_k"), v.cast(pl.Int64).alias(p + "_v")]
+
     def _entries(self, p: str) -> pl.Expr:
         entry = pl.struct(pl.col(p + "_k").alias("k"), pl.col(p + "_v").alias("v"))
         return entry.filter(pl.col(p + "_k").is_not_null()).alias(p)
 
     SHORT: ClassVar[int] = 64
-    """Lists up to this long may keep repeated buckets until they grow or their window fires:
-    reducing a batch of small groups costs more than carrying a few repeats."""
+    """Lists of raw records up to this long may keep repeated buckets, out of order, until they
+    are merged or their window fires: reducing a batch of small groups costs more than carrying
+    a few repeats."""
 
-    def _reduce(self, p: str, *, always: bool = False) -> Post:
-        """The step that leaves one entry per bucket in each row's list (unless every list is
-        short): the entries of all rows sorted by (row, bucket, value) in one sort, runs of one
-        bucket reduced with NumPy."""
+    def _reduce(self, p: str, short: int) -> Post:
+        """The step that leaves one entry per bucket, in bucket order, in each row's list
+        (unless every list is at most ``short`` long); lists in order already stay as they are."""
 
         def reduce(frame: pl.DataFrame) -> pl.DataFrame:
             lists = frame.get_column(p)
             lens = lists.list.len().to_numpy()
-            if not always and (not len(lens) or lens.max() <= self.SHORT):
+            if not len(lens) or lens.max() <= short:
                 return frame
-            flat = frame.select(pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)).to_series()
-            if not len(flat):
+            rows, ks, vs = sketches.entries(lists)
+            reduced_rows, reduced_ks, reduced_vs = sketches.reduced(rows, ks, vs, summed=self.summed)
+            if reduced_ks is ks:
                 return frame
-            row = np.repeat(np.arange(len(lists), dtype=np.int64), lens)
-            entries = pl.DataFrame([pl.Series("__row", row), flat.struct.field("k"), flat.struct.field("v")])
-            columns = ["__row", "k"] if self.summed else ["__row", "k", "v"]
-            packing = Packing.of(entries, columns)
-            entries = entries.sort(packing.expr() if packing is not None else columns)
-            rows, ks = entries.get_column("__row").to_numpy(), entries.get_column("k").to_numpy()
-            first = np.empty(len(rows), dtype=bool)
-            first[0] = True
-            np.not_equal(rows[1:], rows[:-1], out=first[1:])
-            first[1:] |= ks[1:] != ks[:-1]
-            starts = np.flatnonzero(first)
-            if self.summed:
-                values = np.add.reduceat(entries.get_column("v").to_numpy(), starts)
-            else:  # sorted by value too: a run's last entry holds its largest
-                values = entries.get_column("v").to_numpy()[np.append(starts[1:], len(rows)) - 1]
-            kept = pl.DataFrame(
-                [pl.Series("__row", rows[starts]), pl.Series("k", ks[starts]), pl.Series("v", values, dtype=pl.Int64)]
-            )
-            per_row = kept.group_by("__row", maintain_order=True).agg(pl.struct("k", "v").alias(p))
-            if per_row.height == frame.height:  # every row has entries (the usual case)
-                return frame.with_columns(per_row.get_column(p))
-            every = pl.DataFrame({"__row": np.arange(frame.height, dtype=np.int64)})
-            reduced = every.join(per_row, on="__row", how="left", maintain_order="left").get_column(p)
-            return frame.with_columns(reduced.fill_null(pl.lit([], dtype=reduced.dtype)))
+            wanted = np.arange(frame.height, dtype=np.int64)
+            return frame.with_columns(sketches.lists_of(reduced_rows, reduced_ks, reduced_vs, wanted, p))
 
         return reduce
 
-    @staticmethod
-    def _entries_of(frame: pl.DataFrame, p: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each row's number of entries, and all entries' buckets and values (row by row, each
-        row's in bucket order, as the reduce step leaves them)."""
-        lens = frame.get_column(p).list.len().to_numpy().astype(np.int64)
-        flat = frame.select(pl.col(p).list.explode(keep_nulls=False, empty_as_null=False)).to_series()
-        return lens, flat.struct.field("k").to_numpy(), flat.struct.field("v").to_numpy()
+    def _reduced(self, merged: pl.DataFrame, p: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each row's number of entries once reduced, and all reduced entries' buckets and values
+        (row by row, each row's in bucket order)."""
+        rows, ks, vs = sketches.reduced(*sketches.entries(merged.get_column(p)), summed=self.summed)
+        return np.bincount(rows, minlength=merged.height), ks, vs
 
     @override
     def final(self, p: str) -> pl.Expr:
@@ -812,12 +795,20 @@ class _Sketch(Aggregation):
 
     @override
     def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
-        x = pl.col(self.column or "")
-        k, v = self.entry(x)
-        frame = frame.with_columns(
-            pl.when(x.is_not_null()).then(k).cast(pl.Int64).alias(p + "_k"), v.cast(pl.Int64).alias(p + "_v")
-        )
-        return frame, [self._entries(p)], self._reduce(p)
+        return frame.with_columns(self._entry_columns(p)), [self._entries(p)], self._reduce(p, self.SHORT)
+
+    @override
+    def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
+        """The records' entries sorted and reduced per group in NumPy (one sort of a packed
+        column, no hash grouping), each group's list in bucket order."""
+        columns = frame.select(self._entry_columns(p))
+        ks, vs = columns.get_column(p + "_k"), columns.get_column(p + "_v")
+        index = groups.index
+        if ks.null_count():
+            present = ks.is_not_null()
+            index, ks, vs = index[present.to_numpy()], ks.filter(present), vs.filter(present)
+        rows, buckets, values = sketches.reduced_groups(index, ks.to_numpy(), vs.to_numpy(), summed=self.summed)
+        return pl.DataFrame([sketches.lists_of(rows, buckets, values, groups.slots, p)]), None
 
     @override
     def partials(self, p: str) -> list[pl.Expr]:
@@ -829,7 +820,8 @@ class _Sketch(Aggregation):
 
     @override
     def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
-        return self.merges(p), self._reduce(p)
+        """Lists concatenated, then reduced: merged lists of lists in order are in order too."""
+        return self.merges(p), self._reduce(p, 0)
 
 
 HLL_PRECISION = 14
@@ -859,7 +851,7 @@ class ApproxCountDistinct(_Sketch):
         the entries were merged)."""
         m = float(1 << HLL_PRECISION)
         alpha = 0.7213 / (1 + 1.079 / m)
-        lens, _, ranks = self._entries_of(self._reduce(p, always=True)(merged), p)
+        lens, _, ranks = self._reduced(merged, p)
         harmonic = np.zeros(len(lens))
         filled = lens > 0
         if filled.any():
@@ -911,7 +903,7 @@ class ApproxQuantile(_Sketch):
         entries at once (cumulative counts, in bucket order within each window), then turned
         into a value with one power per distinct bucket in Python (a vectorized power may round
         differently in the last bit depending on the array's length)."""
-        lens, codes, counts = self._entries_of(self._reduce(p, always=True)(merged), p)
+        lens, codes, counts = self._reduced(merged, p)
         values = np.full(len(lens), np.nan)
         filled = lens > 0
         if filled.any():
@@ -922,11 +914,12 @@ class ApproxQuantile(_Sketch):
             at = np.searchsorted(cum[1:], base + rank, side="right")
             chosen = codes[np.minimum(at, len(codes) - 1)][filled]
             gamma = self.gamma
-            centres = {
-                c: 0.0 if c == 0 else math.copysign(2 * gamma ** (abs(c) - self.OFFSET) / (gamma + 1), c)
-                for c in np.unique(chosen).tolist()
-            }
-            values[filled] = [centres[c] for c in chosen.tolist()]
+            distinct, which = np.unique(chosen, return_inverse=True)
+            centres = [
+                0.0 if c == 0 else math.copysign(2 * gamma ** (abs(c) - self.OFFSET) / (gamma + 1), c)
+                for c in distinct.tolist()
+            ]
+            values[filled] = np.array(centres, dtype=np.float64)[which]
         return merged.with_columns(pl.Series(p + "_value", values, dtype=pl.Float64).fill_nan(None))
 
     @override

@@ -1,0 +1,181 @@
+"""The entry lists of sketch aggregations (:class:`rheon.operators.aggregations.ApproxQuantile`,
+:class:`~rheon.operators.aggregations.ApproxCountDistinct`), reduced in NumPy.
+
+A sketch is a list of ``{k, v}`` entries per group: a bucket and a value. Reducing a list keeps
+one entry per bucket, in bucket order: the largest value (HyperLogLog's rank) or the sum (a
+DDSketch count). Here, the entries of many lists are handled at once as three flat arrays: each
+entry's row (the list it belongs to), bucket and value.
+
+Sorted lists are cheap to keep sorted: concatenating two gives two sorted runs, which a stable
+sort (NumPy's timsort) merges in one pass, and a list already in order is only checked. Only the
+entries of raw records come in no order; :func:`reduced_groups` sorts them as one packed Int64
+column.
+
+Examples
+--------
+>>> rows, ks, vs = np.array([0, 0, 0, 1]), np.array([9, 3, 9, 3]), np.array([1, 1, 1, 5])
+>>> [a.tolist() for a in reduced(rows, ks, vs, summed=True)]
+[[0, 0, 1], [3, 9, 3], [1, 2, 5]]
+>>> [a.tolist() for a in reduced(rows, ks, np.array([4, 2, 7, 5]), summed=False)]
+[[0, 0, 1], [3, 9, 3], [2, 7, 5]]
+>>> lists_of(np.array([0, 0, 2]), np.array([3, 9, 4]), np.array([1, 2, 1]), np.arange(3), "p").to_list()
+[[{'k': 3, 'v': 1}, {'k': 9, 'v': 2}], [], [{'k': 4, 'v': 1}]]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+__all__ = ["Entries", "entries", "lists_of", "reduced", "reduced_groups"]
+
+Entries = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Each entry's row, bucket and value (Int64 arrays of one length)."""
+
+_LIMIT = 1 << 62  # packed keys stay clear of the sign bit
+
+
+def entries(lists: pl.Series) -> Entries:
+    """The entries of a column of lists, list after list (rows numbered from 0).
+
+    >>> lists = pl.Series([[{"k": 5, "v": 1}], [], [{"k": 2, "v": 3}, {"k": 1, "v": 1}]])
+    >>> [a.tolist() for a in entries(lists)]
+    [[0, 2, 2], [5, 2, 1], [1, 3, 1]]
+    """
+    lens = lists.list.len().fill_null(0).to_numpy().astype(np.int64, copy=False)
+    flat = lists.explode(keep_nulls=False, empty_as_null=False)
+    rows = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    return rows, _int64(flat.struct.field("k")), _int64(flat.struct.field("v"))
+
+
+def _int64(series: pl.Series) -> np.ndarray:
+    return series.cast(pl.Int64).to_numpy().astype(np.int64, copy=False)
+
+
+def _packing(columns: list[np.ndarray]) -> tuple[list[int], list[int]] | None:
+    """Each column's minimum and shift for one packed Int64 key that sorts as the columns do
+    (first column first), or ``None`` if their ranges do not fit in 62 bits together.
+
+    >>> _packing([np.array([3, 5]), np.array([-1, 6])])
+    ([3, -1], [3, 0])
+    """
+    lows = [int(c.min()) for c in columns]
+    widths = [(int(c.max()) - low).bit_length() for c, low in zip(columns, lows, strict=True)]
+    shifts = [sum(widths[i + 1 :]) for i in range(len(columns))]
+    return (lows, shifts) if shifts[0] + widths[0] <= 62 else None
+
+
+def _packed(columns: list[np.ndarray], lows: list[int], shifts: list[int]) -> np.ndarray:
+    key: np.ndarray = np.subtract(columns[0], lows[0], dtype=np.int64)
+    if shifts[0]:
+        np.left_shift(key, shifts[0], out=key)
+    term = np.empty_like(key)
+    for column, low, shift in zip(columns[1:], lows[1:], shifts[1:], strict=True):
+        np.subtract(column, low, out=term, dtype=np.int64)
+        if shift:
+            np.left_shift(term, shift, out=term)
+        np.bitwise_or(key, term, out=key)
+    return key
+
+
+def _unpacked(key: np.ndarray, lows: list[int], shifts: list[int]) -> list[np.ndarray]:
+    columns = []
+    for i, (low, shift) in enumerate(zip(lows, shifts, strict=True)):
+        part = key >> shift if shift else key.copy()
+        if i:
+            np.bitwise_and(part, (1 << (shifts[i - 1] - shift)) - 1, out=part)
+        if low:
+            np.add(part, low, out=part)
+        columns.append(part)
+    return columns
+
+
+def _starts(*columns: np.ndarray) -> np.ndarray:
+    """Where runs of equal rows of ``columns`` (sorted) start."""
+    first = np.empty(len(columns[0]), dtype=bool)
+    first[0] = True
+    np.not_equal(columns[0][1:], columns[0][:-1], out=first[1:])
+    for column in columns[1:]:
+        first[1:] |= column[1:] != column[:-1]
+    return np.flatnonzero(first)
+
+
+def reduced(rows: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> Entries:
+    """Entries with rows in order (each row's entries together), reduced to one entry per
+    bucket in each row, in bucket order. Rows whose entries are in order already cost a
+    check; the others' entries are sorted in place (by a stable sort, which merges sorted
+    runs in linear time) and their runs of a bucket reduced."""
+    if len(rows) < 2:
+        return rows, ks, vs
+    disorder = (rows[1:] == rows[:-1]) & (ks[1:] <= ks[:-1])
+    if not disorder.any():
+        return rows, ks, vs
+    bad = np.zeros(int(rows[-1]) + 1, dtype=bool)
+    bad[rows[1:][disorder]] = True
+    at = np.flatnonzero(bad[rows])  # all entries of rows out of order (rows stay in place)
+    sub_rows, sub_ks, sub_vs = rows[at], ks[at], vs[at]
+    columns = [sub_rows, sub_ks] if summed else [sub_rows, sub_ks, sub_vs]
+    packing = _packing(columns)
+    order = np.lexsort(columns[::-1]) if packing is None else np.argsort(_packed(columns, *packing), kind="stable")
+    sub_ks, sub_vs = sub_ks[order], sub_vs[order]
+    starts = _starts(sub_rows, sub_ks)
+    ks, vs = ks.copy(), vs.copy()
+    ks[at] = sub_ks
+    if summed:
+        vs[at[starts]] = np.add.reduceat(sub_vs, starts)
+    else:  # sorted by value too: a run's last entry holds its largest
+        vs[at[starts]] = sub_vs[np.append(starts[1:], len(sub_vs)) - 1]
+    if len(starts) == len(at):
+        return rows, ks, vs
+    keep = np.ones(len(rows), dtype=bool)
+    keep[at] = False
+    keep[at[starts]] = True
+    return rows[keep], ks[keep], vs[keep]
+
+
+def reduced_groups(groups: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> Entries:
+    """The entries of raw records (in any order), each of group ``groups``, reduced to one per
+    bucket in each group: sorted by group, bucket and value (one packed column when the
+    ranges fit in 62 bits, as for HyperLogLog's registers and ranks), then reduced by runs.
+
+    >>> groups, ks, vs = np.array([7, 2, 7, 7]), np.array([4, 4, 1, 4]), np.array([3, 1, 1, 5])
+    >>> [a.tolist() for a in reduced_groups(groups, ks, vs, summed=False)]
+    [[2, 7, 7], [4, 1, 4], [1, 1, 5]]
+    >>> [a.tolist() for a in reduced_groups(groups, ks, np.ones(4, dtype=np.int64), summed=True)]
+    [[2, 7, 7], [4, 1, 4], [1, 1, 2]]
+    """
+    if not len(groups):
+        return groups, ks, vs
+    packing = _packing([groups, ks, vs])
+    if packing is None:
+        frame = pl.DataFrame({"g": groups, "k": ks, "v": vs}).sort(["g", "k", "v"])
+        groups, ks, vs = (frame.get_column(c).to_numpy() for c in ("g", "k", "v"))
+        starts = _starts(groups, ks)
+        ends = np.append(starts[1:], len(ks)) - 1
+        values = np.add.reduceat(vs, starts) if summed else vs[ends]
+        return groups[starts], ks[starts], values
+    lows, shifts = packing
+    key = pl.Series(_packed([groups, ks, vs], lows, shifts)).sort().to_numpy()
+    starts = _starts(key >> shifts[1] if shifts[1] else key)  # runs of one (group, bucket)
+    if len(starts) == len(key):  # no bucket repeats in a group
+        groups, ks, vs = _unpacked(key, lows, shifts)
+        return groups, ks, vs
+    if not summed:  # sorted by value too: a run's last entry holds its largest
+        groups, ks, vs = _unpacked(key[np.append(starts[1:], len(key)) - 1], lows, shifts)
+        return groups, ks, vs
+    groups, ks = _unpacked(key[starts], lows, shifts)[:2]
+    if shifts[1]:
+        return groups, ks, np.add.reduceat(_unpacked(key, lows, shifts)[2], starts)
+    return groups, ks, np.diff(starts, append=len(key)) * lows[2]  # one value (raw counts of 1)
+
+
+def lists_of(rows: np.ndarray, ks: np.ndarray, vs: np.ndarray, wanted: np.ndarray, name: str) -> pl.Series:
+    """The lists of ``{k, v}`` entries of rows ``wanted`` (ascending), in that order; ``rows``
+    in order (every entry's row in ``wanted``), an empty list for a row with no entry."""
+    flat = pl.DataFrame([pl.Series("__row", rows, dtype=pl.Int64).set_sorted(), pl.Series("k", ks), pl.Series("v", vs)])
+    per_row = flat.group_by("__row", maintain_order=True).agg(pl.struct("k", "v").alias(name))
+    if per_row.height == len(wanted):  # every row has entries (the usual case)
+        return per_row.get_column(name)
+    every = pl.DataFrame([pl.Series("__row", wanted, dtype=pl.Int64)])
+    lists = every.join(per_row, on="__row", how="left", maintain_order="left").get_column(name)
+    return lists.fill_null(pl.lit([], dtype=lists.dtype))
