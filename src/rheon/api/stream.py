@@ -390,11 +390,14 @@ class Stream:
             self._check_same_flow(s, where)
         times = {s.time for s in streams}
         if len(times) > 1:
+            named = sorted(t for t in times if t is not None)
             desc = ", ".join(f"{s.node.label} has {s.time!r}" for s in streams)
-            msg = (
-                f"{where}: inputs disagree on the event-time column ({desc}). "
-                "Try declaring the same time= on every source."
+            hint = (
+                f".with_time(rh.col({named[1]!r}).alias({named[0]!r})) on the stream timed by {named[1]!r}"
+                if len(named) > 1
+                else f".with_time({named[0]!r}) on the streams without event time"
             )
+            msg = f"{where}: inputs disagree on the event-time column ({desc}). Give them one with {hint}."
             raise FlowError(msg)
         types = {s.time_type.dtype for s in streams if s.time_type is not None}
         if len(types) > 1:
