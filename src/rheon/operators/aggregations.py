@@ -774,20 +774,19 @@ class _Sketch(Aggregation):
             lens = lists.list.len().to_numpy()
             if not len(lens) or lens.max() <= short:
                 return frame
-            rows, ks, vs = sketches.entries(lists)
-            reduced_rows, reduced_ks, reduced_vs = sketches.reduced(rows, ks, vs, summed=self.summed)
+            lens, ks, vs = sketches.entries(lists)
+            reduced_lens, reduced_ks, reduced_vs = sketches.reduced(lens, ks, vs, summed=self.summed)
             if reduced_ks is ks:
                 return frame
-            wanted = np.arange(frame.height, dtype=np.int64)
-            return frame.with_columns(sketches.lists_of(reduced_rows, reduced_ks, reduced_vs, wanted, p))
+            rows, wanted = sketches.rows_of(reduced_lens), np.arange(frame.height, dtype=np.int64)
+            return frame.with_columns(sketches.lists_of(rows, reduced_ks, reduced_vs, wanted, p))
 
         return reduce
 
     def _reduced(self, merged: pl.DataFrame, p: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each row's number of entries once reduced, and all reduced entries' buckets and values
         (row by row, each row's in bucket order)."""
-        rows, ks, vs = sketches.reduced(*sketches.entries(merged.get_column(p)), summed=self.summed)
-        return np.bincount(rows, minlength=merged.height), ks, vs
+        return sketches.reduced(*sketches.entries(merged.get_column(p)), summed=self.summed)
 
     @override
     def final(self, p: str) -> pl.Expr:

@@ -13,11 +13,11 @@ column.
 
 Examples
 --------
->>> rows, ks, vs = np.array([0, 0, 0, 1]), np.array([9, 3, 9, 3]), np.array([1, 1, 1, 5])
->>> [a.tolist() for a in reduced(rows, ks, vs, summed=True)]
-[[0, 0, 1], [3, 9, 3], [1, 2, 5]]
->>> [a.tolist() for a in reduced(rows, ks, np.array([4, 2, 7, 5]), summed=False)]
-[[0, 0, 1], [3, 9, 3], [2, 7, 5]]
+>>> lens, ks, vs = np.array([3, 1]), np.array([9, 3, 9, 3]), np.array([1, 1, 1, 5])
+>>> [a.tolist() for a in reduced(lens, ks, vs, summed=True)]
+[[2, 1], [3, 9, 3], [1, 2, 5]]
+>>> [a.tolist() for a in reduced(lens, ks, np.array([4, 2, 7, 5]), summed=False)]
+[[2, 1], [3, 9, 3], [2, 7, 5]]
 >>> lists_of(np.array([0, 0, 2]), np.array([3, 9, 4]), np.array([1, 2, 1]), np.arange(3), "p").to_list()
 [[{'k': 3, 'v': 1}, {'k': 9, 'v': 2}], [], [{'k': 4, 'v': 1}]]
 """
@@ -27,25 +27,35 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-__all__ = ["Entries", "entries", "lists_of", "reduced", "reduced_groups"]
+__all__ = ["Entries", "entries", "lists_of", "reduced", "reduced_groups", "rows_of"]
 
 Entries = tuple[np.ndarray, np.ndarray, np.ndarray]
-"""Each entry's row, bucket and value (Int64 arrays of one length)."""
+"""Entries as three Int64 arrays: each list's length (or each entry's row, or group), and
+each entry's bucket and value."""
 
 _LIMIT = 1 << 62  # packed keys stay clear of the sign bit
 
 
 def entries(lists: pl.Series) -> Entries:
-    """The entries of a column of lists, list after list (rows numbered from 0).
+    """The entries of a column of lists: each list's length, and all entries' buckets and
+    values, list after list.
 
     >>> lists = pl.Series([[{"k": 5, "v": 1}], [], [{"k": 2, "v": 3}, {"k": 1, "v": 1}]])
     >>> [a.tolist() for a in entries(lists)]
-    [[0, 2, 2], [5, 2, 1], [1, 3, 1]]
+    [[1, 0, 2], [5, 2, 1], [1, 3, 1]]
     """
     lens = lists.list.len().fill_null(0).to_numpy().astype(np.int64, copy=False)
     flat = lists.explode(keep_nulls=False, empty_as_null=False)
-    rows = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-    return rows, _int64(flat.struct.field("k")), _int64(flat.struct.field("v"))
+    return lens, _int64(flat.struct.field("k")), _int64(flat.struct.field("v"))
+
+
+def rows_of(lens: np.ndarray) -> np.ndarray:
+    """Each entry's row (numbered from 0), from the rows' numbers of entries.
+
+    >>> rows_of(np.array([1, 0, 2])).tolist()
+    [0, 2, 2]
+    """
+    return np.repeat(np.arange(len(lens), dtype=np.int64), lens)
 
 
 def _int64(series: pl.Series) -> np.ndarray:
@@ -81,9 +91,13 @@ def _packed(columns: list[np.ndarray], lows: list[int], shifts: list[int]) -> np
 def _unpacked(key: np.ndarray, lows: list[int], shifts: list[int]) -> list[np.ndarray]:
     columns = []
     for i, (low, shift) in enumerate(zip(lows, shifts, strict=True)):
-        part = key >> shift if shift else key.copy()
-        if i:
+        if i == 0:
+            part = key >> shift
+        elif shift:
+            part = key >> shift
             np.bitwise_and(part, (1 << (shifts[i - 1] - shift)) - 1, out=part)
+        else:
+            part = np.bitwise_and(key, (1 << shifts[i - 1]) - 1)
         if low:
             np.add(part, low, out=part)
         columns.append(part)
@@ -100,19 +114,22 @@ def _starts(*columns: np.ndarray) -> np.ndarray:
     return np.flatnonzero(first)
 
 
-def reduced(rows: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> Entries:
-    """Entries with rows in order (each row's entries together), reduced to one entry per
-    bucket in each row, in bucket order. Rows whose entries are in order already cost a
-    check; the others' entries are sorted in place (by a stable sort, which merges sorted
-    runs in linear time) and their runs of a bucket reduced."""
-    if len(rows) < 2:
-        return rows, ks, vs
-    disorder = (rows[1:] == rows[:-1]) & (ks[1:] <= ks[:-1])
+def reduced(lens: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> Entries:
+    """Entries of lists (as :func:`entries` gives them) reduced to one entry per bucket in
+    each list, in bucket order. Lists in order already cost a check; the others' entries are
+    sorted in place (by a stable sort, which merges sorted runs in linear time) and their runs
+    of a bucket reduced."""
+    if len(ks) < 2:
+        return lens, ks, vs
+    disorder = ks[1:] <= ks[:-1]
+    ends = np.cumsum(lens)
+    disorder[ends[(ends > 0) & (ends < len(ks))] - 1] = False  # from one list to the next
     if not disorder.any():
-        return rows, ks, vs
-    bad = np.zeros(int(rows[-1]) + 1, dtype=bool)
+        return lens, ks, vs
+    rows = rows_of(lens)
+    bad = np.zeros(len(lens), dtype=bool)
     bad[rows[1:][disorder]] = True
-    at = np.flatnonzero(bad[rows])  # all entries of rows out of order (rows stay in place)
+    at = np.flatnonzero(bad[rows])  # all entries of lists out of order (rows stay in place)
     sub_rows, sub_ks, sub_vs = rows[at], ks[at], vs[at]
     columns = [sub_rows, sub_ks] if summed else [sub_rows, sub_ks, sub_vs]
     packing = _packing(columns)
@@ -126,11 +143,11 @@ def reduced(rows: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -
     else:  # sorted by value too: a run's last entry holds its largest
         vs[at[starts]] = sub_vs[np.append(starts[1:], len(sub_vs)) - 1]
     if len(starts) == len(at):
-        return rows, ks, vs
+        return lens, ks, vs
     keep = np.ones(len(rows), dtype=bool)
     keep[at] = False
     keep[at[starts]] = True
-    return rows[keep], ks[keep], vs[keep]
+    return np.bincount(rows[keep], minlength=len(lens)), ks[keep], vs[keep]
 
 
 def reduced_groups(groups: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> Entries:
