@@ -8,9 +8,10 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "rheon"
 
 # Bottom to top. Modules directly under rheon/ (the front door, testing) may import anything.
-LAYERS = ["core", "time", "io", "state", "operators", "runtime", "cep", "sql", "api", "apps", "cli", "web"]
+LAYERS = ["core", "time", "io", "state", "operators", "cep", "runtime", "sql", "api", "apps", "cli", "web"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
-RANK.update({"cep": RANK["runtime"] + 1, "sql": RANK["runtime"] + 1, "apps": RANK["api"] + 1, "web": RANK["api"] + 1})
+# cep is an operator library (below runtime, which builds its operator from the plan).
+RANK.update({"sql": RANK["runtime"] + 1, "apps": RANK["api"] + 1, "web": RANK["api"] + 1})
 # apps sits below cli and web, which present it.
 RANK["cli"] = RANK["web"] = RANK["apps"] + 1
 

@@ -359,10 +359,10 @@ def test_explain_shows_fused_python_steps():
     )
     assert flow.explain().splitlines() == [
         "flow 'plan'",
-        "  source 'in' time='ts'",
+        "  source 'in' time='ts': Records(1 rows, batch_size=1000)",
         "  chain 'a+b' <- in",
-        "  filter 'c' <- b",
-        "  sink 'out' <- c",
+        "  filter 'c' <- b: [(col(\"x\")) > (dyn int: 0)]",
+        "  sink 'out' <- c: Callback",
     ]
 
 

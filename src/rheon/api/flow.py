@@ -21,6 +21,7 @@ from rheon.runtime.checkpointing import CheckpointSettings
 from rheon.runtime.executor import Executor
 from rheon.runtime.graph import Graph, Node
 from rheon.runtime.plan import make_plan
+from rheon.runtime.specs import DeadLettersSpec, SourceSpec
 from rheon.runtime.stats import RunStats
 from rheon.state.backends import BACKENDS
 from rheon.time.clock import Clock, SystemClock
@@ -157,15 +158,11 @@ class Flow:
             raise FlowError(msg)
         idle_ms = to_ms(idle_timeout, what=f"{where}: idle_timeout") if idle_timeout is not None else None
         node = Node(
-            "source",
             op_name,
+            SourceSpec(source, time_expr=time_expr, max_delay_ms=delay_ms, idle_timeout_ms=idle_ms),
             schema=schema,
             time=column,
             time_type=time_type,
-            time_expr=time_expr,
-            source=source,
-            max_delay_ms=delay_ms,
-            idle_timeout_ms=idle_ms,
         )
         self.graph.add(node)
         return Stream(self, node)
@@ -187,24 +184,27 @@ class Flow:
         """
         if self._dead_node is None:
             self._dead_node = self.graph.add(
-                Node("dead_letters", self.graph.name_for("dead_letters", None), schema=DEAD_LETTER_SCHEMA)
+                Node(self.graph.name_for("dead_letters", None), DeadLettersSpec(), schema=DEAD_LETTER_SCHEMA)
             )
         return Stream(self, self._dead_node)
 
     def explain(self) -> str:
-        """The plan the flow would run, one operator per line (Python steps in a row are fused).
+        """The plan the flow would run, one operator per line with its inputs and parameters
+        (Python steps in a row are fused into one ``chain``).
 
         Examples
         --------
         >>> import rheon as rh
         >>> flow = rh.Flow("e")
-        >>> s = flow.source(rh.io.Records([{"x": 1}]), name="in")
-        >>> s.filter(lambda r: r["x"] > 0, name="pos").map(lambda r: r, name="same").sink(print, name="out")
+        >>> s = flow.source(rh.io.Records([{"k": "a", "x": 1, "ts": 0}]), time="ts", max_delay="1s", name="in")
+        >>> s = s.filter(lambda r: r["x"] > 0, name="pos").map(lambda r: r, name="same")
+        >>> s.key_by("k").window(rh.tumbling("1m"), name="per_k").agg(n=rh.count(), hi=rh.max("x")).sink(print, name="out")
         >>> print(flow.explain())
         flow 'e'
-          source 'in' time=None
+          source 'in' time='ts' (per-record watermarks): Records(1 rows, batch_size=1000) max_delay=1000ms
           chain 'pos+same' <- in
-          sink 'out' <- same
+          window 'per_k' <- same: tumbling(60000ms) by k: n=rh.count(), hi=rh.max('x')
+          sink 'out' <- per_k: Callback
         """
         return make_plan(self.graph).describe()
 

@@ -12,9 +12,9 @@ import polars as pl
 
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
-from rheon.operators.join import IntervalJoin, LookupJoin, TemporalJoin, WindowJoin
 from rheon.operators.join.common import right_names
 from rheon.runtime.graph import Node, SideOutput
+from rheon.runtime.specs import JoinSpec, LookupJoinSpec
 from rheon.time.windows import Session, Sliding, Tumbling
 
 if TYPE_CHECKING:
@@ -134,14 +134,12 @@ def keyed_join(
     time_type = stream.time_type or right.stream.time_type
     schema = _output_schema(stream.schema, right.stream.schema, right_keys, suffix)
     out_time = left_time
+    spec_between: tuple[int, int] | None = None
+    spec_window: Tumbling | Sliding | None = None
     if kind == "temporal_join":
         if between is not None or window is not None:
             msg = f"{where}: a temporal join (with .latest()) takes neither between= nor window="
             raise FlowError(msg)
-
-        def make(ctx: object) -> TemporalJoin:
-            return TemporalJoin(op_name, left_keys, right_keys, left_time, right_time, how, suffix, time_type)
-
     elif (between is None) == (window is None):
         msg = f'{where}: give exactly one of between=("-5m", "+5m") (interval join) or window=rh.tumbling("1m")'
         raise FlowError(msg)
@@ -154,33 +152,34 @@ def keyed_join(
         if lower > upper:
             msg = f"{where}: between starts after it ends ({between[0]!r} > {between[1]!r})"
             raise FlowError(msg)
-
-        def make(ctx: object) -> IntervalJoin:  # type: ignore[misc]
-            return IntervalJoin(
-                op_name, left_keys, right_keys, left_time, right_time, how, suffix, time_type, lower, upper
-            )
-
+        spec_between = (lower, upper)
     else:
         if not isinstance(window, Tumbling | Sliding):
             msg = f"{where}: window joins take rh.tumbling(...) or rh.sliding(...) (got {window!r})"
             raise FlowError(msg)
-        assigner = window
+        spec_window = window
         out_time = "window_start"
         if schema is not None and time_type is not None:
             schema = pl.Schema({**dict(schema), "window_start": time_type.dtype, "window_end": time_type.dtype})
 
-        def make(ctx: object) -> WindowJoin:  # type: ignore[misc]
-            return WindowJoin(op_name, left_keys, right_keys, left_time, right_time, how, suffix, time_type, assigner)
-
+    spec = JoinSpec(
+        tuple(left_keys),
+        tuple(right_keys),
+        left_time,
+        right_time,
+        how,
+        suffix,
+        time_type,
+        between=spec_between,
+        window=spec_window,
+    )
     node = Node(
-        kind,
         op_name,
+        spec,
         [stream._edge(), right.stream._edge()],
-        make=make,
         schema=schema,
         time=out_time,
         time_type=time_type,
-        uses_event_time=True,
         side_outputs={"late": SideOutput(None, None, None)},
     )
     return stream._add(node)
@@ -231,10 +230,9 @@ def lookup_join(
     stream._columns(where, keys)
     schema = _output_schema(stream.schema, frame.schema, keys, suffix)
     node = Node(
-        "lookup_join",
         op_name,
+        LookupJoinSpec(frame, tuple(keys), how, suffix),
         [stream._edge()],
-        make=lambda ctx: LookupJoin(op_name, frame, keys, keys, how, suffix),
         schema=schema,
         time=stream.time,
         time_type=stream.time_type,

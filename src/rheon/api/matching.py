@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from rheon.cep.operator import TIMED_OUT, MatchOperator, parse_after_match
+from rheon.cep.operator import TIMED_OUT, parse_after_match
 from rheon.cep.pattern import Pattern
 from rheon.core.errors import FlowError
 from rheon.runtime.graph import Node, SideOutput
-from rheon.state.backends import make_backend
+from rheon.runtime.specs import MatchSpec
 
 if TYPE_CHECKING:
     from rheon.api.stream import KeyedStream
@@ -68,23 +68,12 @@ def match_node(
                 msg = f"{where}: a measure does not apply to the match columns ({', '.join(out_schema)}): {exc}"
                 raise FlowError(msg) from exc
     return Node(
-        "match",
         op_name,
+        MatchSpec(tuple(keys), time, pattern, after_match, time_type, measures),
         [stream._edge()],
-        make=lambda ctx: MatchOperator(
-            op_name,
-            keys,
-            time,
-            pattern,
-            after_match,
-            time_type,
-            measures,
-            make_backend(ctx.state_backend, ctx.state_dir),
-        ),
         schema=out_schema,
         time="match_start",
         time_type=time_type,
-        uses_event_time=True,
         side_outputs={
             "late": SideOutput(schema, time, time_type),
             TIMED_OUT: SideOutput(out_schema, "match_start", time_type),  # partial matches, same columns

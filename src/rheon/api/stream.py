@@ -16,22 +16,30 @@ from rheon.cep.pattern import Pattern
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.core.eventtime import TimeType, time_type_of
-from rheon.io.base import BuildContext, Sink
+from rheon.io.base import Sink
 from rheon.io.callback import Callback
 from rheon.operators.aggregations import Aggregation
-from rheon.operators.changes import Changes
-from rheon.operators.dedup import REPEATS, Dedup
-from rheon.operators.eventtime import WithTime
-from rheon.operators.process import KeyedProcess
-from rheon.operators.reduce import Reduce
+from rheon.operators.dedup import REPEATS
 from rheon.operators.rowfn import RowStep
-from rheon.operators.stateless import ExprFilter, Select, WithColumns
-from rheon.operators.topn import RANK, RunningTopN, WindowTopN
-from rheon.operators.union import Union
-from rheon.operators.window import PaneWindowOperator, SessionWindowOperator
+from rheon.operators.topn import RANK
 from rheon.runtime.graph import Edge, Node, SideOutput
-from rheon.state.backends import make_backend
-from rheon.time.column import EventTimeColumn, time_column_name, time_schema
+from rheon.runtime.specs import (
+    ChangesSpec,
+    DedupSpec,
+    FilterSpec,
+    ProcessSpec,
+    ReduceSpec,
+    RowSpec,
+    RunningTopNSpec,
+    SelectSpec,
+    SinkSpec,
+    UnionSpec,
+    WindowSpec,
+    WindowTopNSpec,
+    WithColumnsSpec,
+    WithTimeSpec,
+)
+from rheon.time.column import time_column_name, time_schema
 from rheon.time.windows import Session, Sliding, Tumbling
 
 if TYPE_CHECKING:
@@ -144,10 +152,9 @@ class Stream:
                 msg = f"{where}: the predicate gives {out.dtypes()[0]}, expected Boolean. Try a comparison such as rh.col('x') > 0."
                 raise FlowError(msg)
             node = Node(
-                "filter",
                 op_name,
+                FilterSpec(predicate),
                 [self._edge()],
-                make=lambda ctx: ExprFilter(op_name, predicate),
                 schema=self.schema,
                 time=self.time,
                 time_type=self.time_type,
@@ -156,10 +163,9 @@ class Stream:
         if callable(predicate):
             op_name = graph.name_for("filter", name)
             node = Node(
-                "filter",
                 op_name,
+                RowSpec(RowStep("filter", op_name, predicate)),
                 [self._edge()],
-                row_step=RowStep("filter", op_name, predicate),
                 schema=self.schema,
                 time=self.time,
                 time_type=self.time_type,
@@ -174,10 +180,9 @@ class Stream:
             raise FlowError(msg)
         op_name = self.flow.graph.name_for(kind, name)
         node = Node(
-            kind,
             op_name,
+            RowSpec(RowStep(kind, op_name, fn)),
             [self._edge()],
-            row_step=RowStep(kind, op_name, fn),
             time=self.time,
             time_type=self.time_type,
         )
@@ -241,10 +246,9 @@ class Stream:
             )
             raise FlowError(msg)
         node = Node(
-            "with_columns",
             op_name,
+            WithColumnsSpec(tuple(all_exprs)),
             [self._edge()],
-            make=lambda ctx: WithColumns(op_name, all_exprs),
             schema=schema,
             time=time,
             time_type=time_type,
@@ -301,20 +305,12 @@ class Stream:
         delay_ms = to_ms(max_delay, what=f"{where}: max_delay")
         upstream, upstream_type = self.time, self.time_type
         node = Node(
-            "with_time",
             op_name,
+            WithTimeSpec(column, expr, time_type, delay_ms, upstream, upstream_type),
             [self._edge()],
-            make=lambda ctx: WithTime(
-                op_name,
-                EventTimeColumn(column, where=where, expr=expr, time_type=time_type),
-                delay_ms,
-                upstream,
-                upstream_type,
-            ),
             schema=schema,
             time=column,
             time_type=time_type,
-            uses_event_time=upstream is not None,
         )
         return self._add(node)
 
@@ -354,10 +350,9 @@ class Stream:
         ) or (time is not None and schema is None and time not in [c for c in columns if isinstance(c, str)]):
             time, time_type = None, None
         node = Node(
-            "select",
             op_name,
+            SelectSpec(tuple(exprs)),
             [self._edge()],
-            make=lambda ctx: Select(op_name, exprs),
             schema=schema,
             time=time,
             time_type=time_type,
@@ -406,10 +401,9 @@ class Stream:
         schemas = [s.schema for s in streams]
         schema = schemas[0] if all(sc is not None and sc == schemas[0] for sc in schemas) else None
         node = Node(
-            "union",
             op_name,
+            UnionSpec(len(streams)),
             [s._edge() for s in streams],
-            make=lambda ctx: Union(op_name, len(streams)),
             schema=schema,
             time=self.time,
             time_type=next((s.time_type for s in streams if s.time_type is not None), None),
@@ -633,14 +627,12 @@ class Stream:
             lateness = _upstream_lateness(self)
         out_schema = pl.Schema({**dict(schema), RANK: pl.Int64()})
         node = Node(
-            "top_n",
             op_name,
+            WindowTopNSpec(size, tuple(columns), tuple(desc), tuple(key_columns), lateness, time_type),
             [self._edge()],
-            make=lambda ctx: WindowTopN(op_name, size, columns, desc, key_columns, lateness, time_type),
             schema=out_schema,
             time=time,
             time_type=time_type,
-            uses_event_time=True,
             side_outputs={"late": SideOutput(schema, time, time_type)},
         )
         return self._add(node)
@@ -665,7 +657,7 @@ class Stream:
                 msg = f"sink: expected a sink such as rh.io.Collect() or a function (got {sink!r})"
                 raise FlowError(msg)
         op_name = self.flow.graph.name_for("sink", name)
-        self.flow.graph.add(Node("sink", op_name, [self._edge()], sink=sink))
+        self.flow.graph.add(Node(op_name, SinkSpec(sink), [self._edge()]))
 
 
 class KeyedStream:
@@ -756,23 +748,11 @@ class KeyedStream:
             return to_ms(value, what=f"{where}: ttl")
 
         node = Node(
-            "process",
             op_name,
+            ProcessSpec(tuple(keys), time, process_fn, timer_fn, time_type, ttl_of),
             [stream._edge()],
-            make=lambda ctx: KeyedProcess(
-                op_name,
-                keys,
-                time,
-                process_fn,
-                timer_fn,
-                ctx.clock,
-                time_type,
-                ttl_of,
-                make_backend(ctx.state_backend, ctx.state_dir),
-            ),
             time=time,
             time_type=time_type,
-            uses_event_time=time is not None,
         )
         return stream._add(node)
 
@@ -893,10 +873,9 @@ class KeyedStream:
         op_name = stream.flow.graph.name_for("reduce", name)
         keys = self.keys
         node = Node(
-            "reduce",
             op_name,
+            ReduceSpec(tuple(keys), fn),
             [stream._edge()],
-            make=lambda ctx: Reduce(op_name, keys, fn, make_backend(ctx.state_backend, ctx.state_dir)),
             time=stream.time,
             time_type=stream.time_type,
         )
@@ -931,22 +910,13 @@ class KeyedStream:
             msg = f"{where}: within must be positive (got {within!r})"
             raise FlowError(msg)
         time, time_type, schema = _ordered_time(stream, where)
-        keys = list(self.keys)
-
-        def make(ctx: BuildContext) -> Dedup:
-            backend = make_backend(ctx.state_backend, ctx.state_dir)
-            repeats = REPEATS in node.side_outputs
-            return Dedup(op_name, keys, time, within_ms, time_type, backend, repeats=repeats)
-
         node = Node(
-            "dedup",
             op_name,
+            DedupSpec(tuple(self.keys), time, within_ms, time_type),
             [stream._edge()],
-            make=make,
             schema=schema,
             time=time,
             time_type=time_type,
-            uses_event_time=True,
             side_outputs={"late": SideOutput(schema, time, time_type)},
         )
         return stream._add(node)
@@ -974,18 +944,13 @@ class KeyedStream:
         where = f"changes '{op_name}'"
         columns = _column_list(stream, where, "col", col)
         time, time_type, schema = _ordered_time(stream, where)
-        keys = list(self.keys)
         node = Node(
-            "changes",
             op_name,
+            ChangesSpec(tuple(self.keys), time, tuple(columns), time_type),
             [stream._edge()],
-            make=lambda ctx: Changes(
-                op_name, keys, time, columns, time_type, make_backend(ctx.state_backend, ctx.state_dir)
-            ),
             schema=schema,
             time=time,
             time_type=time_type,
-            uses_event_time=True,
             side_outputs={"late": SideOutput(schema, time, time_type)},
         )
         return stream._add(node)
@@ -1169,19 +1134,13 @@ class WindowedStream:
                 fields[field_name] = dtype
             out_schema = pl.Schema(fields) if fields else None
 
-        def make(ctx: object) -> PaneWindowOperator | SessionWindowOperator:
-            kind = SessionWindowOperator if isinstance(assigner, Session) else PaneWindowOperator
-            return kind(op_name, keys, time, runs, lateness, assigner, time_type)
-
         node = Node(
-            "window",
             op_name,
+            WindowSpec(tuple(keys), time, assigner, runs, lateness, time_type),
             [stream._edge()],
-            make=make,
             schema=out_schema,
             time="window_start",
             time_type=time_type,
-            uses_event_time=True,
             side_outputs={"late": SideOutput(in_schema, time, time_type)},
         )
         return stream._add(node)
@@ -1249,17 +1208,12 @@ def _running_top_n(
     where = f"top_n '{op_name}'"
     size, columns, desc = _top_n_args(stream, where, n, by, descending)
     time, time_type, schema = _ordered_time(stream, where)
-    keys = list(keys)
     out_schema = pl.Schema({**dict(schema), RANK: pl.Int64()}) if schema is not None else None
     node = Node(
-        "top_n",
         op_name,
+        RunningTopNSpec(tuple(keys), time, size, tuple(columns), tuple(desc), time_type),
         [stream._edge()],
-        make=lambda ctx: RunningTopN(
-            op_name, keys, time, size, columns, desc, time_type, make_backend(ctx.state_backend, ctx.state_dir)
-        ),
         schema=out_schema,
-        uses_event_time=True,
         side_outputs={"late": SideOutput(schema, time, time_type)},
     )
     return stream._add(node)
@@ -1271,10 +1225,6 @@ def _upstream_lateness(stream: Stream) -> int:
     node, tag = stream.node, stream.tag
     while tag == "main" and node.kind in ("filter", "with_columns", "select") and len(node.inputs) == 1:
         node, tag = node.inputs[0].node, node.inputs[0].tag
-    if tag != "main" or node.kind != "window" or node.make is None:
+    if tag != "main" or not isinstance(node.spec, WindowSpec):
         return 0
-    # the window operator knows its lateness; building one touches nothing (no files, no state)
-    op = node.make(BuildContext(flow=stream.flow.name, operator=node.name))
-    if isinstance(op, PaneWindowOperator | SessionWindowOperator):
-        return op.lateness_ms
-    return 0
+    return node.spec.lateness_ms

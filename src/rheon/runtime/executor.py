@@ -27,11 +27,13 @@ from rheon.core.eventtime import TimeType
 from rheon.core.metrics import LatencyHistogram, OperatorStats
 from rheon.io.base import BuildContext, SourceLogic
 from rheon.operators.base import DEAD, LATE, Operator
-from rheon.operators.rowfn import RowFnChain, RowStep
+from rheon.operators.rowfn import RowFnChain
 from rheon.operators.sink import SinkOperator
+from rheon.runtime.build import build_operator
 from rheon.runtime.checkpointing import CheckpointCoordinator, CheckpointSettings
 from rheon.runtime.graph import Node
 from rheon.runtime.plan import OpGroup, Plan
+from rheon.runtime.specs import DeadLettersSpec, RowSpec, SinkSpec, SourceSpec
 from rheon.runtime.stats import RunStats
 from rheon.time.clock import Clock
 from rheon.time.column import EventTimeColumn
@@ -62,6 +64,11 @@ class _SourceTask:
     splits: SplitWatermarks | None = None
     columns: ColumnTypes | None = None
     """The source's columns in first-seen order, each with the type it first had."""
+
+    @property
+    def spec(self) -> SourceSpec:
+        assert isinstance(self.node.spec, SourceSpec)
+        return self.node.spec
 
     @property
     def time_type(self) -> TimeType | None:
@@ -140,22 +147,19 @@ class Executor:
 
     def _build_group(self, group: OpGroup) -> Operator:
         head = group.head
-        if len(group.nodes) > 1 or head.row_step is not None:
-            steps: list[RowStep] = [n.row_step for n in group.nodes if n.row_step is not None]
-            return RowFnChain(steps)
-        if head.kind == "sink":
-            assert head.sink is not None
-            logic = head.sink.build(self._ctx(head))
+        if isinstance(head.spec, RowSpec):
+            return RowFnChain([n.spec.step for n in group.nodes if isinstance(n.spec, RowSpec)])
+        if isinstance(head.spec, SinkSpec):
+            logic = head.spec.sink.build(self._ctx(head))
             return SinkOperator(head.name, logic, len(head.inputs), self.clock, self.latency)
-        if head.kind == "dead_letters":
+        if isinstance(head.spec, DeadLettersSpec):
             return _PassThrough(head.name)
-        assert head.make is not None, head
-        return head.make(self._ctx(head))
+        return build_operator(head, self._ctx(head))
 
     def _build(self) -> None:
         for node in self.plan.sources:
-            assert node.source is not None
-            logic = node.source.build(self._ctx(node))
+            assert isinstance(node.spec, SourceSpec)
+            logic = node.spec.source.build(self._ctx(node))
             tracker = None
             if node.time is not None:
                 tracker = WatermarkTracker(0)
@@ -167,7 +171,7 @@ class Executor:
                     tracker,
                     needs_wm=node.id in self.plan.needs_wm,
                     time_col=(
-                        EventTimeColumn(node.time, where=node.label, expr=node.time_expr, time_type=node.time_type)
+                        EventTimeColumn(node.time, where=node.label, expr=node.spec.time_expr, time_type=node.time_type)
                         if node.time is not None
                         else None
                     ),
@@ -180,7 +184,7 @@ class Executor:
                 )
             )
             if node.time_type is not None and tracker is not None:
-                tracker.max_delay = node.time_type.ticks(node.max_delay_ms)
+                tracker.max_delay = node.time_type.ticks(node.spec.max_delay_ms)
         for group in self.plan.groups:
             self.ops.append(self._build_group(group))
             self.op_stats.append(OperatorStats(group.label))
@@ -296,7 +300,7 @@ class Executor:
             self._dead(Batch(dead_letter_frame(task.node.label, reasons, payloads_of(rows))))
             task.stats.dead_letters += rows.height
         if not known and task.time_col.time_type is not None:
-            task.tracker.max_delay = task.time_col.time_type.ticks(task.node.max_delay_ms)
+            task.tracker.max_delay = task.time_col.time_type.ticks(task.spec.max_delay_ms)
         return frame
 
     def _conform(self, task: _SourceTask, frame: pl.DataFrame) -> pl.DataFrame:
@@ -368,13 +372,13 @@ class Executor:
 
     def _check_idle_splits(self, task: _SourceTask, now_ns: int) -> bool:
         """Mark the source's partitions quiet for ``idle_timeout`` as idle; True if any went idle."""
-        timeout = task.node.idle_timeout_ms
+        timeout = task.spec.idle_timeout_ms
         if timeout is None or task.splits is None:
             return False
         return task.splits.check_idle(now_ns, timeout * 1_000_000)
 
     def _check_idle(self, task: _SourceTask, now_ns: int) -> None:
-        timeout = task.node.idle_timeout_ms
+        timeout = task.spec.idle_timeout_ms
         if timeout is None or task.idle or task.tracker is None:
             return
         if self._check_idle_splits(task, now_ns):
@@ -395,7 +399,7 @@ class Executor:
     # -- checkpoint support ------------------------------------------------------------------
 
     def source_signature(self, task: _SourceTask) -> dict[str, Any]:
-        return {"kind": "source", "source": type(task.node.source).__name__, "time": task.node.time}
+        return {"kind": "source", "source": type(task.spec.source).__name__, "time": task.node.time}
 
     def snapshot_source(self, task: _SourceTask) -> dict[str, Any]:
         return {
@@ -423,7 +427,7 @@ class Executor:
         if saved["time_type"] is not None and task.time_col is not None:
             task.time_col.time_type = saved["time_type"]
             if task.tracker is not None:
-                task.tracker.max_delay = saved["time_type"].ticks(task.node.max_delay_ms)
+                task.tracker.max_delay = saved["time_type"].ticks(task.spec.max_delay_ms)
                 if task.splits is not None:
                     task.splits.max_delay = task.tracker.max_delay
 
@@ -492,8 +496,8 @@ class Executor:
                     if deadline is not None:
                         wait = min(wait, max(0.0, (deadline - self.clock.now_ns()) / 1e9))
                     for task in self.sources:
-                        if task.node.idle_timeout_ms is not None and not task.idle:
-                            left = task.last_data_ns + task.node.idle_timeout_ms * 1_000_000 - self.clock.now_ns()
+                        if task.spec.idle_timeout_ms is not None and not task.idle:
+                            left = task.last_data_ns + task.spec.idle_timeout_ms * 1_000_000 - self.clock.now_ns()
                             wait = min(wait, max(0.0, left / 1e9))
                     if coordinator is not None:
                         wait = min(wait, coordinator.seconds_until_due(self.clock.now_ns()))

@@ -1,12 +1,12 @@
 """The logical flow graph that the API builds and the runtime plans.
 
-A node is one step the user wrote (a source, a filter, a window aggregation, a sink...). Edges
-carry a tag: ``"main"`` for a node's ordinary output, ``"late"`` for a window's late events.
+A node is one step the user wrote (a source, a filter, a window aggregation, a sink...): its
+spec (``runtime/specs.py``) says what it does, as data. Edges carry a tag: ``"main"`` for a
+node's ordinary output, ``"late"`` for a window's late events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -14,9 +14,7 @@ import polars as pl
 
 from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType
-from rheon.io.base import BuildContext, Sink, Source
-from rheon.operators.base import Operator
-from rheon.operators.rowfn import RowStep
+from rheon.runtime.specs import Spec
 
 __all__ = ["Edge", "Graph", "Node", "SideOutput"]
 
@@ -25,25 +23,35 @@ _ids = count()
 
 @dataclass(eq=False)
 class Node:
-    """One step of a flow, with what is known about its output at build time."""
+    """One step of a flow: what it does (its spec), its inputs, and what is known about its
+    output at build time.
 
-    kind: str
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from rheon.runtime.specs import FilterSpec
+    >>> Node("big", FilterSpec(pl.col("amount") > 100)).label
+    "filter 'big'"
+    """
+
     name: str
+    spec: Spec
     inputs: list[Edge] = field(default_factory=list)
-    make: Callable[[BuildContext], Operator] | None = None
     schema: pl.Schema | None = None
     time: str | None = None
     time_type: TimeType | None = None
-    time_expr: pl.Expr | None = None
-    """For a source whose ``time=`` is an expression: what computes the ``time`` column."""
-    uses_event_time: bool = False
-    row_step: RowStep | None = None
-    source: Source | None = None
-    max_delay_ms: int = 0
-    idle_timeout_ms: int | None = None
-    sink: Sink | None = None
     side_outputs: dict[str, SideOutput] = field(default_factory=dict)
     id: int = field(default_factory=lambda: next(_ids))
+
+    @property
+    def kind(self) -> str:
+        """The step's kind: ``"window"``, ``"source"``, ``"map"``..."""
+        return self.spec.kind
+
+    @property
+    def uses_event_time(self) -> bool:
+        """Whether the step needs per-record watermarks from the sources upstream."""
+        return self.spec.uses_event_time
 
     @property
     def label(self) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from rheon.core.errors import FlowError
 from rheon.runtime.graph import Graph, Node
+from rheon.runtime.specs import RowSpec
 
 __all__ = ["OpGroup", "Plan", "make_plan"]
 
@@ -49,19 +50,20 @@ class Plan:
         lines = [f"flow '{self.graph.name}'"]
         for src in self.sources:
             wm = " (per-record watermarks)" if src.id in self.needs_wm else ""
-            lines.append(f"  {src.label} time={src.time!r}{wm}")
+            lines.append(f"  {src.label} time={src.time!r}{wm}: {src.spec.describe()}")
         for g in self.groups:
             ins = ", ".join(f"{e.node.name}" + (f"[{e.tag}]" if e.tag != "main" else "") for e in g.head.inputs)
-            lines.append(f"  {g.label} <- {ins or '-'}")
+            what = g.head.spec.describe() if len(g.nodes) == 1 else ""
+            lines.append(f"  {g.label} <- {ins or '-'}" + (f": {what}" if what else ""))
         return "\n".join(lines)
 
 
 def _fusable(node: Node, graph_consumers: dict[int, list[tuple[Node, int, str]]]) -> bool:
-    if node.row_step is None or len(node.inputs) != 1:
+    if not isinstance(node.spec, RowSpec) or len(node.inputs) != 1:
         return False
     edge = node.inputs[0]
     parent = edge.node
-    return edge.tag == "main" and parent.row_step is not None and len(graph_consumers[parent.id]) == 1
+    return edge.tag == "main" and isinstance(parent.spec, RowSpec) and len(graph_consumers[parent.id]) == 1
 
 
 def make_plan(graph: Graph) -> Plan:
