@@ -761,18 +761,17 @@ class _Sketch(Aggregation):
         return entry.filter(pl.col(p + "_k").is_not_null()).alias(p)
 
     SHORT: ClassVar[int] = 64
-    """Lists of raw records up to this long may keep repeated buckets, out of order, until they
-    are merged or their window fires: reducing a batch of small groups costs more than carrying
-    a few repeats."""
+    """Lists up to this long may keep repeated buckets, out of order, until they grow or their
+    window fires: reducing a batch of small groups costs more than carrying a few repeats."""
 
-    def _reduce(self, p: str, short: int) -> Post:
+    def _reduce(self, p: str) -> Post:
         """The step that leaves one entry per bucket, in bucket order, in each row's list
-        (unless every list is at most ``short`` long); lists in order already stay as they are."""
+        (unless every list is short); lists in order already stay as they are."""
 
         def reduce(frame: pl.DataFrame) -> pl.DataFrame:
             lists = frame.get_column(p)
             lens = lists.list.len().to_numpy()
-            if not len(lens) or lens.max() <= short:
+            if not len(lens) or lens.max() <= self.SHORT:
                 return frame
             lens, ks, vs = sketches.entries(lists)
             reduced_lens, reduced_ks, reduced_vs = sketches.reduced(lens, ks, vs, summed=self.summed)
@@ -783,10 +782,24 @@ class _Sketch(Aggregation):
 
         return reduce
 
-    def _reduced(self, merged: pl.DataFrame, p: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each row's number of entries once reduced, and all reduced entries' buckets and values
-        (row by row, each row's in bucket order)."""
-        return sketches.reduced(*sketches.entries(merged.get_column(p)), summed=self.summed)
+    def _results(self, merged: pl.DataFrame, p: str) -> np.ndarray:
+        """Each row's result (:meth:`_values`), computed over all rows' lists as they are, then
+        again for the lists that are not in bucket order once they are reduced (usually few:
+        lists of raw records and merged lists that were short enough to be left as they were)."""
+        lens, ks, vs = sketches.entries(merged.get_column(p))
+        lists, fixed = sketches.repaired(lens, ks, vs, summed=self.summed)
+        if len(lists) == len(lens):
+            return self._values(*fixed)
+        values = self._values(lens, ks, vs)
+        if len(lists):
+            values[lists] = self._values(*fixed)
+        return values
+
+    @abstractmethod
+    def _values(self, lens: np.ndarray, ks: np.ndarray, vs: np.ndarray) -> np.ndarray:
+        """Each list's result, from the lists' lengths and all entries' buckets and values (list
+        after list, each in bucket order with one entry per bucket). Lists not in order may be
+        given too: their results are replaced, but must not raise."""
 
     @override
     def final(self, p: str) -> pl.Expr:
@@ -794,7 +807,7 @@ class _Sketch(Aggregation):
 
     @override
     def aggregate(self, frame: pl.DataFrame, p: str) -> tuple[pl.DataFrame, list[pl.Expr], Post | None]:
-        return frame.with_columns(self._entry_columns(p)), [self._entries(p)], self._reduce(p, self.SHORT)
+        return frame.with_columns(self._entry_columns(p)), [self._entries(p)], self._reduce(p)
 
     @override
     def dense(self, frame: pl.DataFrame, p: str, groups: DenseGroups) -> tuple[pl.DataFrame, Post | None] | None:
@@ -819,8 +832,7 @@ class _Sketch(Aggregation):
 
     @override
     def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
-        """Lists concatenated, then reduced: merged lists of lists in order are in order too."""
-        return self.merges(p), self._reduce(p, 0)
+        return self.merges(p), self._reduce(p)
 
 
 HLL_PRECISION = 14
@@ -845,24 +857,27 @@ class ApproxCountDistinct(_Sketch):
 
     @override
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
+        return merged.with_columns(pl.Series(p + "_value", self._results(merged, p), dtype=pl.Int64))
+
+    @override
+    def _values(self, lens: np.ndarray, ks: np.ndarray, vs: np.ndarray) -> np.ndarray:
         """The estimate of each window, from its registers, in NumPy: one pass over all
         windows' entries (each a power of two, summed in register order: the same bits however
         the entries were merged)."""
         m = float(1 << HLL_PRECISION)
         alpha = 0.7213 / (1 + 1.079 / m)
-        lens, _, ranks = self._reduced(merged, p)
         harmonic = np.zeros(len(lens))
         filled = lens > 0
         if filled.any():
             starts = (np.cumsum(lens) - lens)[filled]
-            harmonic[filled] = np.add.reduceat(np.ldexp(1.0, -ranks), starts)
+            harmonic[filled] = np.add.reduceat(np.ldexp(1.0, -vs), starts)
         empty = m - lens
-        raw = alpha * m * m / (harmonic + empty)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # (and lists not in order: garbage)
+            raw = alpha * m * m / (harmonic + empty)
             linear = m * np.log(m / empty)
-        estimate = np.where((raw <= 2.5 * m) & (empty > 0), linear, raw)
-        values = np.where(filled, np.rint(estimate), 0).astype(np.int64)
-        return merged.with_columns(pl.Series(p + "_value", values, dtype=pl.Int64))
+            estimate = np.where((raw <= 2.5 * m) & (empty > 0), linear, raw)
+            values: np.ndarray = np.where(filled, np.rint(estimate), 0).astype(np.int64)
+        return values
 
     @override
     def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:
@@ -898,28 +913,33 @@ class ApproxQuantile(_Sketch):
 
     @override
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
+        values = pl.Series(p + "_value", self._results(merged, p), dtype=pl.Float64)
+        return merged.with_columns(values.fill_nan(None))
+
+    @override
+    def _values(self, lens: np.ndarray, ks: np.ndarray, vs: np.ndarray) -> np.ndarray:
         """Each window's bucket of rank ``floor(q * (n - 1))``, found in NumPy over all windows'
         entries at once (cumulative counts, in bucket order within each window), then turned
         into a value with one power per distinct bucket in Python (a vectorized power may round
         differently in the last bit depending on the array's length)."""
-        lens, codes, counts = self._reduced(merged, p)
         values = np.full(len(lens), np.nan)
         filled = lens > 0
         if filled.any():
-            cum = np.concatenate([[0], np.cumsum(counts)])
+            cum = np.zeros(len(vs) + 1, dtype=np.int64)
+            np.cumsum(vs, out=cum[1:])
             ends = np.cumsum(lens)
             base, totals = cum[ends - lens], cum[ends] - cum[ends - lens]
             rank = np.floor(self.q * (totals - 1).astype(np.float64)).astype(np.int64)
             at = np.searchsorted(cum[1:], base + rank, side="right")
-            chosen = codes[np.minimum(at, len(codes) - 1)][filled]
+            chosen = ks[np.minimum(at, len(ks) - 1)][filled]
             gamma = self.gamma
-            distinct, which = np.unique(chosen, return_inverse=True)
+            distinct, which = sketches.distinct(chosen)
             centres = [
                 0.0 if c == 0 else math.copysign(2 * gamma ** (abs(c) - self.OFFSET) / (gamma + 1), c)
                 for c in distinct.tolist()
             ]
             values[filled] = np.array(centres, dtype=np.float64)[which]
-        return merged.with_columns(pl.Series(p + "_value", values, dtype=pl.Float64).fill_nan(None))
+        return values
 
     @override
     def result_dtype(self, dtype: pl.DataType | None) -> pl.DataType | None:

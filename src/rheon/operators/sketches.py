@@ -6,10 +6,11 @@ one entry per bucket, in bucket order: the largest value (HyperLogLog's rank) or
 DDSketch count). Here, the entries of many lists are handled at once as three flat arrays: each
 entry's row (the list it belongs to), bucket and value.
 
-Sorted lists are cheap to keep sorted: concatenating two gives two sorted runs, which a stable
-sort (NumPy's timsort) merges in one pass, and a list already in order is only checked. Only the
-entries of raw records come in no order; :func:`reduced_groups` sorts them as one packed Int64
-column.
+Lists in order are cheap to keep so: a list already in order is only checked, and two
+concatenated give two sorted runs, which a stable sort (NumPy's timsort) merges in one pass. A
+window's result is computed over its lists as they are and then again for the few lists out of
+order, once those are sorted (:func:`repaired`). Only the entries of raw records come in no
+order; :func:`reduced_groups` sorts them as one packed Int64 column.
 
 Examples
 --------
@@ -27,7 +28,17 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-__all__ = ["Entries", "entries", "lists_of", "reduced", "reduced_groups", "rows_of"]
+__all__ = [
+    "Entries",
+    "disordered",
+    "distinct",
+    "entries",
+    "lists_of",
+    "reduced",
+    "reduced_groups",
+    "repaired",
+    "rows_of",
+]
 
 Entries = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Entries as three Int64 arrays: each list's length (or each entry's row, or group), and
@@ -114,40 +125,82 @@ def _starts(*columns: np.ndarray) -> np.ndarray:
     return np.flatnonzero(first)
 
 
-def reduced(lens: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> Entries:
-    """Entries of lists (as :func:`entries` gives them) reduced to one entry per bucket in
-    each list, in bucket order. Lists in order already cost a check; the others' entries are
-    sorted in place (by a stable sort, which merges sorted runs in linear time) and their runs
-    of a bucket reduced."""
+def _run_values(vs: np.ndarray, starts: np.ndarray, *, summed: bool) -> np.ndarray:
+    """The value of each run of one bucket (starting at ``starts``): the sum, or the largest,
+    which is the last (runs sorted by value too)."""
+    if summed:
+        return np.add.reduceat(vs, starts)
+    return vs[np.append(starts[1:], len(vs)) - 1]  # type: ignore[no-any-return]
+
+
+def disordered(lens: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """The lists (their numbers, ascending) whose buckets are not strictly increasing: out of
+    order, or a bucket repeated.
+
+    >>> disordered(np.array([2, 0, 3, 1]), np.array([1, 5, 2, 2, 7, 0])).tolist()
+    [2]
+    """
     if len(ks) < 2:
-        return lens, ks, vs
+        return np.zeros(0, dtype=np.int64)
     disorder = ks[1:] <= ks[:-1]
     ends = np.cumsum(lens)
     disorder[ends[(ends > 0) & (ends < len(ks))] - 1] = False  # from one list to the next
     if not disorder.any():
-        return lens, ks, vs
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.searchsorted(ends, np.flatnonzero(disorder) + 1, side="right"))
+
+
+def _positions(lens: np.ndarray, ends: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """Where the entries of ``lists`` are, given all lists' lengths and ends."""
+    sub_lens = lens[lists]
+    skipped = ends[lists] - sub_lens - (np.cumsum(sub_lens) - sub_lens)
+    return np.repeat(skipped, sub_lens) + np.arange(int(sub_lens.sum()))
+
+
+def _sorted_runs(lens: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> Entries:
+    """Each list's entries sorted (a stable sort: sorted runs merge in linear time) and reduced."""
     rows = rows_of(lens)
-    bad = np.zeros(len(lens), dtype=bool)
-    bad[rows[1:][disorder]] = True
-    at = np.flatnonzero(bad[rows])  # all entries of lists out of order (rows stay in place)
-    sub_rows, sub_ks, sub_vs = rows[at], ks[at], vs[at]
-    columns = [sub_rows, sub_ks] if summed else [sub_rows, sub_ks, sub_vs]
+    columns = [rows, ks] if summed else [rows, ks, vs]
     packing = _packing(columns)
     order = np.lexsort(columns[::-1]) if packing is None else np.argsort(_packed(columns, *packing), kind="stable")
-    sub_ks, sub_vs = sub_ks[order], sub_vs[order]
-    starts = _starts(sub_rows, sub_ks)
-    ks, vs = ks.copy(), vs.copy()
-    ks[at] = sub_ks
-    if summed:
-        vs[at[starts]] = np.add.reduceat(sub_vs, starts)
-    else:  # sorted by value too: a run's last entry holds its largest
-        vs[at[starts]] = sub_vs[np.append(starts[1:], len(sub_vs)) - 1]
-    if len(starts) == len(at):
+    rows, ks, vs = rows[order], ks[order], vs[order]
+    starts = _starts(rows, ks)
+    return np.bincount(rows[starts], minlength=len(lens)), ks[starts], _run_values(vs, starts, summed=summed)
+
+
+def repaired(lens: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> tuple[np.ndarray, Entries]:
+    """The lists not in bucket order (see :func:`disordered`), and their entries reduced
+    (lists in order are left as they are: these are usually few).
+
+    >>> lists, fixed = repaired(np.array([1, 3]), np.array([4, 9, 3, 9]), np.array([1, 1, 1, 1]), summed=True)
+    >>> lists.tolist(), [a.tolist() for a in fixed]
+    ([1], [[2], [3, 9], [1, 2]])
+    """
+    lists = disordered(lens, ks)
+    if not len(lists):
+        return lists, (np.zeros(0, dtype=np.int64), ks[:0], vs[:0])
+    at = _positions(lens, np.cumsum(lens), lists)
+    return lists, _sorted_runs(lens[lists], ks[at], vs[at], summed=summed)
+
+
+def reduced(lens: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> Entries:
+    """Entries of lists (as :func:`entries` gives them) reduced to one entry per bucket in
+    each list, in bucket order. Lists in order already cost a check; the others are sorted
+    and reduced (:func:`repaired`), and spliced back in."""
+    lists, (fixed_lens, fixed_ks, fixed_vs) = repaired(lens, ks, vs, summed=summed)
+    if not len(lists):
         return lens, ks, vs
-    keep = np.ones(len(rows), dtype=bool)
-    keep[at] = False
-    keep[at[starts]] = True
-    return np.bincount(rows[keep], minlength=len(lens)), ks[keep], vs[keep]
+    keep = np.ones(len(ks), dtype=bool)
+    keep[_positions(lens, np.cumsum(lens), lists)] = False
+    new_lens = lens.copy()
+    new_lens[lists] = fixed_lens
+    at = _positions(new_lens, np.cumsum(new_lens), lists)
+    placed = np.zeros(int(new_lens.sum()), dtype=bool)
+    placed[at] = True
+    out_ks, out_vs = np.empty(len(placed), dtype=ks.dtype), np.empty(len(placed), dtype=vs.dtype)
+    out_ks[at], out_vs[at] = fixed_ks, fixed_vs
+    out_ks[~placed], out_vs[~placed] = ks[keep], vs[keep]
+    return new_lens, out_ks, out_vs
 
 
 def reduced_groups(groups: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed: bool) -> Entries:
@@ -168,9 +221,7 @@ def reduced_groups(groups: np.ndarray, ks: np.ndarray, vs: np.ndarray, *, summed
         frame = pl.DataFrame({"g": groups, "k": ks, "v": vs}).sort(["g", "k", "v"])
         groups, ks, vs = (frame.get_column(c).to_numpy() for c in ("g", "k", "v"))
         starts = _starts(groups, ks)
-        ends = np.append(starts[1:], len(ks)) - 1
-        values = np.add.reduceat(vs, starts) if summed else vs[ends]
-        return groups[starts], ks[starts], values
+        return groups[starts], ks[starts], _run_values(vs, starts, summed=summed)
     lows, shifts = packing
     key = pl.Series(_packed([groups, ks, vs], lows, shifts)).sort().to_numpy()
     starts = _starts(key >> shifts[1] if shifts[1] else key)  # runs of one (group, bucket)
@@ -196,3 +247,24 @@ def lists_of(rows: np.ndarray, ks: np.ndarray, vs: np.ndarray, wanted: np.ndarra
     every = pl.DataFrame([pl.Series("__row", wanted, dtype=pl.Int64)])
     lists = every.join(per_row, on="__row", how="left", maintain_order="left").get_column(name)
     return lists.fill_null(pl.lit([], dtype=lists.dtype))
+
+
+def distinct(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``codes`` (integers) in order, and where each code is among
+    them, as :func:`numpy.unique` gives them; by a table, without sorting, when the codes span
+    a small range (as one window's buckets do).
+
+    >>> [a.tolist() for a in distinct(np.array([7, 3, 7, 5]))]
+    [[3, 5, 7], [2, 0, 2, 1]]
+    """
+    if not len(codes):
+        return codes, np.zeros(0, dtype=np.intp)
+    low, high = int(codes.min()), int(codes.max())
+    if high - low >= 4 * len(codes) + 1024:
+        values, which = np.unique(codes, return_inverse=True)
+        return values, which.reshape(-1)
+    offsets = codes - low
+    seen = np.zeros(high - low + 1, dtype=bool)
+    seen[offsets] = True
+    position = np.cumsum(seen) - 1
+    return np.flatnonzero(seen) + low, position[offsets]
