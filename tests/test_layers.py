@@ -51,3 +51,41 @@ def test_no_upward_imports():
 def test_layers_exist_as_folders():
     present = {p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith("_")}
     assert {"core", "time", "io", "operators", "runtime", "api"} <= present
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """For each rheon module, the rheon modules it imports (also under TYPE_CHECKING or in a function)."""
+    modules: dict[str, Path] = {}
+    for path in SRC.rglob("*.py"):
+        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    imports: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            imports[name].update(t for t in targets if t in modules and t != name)
+    return imports
+
+
+def test_no_import_circles():
+    """No module reaches itself through imports: each can be read, typed and changed from the
+    bottom up (a TYPE_CHECKING import counts: it is a circle for readers and type checkers)."""
+    imports = _module_imports()
+    circles = []
+    for start in imports:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, path = stack.pop()
+            for target in imports[module]:
+                if target == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, [*path, target]))
+    assert circles == []

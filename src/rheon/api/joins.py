@@ -1,15 +1,16 @@
 """Building joins: interval, window and temporal joins of keyed streams; lookup joins of a
-stream with a static table. ``KeyedStream.join`` and ``Stream.join`` call into here."""
+stream with a static table. ``KeyedStream.join`` and ``Stream.join`` call into here with what
+they know of their inputs (:class:`~rheon.api._side.Side`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from rheon.api._side import Side
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.operators.join.common import right_names
@@ -17,33 +18,9 @@ from rheon.runtime.graph import Node, SideOutput
 from rheon.runtime.specs import JoinSpec, LookupJoinSpec
 from rheon.time.windows import Session, Sliding, Tumbling
 
-if TYPE_CHECKING:
-    from rheon.api.stream import KeyedStream, Stream
-
-__all__ = ["LatestByKey", "keyed_join", "lookup_join", "signed_ms"]
+__all__ = ["check_how", "keyed_join_node", "lookup_join_node", "signed_ms"]
 
 _HOW = ("inner", "left")
-
-
-class LatestByKey:
-    """A changelog stream read as a table: the latest value per key as of each event's time.
-
-    Made by :meth:`KeyedStream.latest`; join a keyed stream with it for a temporal join.
-
-    Examples
-    --------
-    >>> import rheon as rh
-    >>> flow = rh.Flow("t")
-    >>> rates = flow.source(rh.io.Records([{"cur": "EUR", "rate": 1.1, "ts": 0}]), time="ts")
-    >>> rates.key_by("cur").latest()
-    <LatestByKey of source 'source_1' by ('cur',)>
-    """
-
-    def __init__(self, keyed: KeyedStream) -> None:
-        self.keyed = keyed
-
-    def __repr__(self) -> str:
-        return f"<LatestByKey of {self.keyed.stream.node.label} by {self.keyed.keys}>"
 
 
 def signed_ms(value: Duration, *, what: str) -> int:
@@ -64,13 +41,6 @@ def signed_ms(value: Duration, *, what: str) -> int:
     return to_ms(value, what=what)
 
 
-def _how(how: str, where: str) -> str:
-    if how not in _HOW:
-        msg = f"{where}: how must be 'inner' or 'left' (got {how!r})"
-        raise FlowError(msg)
-    return how
-
-
 def _output_schema(
     left: pl.Schema | None, right: pl.Schema | None, right_keys: list[str], suffix: str
 ) -> pl.Schema | None:
@@ -80,59 +50,44 @@ def _output_schema(
     return pl.Schema({**dict(left), **{out: right[name] for name, out in names.items()}})
 
 
-def keyed_join(
-    left: KeyedStream,
-    other: Any,
+def check_how(how: str, where: str) -> str:
+    """``how`` if it is a join kind rheon has (``inner``, ``left``)."""
+    if how not in _HOW:
+        msg = f"{where}: how must be 'inner' or 'left' (got {how!r})"
+        raise FlowError(msg)
+    return how
+
+
+def keyed_join_node(
+    op_name: str,
+    kind: str,
+    left: Side,
+    right: Side,
     *,
     between: tuple[Duration, Duration] | None,
     window: Tumbling | Sliding | Session | None,
     how: str,
     suffix: str,
-    name: str | None,
-) -> Stream:
-    """Interval, window or temporal join of two keyed streams (see ``KeyedStream.join``)."""
-    from rheon.api.stream import KeyedStream
-
-    stream = left.stream
-    flow = stream.flow
-    if isinstance(other, pl.DataFrame | str | Path):
-        return lookup_join(stream, other, on=list(left.keys), how=how, suffix=suffix, name=name)
-    kind = (
-        "temporal_join"
-        if isinstance(other, LatestByKey)
-        else ("window_join" if window is not None else "interval_join")
-    )
-    op_name = flow.graph.name_for(kind, name)
+) -> Node:
+    """The node of an interval, window or temporal join of two keyed streams, checked (see
+    ``KeyedStream.join``); ``kind`` is ``interval_join``, ``window_join`` or ``temporal_join``."""
     where = f"{kind} '{op_name}'"
-    how = _how(how, where)
-    right = other.keyed if isinstance(other, LatestByKey) else other
-    if not isinstance(right, KeyedStream):
-        msg = (
-            f"{where}: join with another keyed stream (b.key_by(...)), its .latest() for a temporal "
-            f"join, or a table (DataFrame or file path) (got {other!r})"
-        )
-        raise FlowError(msg)
-    stream._check_same_flow(right.stream, where)
     if len(right.keys) != len(left.keys):
         msg = f"{where}: the two sides have {len(left.keys)} and {len(right.keys)} key columns; key both by as many"
         raise FlowError(msg)
-    for side, s in (("left", stream), ("right", right.stream)):
-        if s.time is None:
-            msg = f'{where}: the {side} stream has no event-time column; joins need time="..." on its source'
+    for side_name, side in (("left", left), ("right", right)):
+        if side.time is None:
+            msg = f'{where}: the {side_name} stream has no event-time column; joins need time="..." on its source'
             raise FlowError(msg)
-    if (
-        stream.time_type is not None
-        and right.stream.time_type is not None
-        and stream.time_type != right.stream.time_type
-    ):
-        msg = f"{where}: the two sides' event times have different types ({stream.time_type.dtype} and {right.stream.time_type.dtype})"
+    if left.time_type is not None and right.time_type is not None and left.time_type != right.time_type:
+        msg = f"{where}: the two sides' event times have different types ({left.time_type.dtype} and {right.time_type.dtype})"
         raise FlowError(msg)
     left_keys, right_keys = list(left.keys), list(right.keys)
-    left_time, right_time = stream.time, right.stream.time
+    left_time, right_time = left.time, right.time
     assert left_time is not None
     assert right_time is not None
-    time_type = stream.time_type or right.stream.time_type
-    schema = _output_schema(stream.schema, right.stream.schema, right_keys, suffix)
+    time_type = left.time_type or right.time_type
+    schema = _output_schema(left.schema, right.schema, right_keys, suffix)
     out_time = left_time
     spec_between: tuple[int, int] | None = None
     spec_window: Tumbling | Sliding | None = None
@@ -173,16 +128,15 @@ def keyed_join(
         between=spec_between,
         window=spec_window,
     )
-    node = Node(
+    return Node(
         op_name,
         spec,
-        [stream._edge(), right.stream._edge()],
+        [left.edge, right.edge],
         schema=schema,
         time=out_time,
         time_type=time_type,
         side_outputs={"late": SideOutput(None, None, None)},
     )
-    return stream._add(node)
 
 
 def _load_table(table: pl.DataFrame | str | Path, where: str) -> pl.DataFrame:
@@ -205,19 +159,18 @@ def _load_table(table: pl.DataFrame | str | Path, where: str) -> pl.DataFrame:
     return reader(path)
 
 
-def lookup_join(
-    stream: Stream,
+def lookup_join_node(
+    op_name: str,
+    stream: Side,
     table: pl.DataFrame | str | Path,
     *,
     on: str | list[str],
     how: str,
     suffix: str,
-    name: str | None,
-) -> Stream:
-    """Join a stream with a static table on columns ``on`` (see ``Stream.join``)."""
-    op_name = stream.flow.graph.name_for("lookup_join", name)
+) -> Node:
+    """The node joining a stream with a static table on columns ``on``, checked (see ``Stream.join``)."""
     where = f"lookup_join '{op_name}'"
-    how = _how(how, where)
+    how = check_how(how, where)
     frame = _load_table(table, where)
     keys = [on] if isinstance(on, str) else list(on)
     if not keys:
@@ -227,14 +180,18 @@ def lookup_join(
         if key not in frame.columns:
             msg = f"{where}: the table has no column '{key}' {columns_hint(frame.columns)}.{did_you_mean(key, frame.columns)}"
             raise FlowError(msg)
-    stream._columns(where, keys)
+    if stream.schema is not None:
+        for key in keys:
+            if key not in stream.schema:
+                names = stream.schema.names()
+                msg = f"{where}: unknown column '{key}' {columns_hint(names)}.{did_you_mean(key, names)}"
+                raise FlowError(msg)
     schema = _output_schema(stream.schema, frame.schema, keys, suffix)
-    node = Node(
+    return Node(
         op_name,
         LookupJoinSpec(frame, tuple(keys), how, suffix),
-        [stream._edge()],
+        [stream.edge],
         schema=schema,
         time=stream.time,
         time_type=stream.time_type,
     )
-    return stream._add(node)

@@ -3,37 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import polars as pl
 
+from rheon.api._side import Side
 from rheon.cep.operator import TIMED_OUT, parse_after_match
 from rheon.cep.pattern import Pattern
 from rheon.core.errors import FlowError
 from rheon.runtime.graph import Node, SideOutput
 from rheon.runtime.specs import MatchSpec
 
-if TYPE_CHECKING:
-    from rheon.api.stream import KeyedStream
-
 __all__ = ["match_node"]
 
 
 def match_node(
-    keyed: KeyedStream,
+    op_name: str,
+    keyed: Side,
     pattern: Pattern,
     after_match: str,
     measures: Mapping[str, pl.Expr] | None,
-    name: str | None,
 ) -> Node:
     """The node of ``keyed.match(pattern, ...)``, checked."""
-    stream = keyed.stream
-    op_name = stream.flow.graph.name_for("match", name)
     where = f"match '{op_name}'"
     if not isinstance(pattern, Pattern):
         msg = f"{where}: expected a pattern built with cep.begin(...) (got {pattern!r})"
         raise FlowError(msg)
-    time, time_type, schema = stream.time, stream.time_type, stream.schema
+    time, time_type, schema = keyed.time, keyed.time_type, keyed.schema
     if time is None:
         msg = (
             f"{where}: the stream has no event-time column, so events cannot be put in order. "
@@ -70,7 +65,7 @@ def match_node(
     return Node(
         op_name,
         MatchSpec(tuple(keys), time, pattern, after_match, time_type, measures),
-        [stream._edge()],
+        [keyed.edge],
         schema=out_schema,
         time="match_start",
         time_type=time_type,

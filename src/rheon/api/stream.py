@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import polars as pl
 
 from rheon.api._schema import infer
+from rheon.api._side import Side
 from rheon.api.aggregations import Aggregate
-from rheon.api.joins import LatestByKey, keyed_join, lookup_join
+from rheon.api.joins import check_how, keyed_join_node, lookup_join_node
 from rheon.api.matching import match_node
 from rheon.cep.pattern import Pattern
 from rheon.core.durations import Duration, to_ms
@@ -22,7 +23,7 @@ from rheon.operators.aggregations import Aggregation
 from rheon.operators.dedup import REPEATS
 from rheon.operators.rowfn import RowStep
 from rheon.operators.topn import RANK
-from rheon.runtime.graph import Edge, Node, SideOutput
+from rheon.runtime.graph import Edge, Graph, Node, SideOutput
 from rheon.runtime.specs import (
     ChangesSpec,
     DedupSpec,
@@ -42,12 +43,17 @@ from rheon.runtime.specs import (
 from rheon.time.column import time_column_name, time_schema
 from rheon.time.windows import Session, Sliding, Tumbling
 
-if TYPE_CHECKING:
-    from rheon.api.flow import Flow
-
 __all__ = ["KeyedStream", "MatchStream", "Stream", "WindowedStream"]
 
 Row = dict[str, Any]
+
+
+class FlowGraph(Protocol):
+    """What a stream needs of its :class:`~rheon.Flow`: its name and the graph it adds steps to
+    (so this module does not import the one that defines ``Flow``, which imports it)."""
+
+    name: str
+    graph: Graph
 
 
 class Stream:
@@ -67,7 +73,7 @@ class Stream:
     'ts'
     """
 
-    def __init__(self, flow: Flow, node: Node, tag: str = "main") -> None:
+    def __init__(self, flow: FlowGraph, node: Node, tag: str = "main") -> None:
         self.flow = flow
         self.node = node
         self.tag = tag
@@ -102,6 +108,10 @@ class Stream:
 
     def _edge(self) -> Edge:
         return Edge(self.node, self.tag)
+
+    def _side(self) -> Side:
+        """What a join needs to know of this stream (no keys)."""
+        return Side(self._edge(), (), self.schema, self.time, self.time_type)
 
     def _add(self, node: Node) -> Stream:
         self.flow.graph.add(node)
@@ -513,7 +523,8 @@ class Stream:
         >>> flow.run(); out.rows
         [{'merchant': 'm2', 'amount': 9, 'category': 'books'}, {'merchant': 'm9', 'amount': 1, 'category': None}]
         """
-        return lookup_join(self, table, on=on, how=how, suffix=suffix, name=name)
+        op_name = self.flow.graph.name_for("lookup_join", name)
+        return self._add(lookup_join_node(op_name, self._side(), table, on=on, how=how, suffix=suffix))
 
     def late(self) -> Stream:
         """The events that arrived after their window had closed (a window's side output).
@@ -675,6 +686,11 @@ class KeyedStream:
         self.stream = stream
         self.keys = keys
 
+    def _side(self) -> Side:
+        """What a join or a match needs to know of this keyed stream."""
+        stream = self.stream
+        return Side(stream._edge(), self.keys, stream.schema, stream.time, stream.time_type)
+
     def __repr__(self) -> str:
         return f"<KeyedStream by {self.keys}>"
 
@@ -795,7 +811,29 @@ class KeyedStream:
         >>> flow.run(); out.rows
         [{'card': 'a', 'amount': 9, 'ts': 60000, 'city': 'Oslo', 'ts_right': 30000}, {'card': 'b', 'amount': 1, 'ts': 61000, 'city': None, 'ts_right': None}]
         """
-        return keyed_join(self, other, between=between, window=window, how=how, suffix=suffix, name=name)
+        stream = self.stream
+        if isinstance(other, pl.DataFrame | str | Path):
+            return stream.join(other, on=list(self.keys), how=how, suffix=suffix, name=name)
+        kind = (
+            "temporal_join"
+            if isinstance(other, LatestByKey)
+            else ("window_join" if window is not None else "interval_join")
+        )
+        op_name = stream.flow.graph.name_for(kind, name)
+        where = f"{kind} '{op_name}'"
+        how = check_how(how, where)
+        right = other.keyed if isinstance(other, LatestByKey) else other
+        if not isinstance(right, KeyedStream):
+            msg = (
+                f"{where}: join with another keyed stream (b.key_by(...)), its .latest() for a temporal "
+                f"join, or a table (DataFrame or file path) (got {other!r})"
+            )
+            raise FlowError(msg)
+        stream._check_same_flow(right.stream, where)
+        node = keyed_join_node(
+            op_name, kind, self._side(), right._side(), between=between, window=window, how=how, suffix=suffix
+        )
+        return stream._add(node)
 
     def match(
         self,
@@ -829,7 +867,8 @@ class KeyedStream:
         >>> flow.run(); [(r["user"], r["match_start"], r["match_end"], r["fails"]) for r in out.rows]
         [('u1', 0, 3000, 3)]
         """
-        node = match_node(self, pattern, after_match, measures, name)
+        op_name = self.stream.flow.graph.name_for("match", name)
+        node = match_node(op_name, self._side(), pattern, after_match, measures)
         self.stream.flow.graph.add(node)
         return MatchStream(self.stream.flow, node)
 
@@ -1038,6 +1077,27 @@ def _process_callables(fn: Any, on_timer: Any, where: str) -> tuple[Callable[...
         msg = f"{where}: on_timer must be a function on_timer(timestamp, ctx) (got {on_timer!r})"
         raise FlowError(msg)
     return fn, on_timer
+
+
+class LatestByKey:
+    """A changelog stream read as a table: the latest value per key as of each event's time.
+
+    Made by :meth:`KeyedStream.latest`; join a keyed stream with it for a temporal join.
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> flow = rh.Flow("t")
+    >>> rates = flow.source(rh.io.Records([{"cur": "EUR", "rate": 1.1, "ts": 0}]), time="ts")
+    >>> rates.key_by("cur").latest()
+    <LatestByKey of source 'source_1' by ('cur',)>
+    """
+
+    def __init__(self, keyed: KeyedStream) -> None:
+        self.keyed = keyed
+
+    def __repr__(self) -> str:
+        return f"<LatestByKey of {self.keyed.stream.node.label} by {self.keyed.keys}>"
 
 
 class WindowedStream:

@@ -71,6 +71,9 @@ class Operator(ABC):
         msg = f"{self.label} keeps no state and cannot restore any"
         raise FlowError(msg)
 
+    def checkpoint_done(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
+        """Checkpoint ``checkpoint_id`` is complete."""
+
     def dead(self, reasons: str | Sequence[str], payloads: Sequence[str], like: Batch) -> Output:
         """A dead-letter output naming this operator."""
         frame = dead_letter_frame(self.label, reasons, payloads)

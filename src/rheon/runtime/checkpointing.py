@@ -23,18 +23,19 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import polars as pl
 
 from rheon.core.errors import CheckpointError, FlowError
-from rheon.operators.sink import SinkOperator
 from rheon.state.checkpoints import CheckpointStore, OperatorSnapshot
+from rheon.state.shared import SharedFiles
+from rheon.time.clock import Clock
 
-if TYPE_CHECKING:
-    from rheon.runtime.executor import Executor
-
-__all__ = ["CheckpointCoordinator", "CheckpointSettings"]
+__all__ = ["CheckpointCoordinator", "CheckpointSettings", "Committer", "Participant"]
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,86 @@ class CheckpointSettings:
     keep: int = 3
 
 
+class Participant(Protocol):
+    """Something whose state a checkpoint holds: a source (its position and watermark) or an
+    operator. Operators (:class:`~rheon.operators.base.Operator`) are participants as they are."""
+
+    @property
+    def name(self) -> str:
+        """The key of its state in a checkpoint (unique in the flow)."""
+        ...
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``"window 'per_card'"``."""
+        ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def stateful(self) -> bool:
+        """Whether it has state to save."""
+        ...
+
+    def signature(self) -> dict[str, Any]:
+        """What must stay the same for its saved state to be restored."""
+        ...
+
+    def snapshot(self, files: SharedFiles) -> tuple[dict[str, pl.DataFrame], dict[str, Any]] | None: ...
+
+    def restore(self, frames: dict[str, pl.DataFrame], objects: dict[str, Any], files: SharedFiles) -> None: ...
+
+    def checkpoint_done(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is complete (a source may acknowledge what it read)."""
+        ...
+
+
+class Committer(Protocol):
+    """A sink that makes its output visible per checkpoint (two-phase commit)."""
+
+    def pre_commit(self, checkpoint_id: int) -> None: ...
+
+    def commit(self, checkpoint_id: int) -> None: ...
+
+    def recover(self, checkpoint_id: int | None) -> None: ...
+
+
 def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
 class CheckpointCoordinator:
-    """Takes checkpoints of one executor and restores it from the latest one."""
+    """Takes checkpoints of a flow's participants and restores them from the latest one.
 
-    def __init__(self, settings: CheckpointSettings, executor: Executor) -> None:
+    Parameters
+    ----------
+    settings
+        Where and how often.
+    flow
+        The flow's name (a checkpoint belongs to one flow).
+    clock
+        The flow's clock.
+    participants
+        Sources and operators, whose state each checkpoint holds.
+    sinks
+        The sinks, which commit their output per checkpoint.
+    """
+
+    def __init__(
+        self,
+        settings: CheckpointSettings,
+        *,
+        flow: str,
+        clock: Clock,
+        participants: Sequence[Participant],
+        sinks: Sequence[Committer],
+    ) -> None:
         self.settings = settings
-        self.executor = executor
+        self.flow = flow
+        self.clock = clock
+        self.participants = list(participants)
+        self.sinks = list(sinks)
         self.store = CheckpointStore(settings.directory, keep=settings.keep)
         self.next_id = 1
         self.last_ns = 0
@@ -65,9 +136,6 @@ class CheckpointCoordinator:
         self.restored_from: int | None = None
         self.last_duration_ms: float | None = None
         self.restore_ms: float | None = None
-
-    def _sinks(self) -> list[SinkOperator]:
-        return [op for op in self.executor.ops if isinstance(op, SinkOperator)]
 
     # -- restore -------------------------------------------------------------------------------
 
@@ -92,14 +160,13 @@ class CheckpointCoordinator:
             self.restore_ms = (time.perf_counter() - started) * 1000
 
     def _restore(self) -> None:
-        ex = self.executor
         checkpoint = self.store.latest()
-        self.last_ns = ex.clock.now_ns()
+        self.last_ns = self.clock.now_ns()
         if checkpoint is None:
-            for sink in self._sinks():
-                sink.logic.recover(None)
+            for sink in self.sinks:
+                sink.recover(None)
             return
-        flow = ex.plan.graph.name
+        flow = self.flow
         if checkpoint.meta.get("flow") != flow:
             msg = (
                 f"flow '{flow}': checkpoint {checkpoint.path} belongs to flow "
@@ -107,24 +174,15 @@ class CheckpointCoordinator:
             )
             raise FlowError(msg)
         used: set[str] = set()
-        for task in ex.sources:
-            snap = checkpoint.operators.get(task.node.name)
+        for part in self.participants:
+            snap = checkpoint.operators.get(part.name)
             if snap is None:
                 continue
-            used.add(task.node.name)
-            signature = ex.source_signature(task)
-            if _normal(signature) != snap.signature:
-                raise self._mismatch(task.node.label, checkpoint.path, snap.signature, _normal(signature))
-            ex.restore_source(task, snap.objects)
-        for group, op in zip(ex.plan.groups, ex.ops, strict=True):
-            name = group.tail.name
-            snap = checkpoint.operators.get(name)
-            if snap is None:
-                continue
-            used.add(name)
-            if not op.stateful or _normal(op.signature()) != snap.signature:
-                raise self._mismatch(group.label, checkpoint.path, snap.signature, _normal(op.signature()))
-            op.restore(snap.frames, snap.objects, self.store.shared_for(name))
+            used.add(part.name)
+            signature = _normal(part.signature())
+            if not part.stateful or signature != snap.signature:
+                raise self._mismatch(part.label, checkpoint.path, snap.signature, signature)
+            part.restore(snap.frames, snap.objects, self.store.shared_for(part.name))
         unknown = sorted(set(checkpoint.operators) - used)
         if unknown:
             msg = (
@@ -133,8 +191,8 @@ class CheckpointCoordinator:
                 "a new checkpoint_dir."
             )
             raise FlowError(msg)
-        for sink in self._sinks():
-            sink.logic.recover(checkpoint.id)
+        for sink in self.sinks:
+            sink.recover(checkpoint.id)
         self.next_id = checkpoint.id + 1
         self.restored_from = checkpoint.id
         log.info("restored flow=%s checkpoint=%d finished=%s", flow, checkpoint.id, checkpoint.meta.get("finished"))
@@ -149,25 +207,21 @@ class CheckpointCoordinator:
 
     def checkpoint(self, *, final: bool = False) -> int:
         """Take checkpoint ``next_id`` now (between batches) and commit the sinks' output."""
-        ex = self.executor
         started = time.perf_counter()
         checkpoint_id = self.next_id
-        sinks = self._sinks()
-        for sink in sinks:
-            sink.logic.pre_commit(checkpoint_id)
+        for sink in self.sinks:
+            sink.pre_commit(checkpoint_id)
         snaps: dict[str, OperatorSnapshot] = {}
-        for task in ex.sources:
-            snaps[task.node.name] = OperatorSnapshot(
-                "source", _normal(ex.source_signature(task)), {}, ex.snapshot_source(task)
-            )
-        for group, op in zip(ex.plan.groups, ex.ops, strict=True):
-            files = self.store.shared_for(group.tail.name)
+        for part in self.participants:
+            if not part.stateful:
+                continue
+            files = self.store.shared_for(part.name)
             try:
-                state = op.snapshot(files) if op.stateful else None
+                state = part.snapshot(files)
             except OSError as exc:  # keyed state written to checkpoint_dir/shared
                 where = exc.filename if isinstance(exc.filename, str) else str(files.directory)
                 msg = (
-                    f"{group.label}: checkpoint {checkpoint_id} could not be written: writing {where} failed: "
+                    f"{part.label}: checkpoint {checkpoint_id} could not be written: writing {where} failed: "
                     f"{exc.strerror or exc}. Free space on that disk or make {self.store.directory} writable (or "
                     "point checkpoint_dir elsewhere); the flow resumes from the last complete checkpoint when "
                     "restarted."
@@ -175,18 +229,18 @@ class CheckpointCoordinator:
                 raise CheckpointError(msg) from exc
             if state is not None:
                 frames, objects = state
-                snaps[group.tail.name] = OperatorSnapshot(
-                    op.kind, _normal(op.signature()), frames, objects, files.referenced
+                snaps[part.name] = OperatorSnapshot(
+                    part.kind, _normal(part.signature()), frames, objects, files.referenced
                 )
-        meta = {"flow": ex.plan.graph.name, "created_ms": ex.clock.now_ns() // 1_000_000, "finished": final}
+        meta = {"flow": self.flow, "created_ms": self.clock.now_ns() // 1_000_000, "finished": final}
         self.store.write(checkpoint_id, meta, snaps)
-        for sink in sinks:
-            sink.logic.commit(checkpoint_id)
-        for task in ex.sources:
-            task.logic.checkpoint_done(checkpoint_id)
+        for sink in self.sinks:
+            sink.commit(checkpoint_id)
+        for part in self.participants:
+            part.checkpoint_done(checkpoint_id)
         self.next_id += 1
         self.count += 1
-        self.last_ns = ex.clock.now_ns()
+        self.last_ns = self.clock.now_ns()
         self.last_duration_ms = (time.perf_counter() - started) * 1000
         log.debug("checkpoint id=%d ms=%.1f final=%s", checkpoint_id, self.last_duration_ms, final)
         return checkpoint_id

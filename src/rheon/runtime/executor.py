@@ -35,6 +35,7 @@ from rheon.runtime.graph import Node
 from rheon.runtime.plan import OpGroup, Plan
 from rheon.runtime.specs import DeadLettersSpec, RowSpec, SinkSpec, SourceSpec
 from rheon.runtime.stats import RunStats
+from rheon.state.shared import SharedFiles
 from rheon.time.clock import Clock
 from rheon.time.column import EventTimeColumn
 from rheon.time.watermarks import SplitWatermarks, WatermarkTracker
@@ -73,6 +74,56 @@ class _SourceTask:
     @property
     def time_type(self) -> TimeType | None:
         return self.time_col.time_type if self.time_col is not None else None
+
+    # -- as a checkpoint participant (runtime/checkpointing.py) ---------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def label(self) -> str:
+        return self.node.label
+
+    kind = "source"
+    stateful = True
+
+    def signature(self) -> dict[str, Any]:
+        return {"kind": "source", "source": type(self.spec.source).__name__, "time": self.node.time}
+
+    def snapshot(self, files: SharedFiles) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
+        """The read position, the watermark's progress and the column types learned so far."""
+        return {}, {
+            "position": self.logic.snapshot(),
+            "max_ts": self.tracker.max_ts if self.tracker is not None else None,
+            "split_max_ts": dict(self.splits.max_ts) if self.splits is not None else None,
+            "time_type": self.time_type,
+            "columns": self.columns.snapshot() if self.columns is not None else None,
+            "ended": self.ended,
+            "stats": (self.stats.rows_in, self.stats.rows_out),
+        }
+
+    def restore(self, frames: dict[str, pl.DataFrame], saved: dict[str, Any], files: SharedFiles) -> None:
+        self.ended = bool(saved["ended"])
+        if self.columns is not None:
+            self.columns.restore(saved.get("columns"))
+        if not self.ended:
+            self.logic.restore(saved["position"])
+        if self.tracker is not None and saved["max_ts"] is not None:
+            self.tracker.max_ts = saved["max_ts"]
+        if self.tracker is not None and saved.get("split_max_ts") is not None:
+            self.splits = SplitWatermarks(self.tracker.max_delay)
+            self.splits.max_ts = dict(saved["split_max_ts"])
+            self.splits.registered = set(self.splits.max_ts)
+        if saved["time_type"] is not None and self.time_col is not None:
+            self.time_col.time_type = saved["time_type"]
+            if self.tracker is not None:
+                self.tracker.max_delay = saved["time_type"].ticks(self.spec.max_delay_ms)
+                if self.splits is not None:
+                    self.splits.max_delay = self.tracker.max_delay
+
+    def checkpoint_done(self, checkpoint_id: int) -> None:
+        self.logic.checkpoint_done(checkpoint_id)
 
     @property
     def watermark(self) -> int:
@@ -396,47 +447,18 @@ class Executor:
             return None
         return self.started_ns + self.duration_ms * 1_000_000
 
-    # -- checkpoint support ------------------------------------------------------------------
-
-    def source_signature(self, task: _SourceTask) -> dict[str, Any]:
-        return {"kind": "source", "source": type(task.spec.source).__name__, "time": task.node.time}
-
-    def snapshot_source(self, task: _SourceTask) -> dict[str, Any]:
-        return {
-            "position": task.logic.snapshot(),
-            "max_ts": task.tracker.max_ts if task.tracker is not None else None,
-            "split_max_ts": dict(task.splits.max_ts) if task.splits is not None else None,
-            "time_type": task.time_type,
-            "columns": task.columns.snapshot() if task.columns is not None else None,
-            "ended": task.ended,
-            "stats": (task.stats.rows_in, task.stats.rows_out),
-        }
-
-    def restore_source(self, task: _SourceTask, saved: dict[str, Any]) -> None:
-        task.ended = bool(saved["ended"])
-        if task.columns is not None:
-            task.columns.restore(saved.get("columns"))
-        if not task.ended:
-            task.logic.restore(saved["position"])
-        if task.tracker is not None and saved["max_ts"] is not None:
-            task.tracker.max_ts = saved["max_ts"]
-        if task.tracker is not None and saved.get("split_max_ts") is not None:
-            task.splits = SplitWatermarks(task.tracker.max_delay)
-            task.splits.max_ts = dict(saved["split_max_ts"])
-            task.splits.registered = set(task.splits.max_ts)
-        if saved["time_type"] is not None and task.time_col is not None:
-            task.time_col.time_type = saved["time_type"]
-            if task.tracker is not None:
-                task.tracker.max_delay = saved["time_type"].ticks(task.spec.max_delay_ms)
-                if task.splits is not None:
-                    task.splits.max_delay = task.tracker.max_delay
-
     def run(self, on_start: Callable[[Executor], None] | None = None) -> RunStats:
         """Run until every source is exhausted, the duration passes, or stop is requested."""
         try:
             self._build()
             if self.checkpoint_settings is not None:
-                self.coordinator = CheckpointCoordinator(self.checkpoint_settings, self)
+                self.coordinator = CheckpointCoordinator(
+                    self.checkpoint_settings,
+                    flow=self.plan.graph.name,
+                    clock=self.clock,
+                    participants=[*self.sources, *self.ops],
+                    sinks=[op.logic for op in self.ops if isinstance(op, SinkOperator)],
+                )
                 self.coordinator.restore()
         except BaseException:
             # Whatever was built (a listening server, a consumer) must not outlive the failure.
