@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 from typing_extensions import override
 
+from rheon.cep.lockstep import Found, LockStep, Plan, eligible
 from rheon.cep.nfa import Attempt, KeyState, Matcher, Path, compile_pattern
 from rheon.cep.pattern import Pattern
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
@@ -127,6 +128,7 @@ class MatchOperator(Operator):
         skip = parse_after_match(after_match, self.names, self.label)
         self.matcher = Matcher(self.program, skip, self._on_match, self._on_timeout, self._on_error)
         self.matcher.within = None  # in ticks, once the time type is known
+        self.lockstep = LockStep(self.matcher) if eligible(self.program, skip[0]) else None
         self.measures = dict(measures or {})
         self.ttype = time_type
         self.keyed = KeyedService(backend)
@@ -139,6 +141,7 @@ class MatchOperator(Operator):
         self.finished = False
         self._resolve()
         self._matches: list[tuple[Path, int]] = []
+        self._found: list[tuple[pl.DataFrame, Found]] = []  # matches from the lock-step path
         self._timeouts: list[tuple[Path, int]] = []
         self._dead: list[tuple[str, str]] = []
 
@@ -175,8 +178,12 @@ class MatchOperator(Operator):
             if hi >= MAX_WM and not self.finished:
                 self._finish()
             self.keyed.end_batch()
-            outputs[:0] = [(MAIN, batch.with_frame(self._frame(self._matches, pre, lo)))]
-            self._matches = []
+            if self._found:
+                main = self._frame_found(self._found, self._matches, pre, lo)
+            else:
+                main = self._frame(self._matches, pre, lo)
+            outputs[:0] = [(MAIN, batch.with_frame(main))]
+            self._matches, self._found = [], []
             if self._timeouts:
                 timed_out = self._frame(self._timeouts, pre, lo)
                 outputs.append((TIMED_OUT, Batch(timed_out, watermark=batch.watermark, ingest_ns=batch.ingest_ns)))
@@ -285,8 +292,10 @@ class MatchOperator(Operator):
         )
         rows = rows[narrow.get_column(_IDX)]
         user = rows.drop(_T, _START, *names)
-        records, _ = frame_to_rows(user)
         key_of = key_getter(self.keys, user.schema)
+        if self.lockstep is not None and self._lockstep(narrow, names, first, user, key_of):
+            return
+        records, _ = frame_to_rows(user)
         live, cells, matcher = self.live, self.keyed.cells, self.matcher
         within = matcher.within
         feed = matcher._row_strict_singles if matcher.strict_singles else matcher.row
@@ -319,6 +328,41 @@ class MatchOperator(Operator):
                 due = ks.next_expiry(within)
                 if due is not None:
                     register(due, key)
+
+    def _lockstep(
+        self,
+        narrow: pl.DataFrame,
+        names: list[str],
+        first: np.ndarray,
+        user: pl.DataFrame,
+        key_of: Any,
+    ) -> bool:
+        """Run the released rows (all of them, in :meth:`_order`'s order, ``first`` marking each
+        key's first row) in lock step; ``False`` if a key's state is not one it reads (the rows
+        then go through the row matcher)."""
+        assert self.lockstep is not None
+        plan = Plan(first)
+        at = pl.Series(plan.order)
+        narrow, user = narrow[at], user[at]
+        records, _ = frame_to_rows(user)
+        live = self._is_live(narrow[: len(plan.keys)]) if self.live else np.zeros(len(plan.keys), dtype=bool)
+        found = self.lockstep.run(
+            plan,
+            records,
+            narrow.get_column(_T).to_numpy(),
+            narrow.get_column(_START).to_numpy(),
+            [narrow.get_column(n).to_numpy() for n in names],
+            live,
+            key_of,
+            lambda key: self.keyed.cells(key)[_STATE],
+            self._keep,
+            self._on_error,
+        )
+        if found is None:
+            return False
+        if len(found):
+            self._found.append((user, found))
+        return True
 
     def _order(self, rows: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """The positions of ``rows`` in (key, time, arrival) order, and which of them starts a
@@ -463,10 +507,7 @@ class MatchOperator(Operator):
         if not found:
             return pl.DataFrame()
         found = sorted(found, key=itemgetter(1))  # keys were handled one by one: back in time order
-        schema = pl.Schema([(n, t) for n, t in self.input.types.items() if n in self.input.columns])
-        for name in self.input.columns:
-            if name not in schema:
-                schema[name] = pl.Null()
+        schema = self._schema()
         steps = len(self.names)
         heads: list[dict[str, Any]] = []
         starts: list[int] = []
@@ -501,6 +542,72 @@ class MatchOperator(Operator):
         if self.measures:
             out = out.with_columns(**self.measures)
         wm = watermarks_before(np.asarray(triggers, dtype=np.int64), None if pre is None else pre.to_numpy(), lo)
+        return out.with_columns(pl.Series(WM_COL, wm, dtype=pl.Int64))
+
+    def _schema(self) -> pl.Schema:
+        schema = pl.Schema([(n, t) for n, t in self.input.types.items() if n in self.input.columns])
+        for name in self.input.columns:
+            if name not in schema:
+                schema[name] = pl.Null()
+        return schema
+
+    def _frame_found(
+        self, parts: list[tuple[pl.DataFrame, Found]], paths: list[tuple[Path, int]], pre: pl.Series | None, lo: int
+    ) -> pl.DataFrame:
+        """:meth:`_frame` for matches found in lock step (one row per step), gathered from the
+        batch's rows by position; ``paths`` (matches the row matcher found after them, one row
+        per step too) follow."""
+        if paths:
+            rest = Found(0, np.empty(0, dtype=np.int64))
+            for i, (path, when) in enumerate(paths):
+                taken: list[int] = []
+                node: Path = path
+                while node is not None:
+                    taken.append(rest.add_row(node[4], node[3]))
+                    node = node[0]
+                rest.trigger.append(np.array([when], dtype=np.int64))
+                rest.order.append(np.array([i], dtype=np.int64))
+                rest.refs.append([np.array([r], dtype=np.int64) for r in reversed(taken)])
+            parts = [*parts, (pl.DataFrame(), rest)]
+        schema = self._schema()
+        assert self.ttype is not None
+        frames: list[pl.DataFrame] = []
+        triggers: list[np.ndarray] = []
+        for user, found in parts:
+            if not len(found):
+                continue
+            trigger, refs = found.columns()
+            rows = user.select(
+                pl.col(n).cast(t, strict=False) if n in user.columns else pl.lit(None, dtype=t).alias(n)
+                for n, t in schema.items()
+            )
+            if found.extra:
+                rows = pl.concat([rows, pl.DataFrame(found.extra, schema=schema, strict=False)])
+            events = rows.select(pl.struct(schema.names()).alias("e")).to_series()
+            times = found.all_times()
+            first = pl.Series(refs[0])
+            columns = [rows.get_column(k).gather(first) for k in self.keys]
+            columns += [
+                pl.Series("match_start", times[refs[0]], dtype=pl.Int64).cast(self.ttype.dtype),
+                pl.Series("match_end", times[refs[-1]], dtype=pl.Int64).cast(self.ttype.dtype),
+            ]
+            lists = pl.List(events.dtype)
+            columns += [
+                events.gather(pl.Series(r)).reshape((-1, 1)).cast(lists).alias(name)
+                for r, name in zip(refs, self.names, strict=True)
+            ]
+            frames.append(pl.DataFrame(columns))
+            triggers.append(trigger)
+        if not frames:
+            return pl.DataFrame()
+        trigger = np.concatenate(triggers)
+        out = pl.concat(frames)
+        if len(frames) > 1:
+            by_time = np.argsort(trigger, kind="stable")
+            out, trigger = out[by_time], trigger[by_time]
+        if self.measures:
+            out = out.with_columns(**self.measures)
+        wm = watermarks_before(trigger, None if pre is None else pre.to_numpy(), lo)
         return out.with_columns(pl.Series(WM_COL, wm, dtype=pl.Int64))
 
     def _step_lists(self, flat: list[dict[str, Any]], which: list[int], n: int, schema: pl.Schema) -> list[pl.Series]:
