@@ -12,13 +12,16 @@ in real time and report end-to-end p50/p99 at the sink.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +81,21 @@ WORKLOADS["Q2HLL"] = (
 WORKLOADS["Q2C"] = ("Q2 with a checkpoint every second", WORKLOADS["Q2"][1])
 WORKLOADS["Q2C100"] = ("Q2 with a checkpoint every 100 ms", WORKLOADS["Q2"][1])
 CHECKPOINT_EVERY = {"Q2C": "1s", "Q2C100": "100ms"}
+WORKLOADS["Q2M"] = ("Q2 serving Prometheus metrics, scraped every 100 ms", WORKLOADS["Q2"][1])
+SCRAPED = {"Q2M"}
+
+
+def _scrape_until(flow: rh.Flow, done: threading.Event) -> int:
+    """Scrape the flow's metrics endpoint every 100 ms until ``done``; the number of scrapes."""
+    scrapes = 0
+    while not done.is_set():
+        url = flow.metrics_url
+        if url is not None:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(url, timeout=5).read()
+                scrapes += 1
+        done.wait(0.1)
+    return scrapes
 
 
 def _stateless(s: rh.Stream) -> rh.Stream:
@@ -108,10 +126,21 @@ def run_throughput(name: str, events: int, batch_size: int) -> dict[str, object]
     source = flow.source(rh.io.Records(frame, batch_size=batch_size), time="ts", max_delay="2s")
     build(source).sink(out)
     every = CHECKPOINT_EVERY.get(name)
+    done, scrapes = threading.Event(), [0]
+    scraper = threading.Thread(target=lambda: scrapes.__setitem__(0, _scrape_until(flow, done)), daemon=True)
+    if name in SCRAPED:
+        scraper.start()
     with tempfile.TemporaryDirectory(prefix="rheon-bench-ckpt-") as ckpt:
         started = time.perf_counter()
-        flow.run(checkpoint_dir=ckpt if every else None, checkpoint_every=every)
+        flow.run(
+            checkpoint_dir=ckpt if every else None,
+            checkpoint_every=every,
+            metrics_port=0 if name in SCRAPED else None,
+        )
         seconds = time.perf_counter() - started
+    done.set()
+    if name in SCRAPED:
+        scraper.join()
     stats = flow.metrics()
     assert stats is not None
     return {
@@ -122,6 +151,7 @@ def run_throughput(name: str, events: int, batch_size: int) -> dict[str, object]
         "out_rows": len(out),
         "late": stats.late_rows,
         "checkpoints": stats.checkpoints,
+        **({"scrapes": scrapes[0]} if name in SCRAPED else {}),
         "loaded_mb": round(loaded_mb),
         "peak_mb": round(_rss_mb()),
     }

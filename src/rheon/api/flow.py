@@ -218,6 +218,8 @@ class Flow:
         on_start: Callable[[Executor], None] | None = None,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: Duration | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         """Run the flow until it ends; :meth:`metrics` then tells what happened.
 
@@ -231,6 +233,11 @@ class Flow:
         from the latest complete checkpoint. With replayable sources (``Records`` lists,
         files) and committing sinks (``FileSink``) the output is then exactly-once, even across
         a crash (see docs/guarantees.md).
+
+        With ``metrics_port``, the flow's metrics are served for Prometheus at
+        ``http://{metrics_host}:{metrics_port}/metrics`` while it runs (``0`` picks a free port;
+        :attr:`metrics_url` tells which). It listens on 127.0.0.1 unless ``metrics_host`` says
+        otherwise. docs/observability.md lists the metrics.
 
         Examples
         --------
@@ -258,6 +265,8 @@ class Flow:
             drain=drain,
             checkpoints=settings,
             state_backend=self.state_backend,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         self._executor = executor
         restore = _install_signal_handlers(self._stop) if handle_signals else None
@@ -266,6 +275,20 @@ class Flow:
         finally:
             if restore is not None:
                 restore()
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the running flow serves its Prometheus metrics (``run(metrics_port=...)``), if it does.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> rh.Flow("m").metrics_url is None
+        True
+        """
+        executor = self._executor
+        server = executor.metrics_server if executor is not None else None
+        return server.url if server is not None else None
 
     def stop(self) -> None:
         """Ask a running flow to stop after the current batch (safe from any thread or handler).

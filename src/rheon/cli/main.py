@@ -65,7 +65,22 @@ def cli() -> None:
     help="Stop after this long (e.g. 10s); default: until the input ends.",
 )
 @click.option("--drain", is_flag=True, help="When stopped early, fire open windows as if the input had ended.")
-def run(path: Path, flow_name: str | None, duration: int | None, drain: bool) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the flow runs.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="HOST",
+    help="Address the metrics endpoint listens on (0.0.0.0 for every interface).",
+)
+def run(
+    path: Path, flow_name: str | None, duration: int | None, drain: bool, metrics_port: int | None, metrics_host: str
+) -> None:
     """Run the flow defined in PATH, a Python file.
 
     The file runs with __name__ set to "__rheon_run__" (its `if __name__ == "__main__":` block
@@ -79,7 +94,12 @@ def run(path: Path, flow_name: str | None, duration: int | None, drain: bool) ->
             if flow.metrics() is not None:
                 click.echo(f"{path.name}: flow '{flow.name}' already ran while the file was loaded", err=True)
             else:
-                flow.run(duration=f"{duration}ms" if duration is not None else None, drain=drain)
+                flow.run(
+                    duration=f"{duration}ms" if duration is not None else None,
+                    drain=drain,
+                    metrics_port=metrics_port,
+                    metrics_host=metrics_host,
+                )
     except RheonError as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise click.ClickException(msg) from None

@@ -102,6 +102,13 @@ class SourceLogic(ABC):
         """
         return None
 
+    def backlog(self) -> dict[tuple[str, str], float] | None:
+        """What is waiting to be read, if the source can tell cheaply: ``{(split, unit): amount}``,
+        e.g. ``{("0", "records"): 1200}`` for a Kafka partition's lag, ``{("app.log", "bytes"):
+        4096}`` for a tailed file, ``{("queue", "records"): 17}`` for an HTTP ingest queue.
+        Polled about once a second, between batches."""
+        return None
+
     def checkpoint_done(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
         """A checkpoint holding this source's position is complete (e.g. commit offsets)."""
 

@@ -11,6 +11,8 @@ import polars as pl
 from rheon.core.batch import Batch
 from rheon.core.deadletters import dead_letter_frame
 from rheon.core.errors import FlowError
+from rheon.core.metrics import StateSize
+from rheon.state.service import KeyedService
 from rheon.state.shared import SharedFiles
 
 __all__ = ["DEAD", "LATE", "MAIN", "Operator", "Output", "State"]
@@ -73,6 +75,15 @@ class Operator(ABC):
 
     def checkpoint_done(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
         """Checkpoint ``checkpoint_id`` is complete."""
+
+    def state_size(self) -> StateSize | None:
+        """How much state the operator holds now (``None``: none, or it cannot tell).
+
+        Operators that keep keyed state in ``self.keyed`` (a
+        :class:`~rheon.state.service.KeyedService`) report its keys and timers.
+        """
+        keyed = getattr(self, "keyed", None)
+        return keyed.size() if isinstance(keyed, KeyedService) else None
 
     def dead(self, reasons: str | Sequence[str], payloads: Sequence[str], like: Batch) -> Output:
         """A dead-letter output naming this operator."""

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from rheon.core.errors import CheckpointError, FlowError
+from rheon.core.metrics import CheckpointStats
 from rheon.state.checkpoints import CheckpointStore, OperatorSnapshot
 from rheon.state.shared import SharedFiles
 from rheon.time.clock import Clock
@@ -113,6 +114,8 @@ class CheckpointCoordinator:
         Sources and operators, whose state each checkpoint holds.
     sinks
         The sinks, which commit their output per checkpoint.
+    stats
+        Where to count checkpoints, failures, durations and sizes (the flow's metrics).
     """
 
     def __init__(
@@ -123,12 +126,14 @@ class CheckpointCoordinator:
         clock: Clock,
         participants: Sequence[Participant],
         sinks: Sequence[Committer],
+        stats: CheckpointStats | None = None,
     ) -> None:
         self.settings = settings
         self.flow = flow
         self.clock = clock
         self.participants = list(participants)
         self.sinks = list(sinks)
+        self.stats = stats if stats is not None else CheckpointStats()
         self.store = CheckpointStore(settings.directory, keep=settings.keep)
         self.next_id = 1
         self.last_ns = 0
@@ -207,6 +212,13 @@ class CheckpointCoordinator:
 
     def checkpoint(self, *, final: bool = False) -> int:
         """Take checkpoint ``next_id`` now (between batches) and commit the sinks' output."""
+        try:
+            return self._checkpoint(final=final)
+        except BaseException:
+            self.stats.failures += 1
+            raise
+
+    def _checkpoint(self, *, final: bool) -> int:
         started = time.perf_counter()
         checkpoint_id = self.next_id
         for sink in self.sinks:
@@ -233,7 +245,7 @@ class CheckpointCoordinator:
                     part.kind, _normal(part.signature()), frames, objects, files.referenced
                 )
         meta = {"flow": self.flow, "created_ms": self.clock.now_ns() // 1_000_000, "finished": final}
-        self.store.write(checkpoint_id, meta, snaps)
+        written = self.store.write(checkpoint_id, meta, snaps)
         for sink in self.sinks:
             sink.commit(checkpoint_id)
         for part in self.participants:
@@ -242,5 +254,9 @@ class CheckpointCoordinator:
         self.count += 1
         self.last_ns = self.clock.now_ns()
         self.last_duration_ms = (time.perf_counter() - started) * 1000
+        size = sum(f.stat().st_size for f in written.iterdir() if f.is_file())
+        shared = [self.store.shared_dir / name for snap in snaps.values() for name in snap.shared]
+        size += sum(path.stat().st_size for path in shared if path.is_file())  # RocksDB files it refers to
+        self.stats.completed(duration_ms=self.last_duration_ms, size_bytes=size, now_ns=time.time_ns())
         log.debug("checkpoint id=%d ms=%.1f final=%s", checkpoint_id, self.last_duration_ms, final)
         return checkpoint_id

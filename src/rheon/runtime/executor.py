@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,7 @@ from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import dead_letter_frame, payloads_of
 from rheon.core.errors import RecordError
 from rheon.core.eventtime import TimeType
-from rheon.core.metrics import LatencyHistogram, OperatorStats
+from rheon.core.metrics import MetricsRegistry, OperatorStats
 from rheon.io.base import BuildContext, SourceLogic
 from rheon.operators.base import DEAD, LATE, Operator
 from rheon.operators.rowfn import RowFnChain
@@ -33,6 +33,7 @@ from rheon.runtime.build import build_operator
 from rheon.runtime.checkpointing import CheckpointCoordinator, CheckpointSettings
 from rheon.runtime.graph import Node
 from rheon.runtime.plan import OpGroup, Plan
+from rheon.runtime.prometheus import MetricsServer
 from rheon.runtime.specs import DeadLettersSpec, RowSpec, SinkSpec, SourceSpec
 from rheon.runtime.stats import RunStats
 from rheon.state.shared import SharedFiles
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _MAX_SLEEP_S = 0.05
 _UNKNOWN_WAIT_S = 0.002
 _KEEP_DEAD = 1_000
+_GAUGES_NS = 1_000_000_000  # state sizes and backlog are refreshed about once a second
 _TICK_S = 0.01  # processing-time timers fire within ~10 ms of their time
 
 
@@ -155,8 +157,13 @@ class Executor:
         drain: bool = False,
         checkpoints: CheckpointSettings | None = None,
         state_backend: str = "memory",
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self.plan = plan
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics_server: MetricsServer | None = None
         self.state_backend = state_backend
         self.checkpoint_settings = checkpoints
         self.coordinator: CheckpointCoordinator | None = None
@@ -165,7 +172,9 @@ class Executor:
         self.stop_event = stop
         self.duration_ms = duration_ms
         self.drain = drain
-        self.latency = LatencyHistogram()
+        self.metrics = MetricsRegistry(plan.graph.name)
+        """Every measurement of this run (``flow.metrics()`` and the Prometheus endpoint read it)."""
+        self._gauges_ns = 0
         self.started_ns = 0
         self.finished_ns = 0
         self.running = False
@@ -196,13 +205,13 @@ class Executor:
             event_time=node.time if node.kind == "source" else None,
         )
 
-    def _build_group(self, group: OpGroup) -> Operator:
+    def _build_group(self, group: OpGroup, stats: OperatorStats) -> Operator:
         head = group.head
         if isinstance(head.spec, RowSpec):
             return RowFnChain([n.spec.step for n in group.nodes if isinstance(n.spec, RowSpec)])
         if isinstance(head.spec, SinkSpec):
             logic = head.spec.sink.build(self._ctx(head))
-            return SinkOperator(head.name, logic, len(head.inputs), self.clock, self.latency)
+            return SinkOperator(head.name, logic, len(head.inputs), self.clock, stats.latency)
         if isinstance(head.spec, DeadLettersSpec):
             return _PassThrough(head.name)
         return build_operator(head, self._ctx(head))
@@ -218,7 +227,7 @@ class Executor:
                 _SourceTask(
                     node,
                     logic,
-                    OperatorStats(node.label),
+                    self.metrics.part(node.label, "source"),
                     tracker,
                     needs_wm=node.id in self.plan.needs_wm,
                     time_col=(
@@ -237,8 +246,9 @@ class Executor:
             if node.time_type is not None and tracker is not None:
                 tracker.max_delay = node.time_type.ticks(node.spec.max_delay_ms)
         for group in self.plan.groups:
-            self.ops.append(self._build_group(group))
-            self.op_stats.append(OperatorStats(group.label))
+            stats = self.metrics.part(group.label, "sink" if isinstance(group.head.spec, SinkSpec) else "operator")
+            self.ops.append(self._build_group(group, stats))
+            self.op_stats.append(stats)
         self.ticking = any(op.ticking for op in self.ops)
 
     # -- routing ----------------------------------------------------------------------------
@@ -317,6 +327,10 @@ class Executor:
         if frame.height == 0:
             return
         self.dead_total += frame.height
+        for (operator, reason), n in Counter(
+            zip(frame.get_column("operator"), frame.get_column("reason"), strict=True)
+        ).items():
+            self.metrics.count_dead(operator, reason, n)
         if self.on_error == "fail":
             operator, reason, payload = frame.row(0)
             msg = f"{operator}: {reason} (record: {payload})"
@@ -391,6 +405,8 @@ class Executor:
         if hidden:
             frame = frame.drop(hidden)
         watermark = task.watermark
+        if task.time_type is not None and MIN_WM < watermark < MAX_WM:
+            self.metrics.watermarks[node.label] = task.time_type.to_ms(watermark)
         ingest = task.logic.last_ingest_ns or now_ns
         task.logic.last_ingest_ns = None
         task.stats.rows_out += frame.height
@@ -451,6 +467,10 @@ class Executor:
         """Run until every source is exhausted, the duration passes, or stop is requested."""
         try:
             self._build()
+            if self.metrics_port is not None:
+                self.metrics_server = MetricsServer(
+                    self.metrics, running=lambda: self.running, port=self.metrics_port, host=self.metrics_host
+                )
             if self.checkpoint_settings is not None:
                 self.coordinator = CheckpointCoordinator(
                     self.checkpoint_settings,
@@ -458,6 +478,7 @@ class Executor:
                     clock=self.clock,
                     participants=[*self.sources, *self.ops],
                     sinks=[op.logic for op in self.ops if isinstance(op, SinkOperator)],
+                    stats=self.metrics.checkpoints,
                 )
                 self.coordinator.restore()
         except BaseException:
@@ -511,6 +532,7 @@ class Executor:
                     break
                 if self.ticking:
                     self._tick(self.clock.now_ns())
+                self._refresh_gauges()
                 if coordinator is not None and coordinator.due(self.clock.now_ns()):
                     coordinator.checkpoint()
                 if not progressed:
@@ -543,12 +565,30 @@ class Executor:
             self._close()
         return self.stats()
 
+    def _refresh_gauges(self) -> None:
+        """About once a second, between batches: state sizes and source backlog into the registry."""
+        now = time.monotonic_ns()
+        if now - self._gauges_ns < _GAUGES_NS:
+            return
+        self._gauges_ns = now
+        for group, op in zip(self.plan.groups, self.ops, strict=True):
+            size = op.state_size()
+            if size is not None:
+                self.metrics.state[group.label] = size
+        for task in self.sources:
+            backlog = task.logic.backlog()
+            if backlog is not None:
+                for (split, unit), amount in backlog.items():
+                    self.metrics.backlog[(task.node.label, split, unit)] = amount
+
     def _end_dead_letters(self) -> None:
         for index in self.plan.dead_letter_groups:
             self._deliver(index, 0, Batch(pl.DataFrame(), watermark=MAX_WM, end=True))
 
     def _close(self) -> None:
         errors: list[BaseException] = []
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         for op in self.ops:
             try:
                 op.close()
@@ -574,7 +614,7 @@ class Executor:
         watermark_ms = None
         if live and all(t.time_type is not None and t.watermark > MIN_WM for t in live):
             watermark_ms = min(t.time_type.to_ms(t.watermark) for t in live if t.time_type)
-        lat = self.latency
+        lat = self.metrics.latency()
         return RunStats(
             flow=self.plan.graph.name,
             running=self.running,

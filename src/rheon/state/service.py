@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import Any
 
+from rheon.core.metrics import StateSize
 from rheon.state.backends import KeyedStateBackend, MemoryBackend
 from rheon.state.keyed import key_group
 from rheon.state.shared import SharedFiles
@@ -136,6 +137,18 @@ class KeyedService:
         self.backend = backend if backend is not None else MemoryBackend()
         self.event_timers = KeyedTimers()
         self.processing_timers = KeyedTimers()
+
+    def size(self) -> StateSize:
+        """Keys held and timers pending (bytes are not measured for in-memory state).
+
+        Examples
+        --------
+        >>> service = KeyedService(); service.cells("a")["n"] = 1; service.end_batch()
+        >>> service.event_timers.register(5, "a")
+        >>> service.size()
+        StateSize(keys=1, bytes=None, timers=1)
+        """
+        return StateSize(len(self.backend), None, len(self.event_timers) + len(self.processing_timers))
 
     def cells(self, key: Any) -> dict[str, Any]:
         """The mutable state dict of ``key`` (see :meth:`KeyedStateBackend.cells`)."""

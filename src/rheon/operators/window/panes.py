@@ -12,6 +12,7 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import WM_COL
+from rheon.core.metrics import StateSize
 from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 
@@ -48,6 +49,14 @@ class PaneWindowOperator(WindowOperator):
     @override
     def _load_frames(self, frames: dict[str, pl.DataFrame]) -> None:
         self.panes = frames.get("panes")
+
+    @override
+    def state_size(self) -> StateSize:
+        """Panes held (one per key and pane) and their bytes."""
+        panes = self.panes
+        if panes is None:
+            return StateSize(0, 0)
+        return StateSize(panes.height, int(panes.estimated_size()))
 
     @override
     def _resolved(self) -> None:

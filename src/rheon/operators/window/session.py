@@ -16,6 +16,7 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, WM_COL
+from rheon.core.metrics import StateSize
 from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import Session
 
@@ -57,6 +58,14 @@ class SessionWindowOperator(WindowOperator):
     def _load_frames(self, frames: dict[str, pl.DataFrame]) -> None:
         self.sessions = frames.get("sessions")
         self._refresh_bounds()
+
+    @override
+    def state_size(self) -> StateSize:
+        """Open sessions held (one per key and session) and their bytes."""
+        sessions = self.sessions
+        if sessions is None:
+            return StateSize(0, 0)
+        return StateSize(sessions.height, int(sessions.estimated_size()))
 
     @override
     def _resolved(self) -> None:
