@@ -300,3 +300,12 @@ def test_config_validates_pickles_and_prints():
         None,
         "HttpIngest(port=0, host='127.0.0.1', path='/events', token='***')",
     )
+
+
+def test_backlog_is_the_queue_depth(serve):
+    logic = serve(max_batch=4)
+    assert logic.backlog() == {("queue", "records"): 0.0}
+    assert httpx.post(f"{logic.url}/events", json=[{"i": i} for i in range(10)]).status_code == 202
+    assert logic.backlog() == {("queue", "records"): 10.0}
+    assert logic.next_batch().height == 4
+    assert logic.backlog() == {("queue", "records"): 6.0}

@@ -160,6 +160,20 @@ class LineTail(KeepsDeadLetters, SourceLogic):
         return max(0.0, (self.next_scan_ns - self.clock.now_ns()) / 1e9)
 
     @override
+    def backlog(self) -> dict[tuple[str, str], float]:
+        """Bytes of each followed file not read yet (a file not opened yet counts whole)."""
+        out: dict[tuple[str, str], float] = {}
+        for path in self.files:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            cursor = self.cursors.get(path.name)
+            done = cursor.offset if cursor is not None and cursor.inode == stat.st_ino else 0
+            out[(path.name, "bytes")] = float(max(stat.st_size - done, 0))
+        return out
+
+    @override
     def snapshot(self) -> Any:
         files = {name: (c.inode, c.offset, c.line, c.header) for name, c in self.cursors.items()}
         return {"files": files, "types": self.reader.state()}

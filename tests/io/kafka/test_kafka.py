@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections import Counter
 
 import polars as pl
 import pytest
 
 import rheon as rh
+from rheon.io.base import BuildContext
 from rheon.testing import collect
 from tests.io.kafka.conftest import confluent_kafka, produce, read_all
 
@@ -266,3 +268,24 @@ def test_consumer_group_assignment(kafka_brokers, new_topic):
     flow.run(duration="6s")
     assert sorted(r["i"] for r in out.rows) == list(range(10))
     assert {r["_partition"] for r in out.rows} == {0, 1}
+
+
+def test_backlog_is_the_consumer_lag_per_partition(kafka_brokers, new_topic):
+    topic = new_topic(partitions=2)
+    produce(kafka_brokers, topic, [(0, {"i": i}) for i in range(300)] + [(1, {"i": i}) for i in range(50)])
+    kafka = rh.io.Kafka(topic, brokers=kafka_brokers, partitions="all", metadata=False, max_batch=100)
+    logic = kafka.build(BuildContext(flow="f", operator="in"))
+    try:
+        read = 0
+        deadline = time.monotonic() + 60
+        while read == 0 and time.monotonic() < deadline:
+            frame = logic.next_batch()
+            read += frame.height if frame is not None else 0
+        assert 0 < read <= 100
+        lag = logic.backlog()
+        assert lag is not None
+        assert sum(lag.values()) == 350 - read
+        assert {split for split, unit in lag} <= {f"{topic}:0", f"{topic}:1"}
+        assert {unit for _, unit in lag} == {"records"}
+    finally:
+        logic.close()

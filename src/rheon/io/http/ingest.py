@@ -632,6 +632,11 @@ class _HttpIngestLogic(SourceLogic):
         return frames[0]
 
     @override
+    def backlog(self) -> dict[tuple[str, str], float]:
+        """Events accepted (``202``) and waiting in the queue for the flow."""
+        return {("queue", "records"): float(self.buffered)}
+
+    @override
     def done(self) -> bool:
         return False
 

@@ -298,6 +298,25 @@ class _KafkaLogic(KeepsDeadLetters, SourceLogic):
     def splits(self) -> list[str] | None:
         return list(self.assigned)
 
+    @override
+    def backlog(self) -> dict[tuple[str, str], float]:
+        """Consumer lag per assigned partition: its high watermark (as last fetched, no request
+        to the broker) minus the next offset this source will read."""
+        out: dict[tuple[str, str], float] = {}
+        for split in self.assigned:
+            topic, partition = split.rsplit(":", 1)
+            try:
+                low, high = self.consumer.get_watermark_offsets(
+                    self.kafka.TopicPartition(topic, int(partition)), cached=True
+                )
+            except self.kafka.KafkaException:
+                continue
+            if high < 0:  # nothing fetched from this partition yet
+                continue
+            position = self.positions.get(split, low if low >= 0 else 0)
+            out[(split, "records")] = float(max(high - position, 0))
+        return out
+
     # -- positions ----------------------------------------------------------------------------
 
     @override
