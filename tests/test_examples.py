@@ -30,3 +30,21 @@ def test_example_runs(script):
     )
     assert proc.returncode == 0, proc.stderr
     assert EXPECT[script] in proc.stdout, proc.stdout
+
+
+CLI_ARGS = {"live_sensors.py": ["--duration", "6s"]}
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_example_runs_with_rheon_run(script):
+    """`rheon run examples/X.py` runs every example: its module-level flow, or its main()."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "rheon.cli", "run", str(EXAMPLES / script), *CLI_ARGS.get(script, [])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = EXPECT[script] if script != "live_sensors.py" else "avg {"
+    assert expected in proc.stdout, proc.stdout

@@ -257,3 +257,62 @@ def test_run_an_example_file_with_a_module_level_flow() -> None:
     assert proc.returncode == 0, proc.stderr
     assert 'avg {"sensor": "s0"' in proc.stdout
     assert "flow 'sensors':" in proc.stderr
+
+
+BUILT_IN_MAIN = """
+import rheon as rh
+
+def main():
+    flow = rh.Flow("inside")
+    flow.source(rh.io.Records([{"x": 1}, {"x": 2}])).sink(lambda r: print("inside", r["x"]))
+    flow.run()
+    print("main done")
+"""
+
+BUILDER = """
+import rheon as rh
+
+def build():
+    flow = rh.Flow("built")
+    flow.source(rh.io.Generator(lambda i: {"i": i}, rate=200), name="forever").sink(lambda r: None)
+    return flow
+
+def main():
+    raise SystemExit("main must not run when --function names another")
+"""
+
+
+def test_run_calls_main_when_the_flow_is_built_inside_it(tmp_path: Path) -> None:
+    result = invoke("run", write(tmp_path, BUILT_IN_MAIN))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "inside 1\ninside 2\nmain done\n"
+    assert "flow 'inside': 2 records in, 2 out" in result.stderr
+
+
+def test_run_function_returning_a_flow_runs_it_with_the_command_line_duration(tmp_path: Path) -> None:
+    result = invoke("run", write(tmp_path, BUILDER), "--function", "build", "--duration", "300ms")
+    assert result.exit_code == 0, result.output
+    assert "flow 'built':" in result.stderr
+
+
+def test_run_unknown_function(tmp_path: Path) -> None:
+    result = invoke("run", write(tmp_path, BUILDER), "--function", "nope")
+    assert result.exit_code == 2
+    assert "--function 'nope': flow.py has no such function (functions: build, main)" in result.stderr
+
+
+def test_run_a_function_that_runs_no_flow(tmp_path: Path) -> None:
+    result = invoke("run", write(tmp_path, "def main():\n    pass\n"))
+    assert result.exit_code == 1
+    assert "flow.py: main() ran no flow" in result.stderr
+
+
+def test_run_checkpoint_dir_resumes_where_the_last_run_ended(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    first = invoke("run", write(tmp_path, BUILT_IN_MAIN), "--checkpoint-dir", str(ckpt))
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in ckpt.glob("chk-*"))
+    again = invoke("run", write(tmp_path, BUILT_IN_MAIN), "--checkpoint-dir", str(ckpt))
+    assert again.exit_code == 0, again.output
+    assert again.stdout == "main done\n"  # both records were read and committed by the first run
+    assert "flow 'inside': 0 records in" in again.stderr

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -27,7 +30,7 @@ from rheon.state.backends import BACKENDS
 from rheon.time.clock import Clock, SystemClock
 from rheon.time.column import time_column_name, time_schema
 
-__all__ = ["Flow"]
+__all__ = ["Flow", "Runner", "running_under"]
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +252,14 @@ class Flow:
         (True, False)
         """
         plan = make_plan(self.graph)
+        outer = _RUNNER.get()
+        if outer is not None:  # `rheon run` imposes its command-line settings on every run inside it
+            outer.ran.append(self)
+            duration = outer.duration if outer.duration is not None else duration
+            drain = drain or outer.drain
+            checkpoint_dir = outer.checkpoint_dir if outer.checkpoint_dir is not None else checkpoint_dir
+            if outer.metrics_port is not None:
+                metrics_port, metrics_host = outer.metrics_port, outer.metrics_host
         duration_ms = to_ms(duration, what="run: duration") if duration is not None else None
         self._stop = threading.Event()
         directory = checkpoint_dir if checkpoint_dir is not None else self.checkpoint_dir
@@ -341,3 +352,39 @@ def _install_signal_handlers(stop: threading.Event) -> Callable[[], None] | None
             signal.signal(sig, old)
 
     return restore
+
+
+@dataclass
+class Runner:
+    """What an outer runner (``rheon run``) imposes on every ``flow.run()`` called inside
+    :func:`running_under`, and which flows ran. ``None`` leaves the flow's own argument."""
+
+    duration: Duration | None = None
+    drain: bool = False
+    checkpoint_dir: str | Path | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    ran: list[Flow] = field(default_factory=list)
+
+
+_RUNNER: ContextVar[Runner | None] = ContextVar("rheon_runner", default=None)
+
+
+@contextmanager
+def running_under(runner: Runner) -> Iterator[Runner]:
+    """Make every ``flow.run()`` in this block use ``runner``'s settings (and record it).
+
+    Examples
+    --------
+    >>> import rheon as rh
+    >>> flow = rh.Flow("under"); flow.source(rh.io.Generator(lambda i: {"i": i}, rate=1000)).sink(rh.io.Collect())
+    >>> with running_under(Runner(duration="30ms")) as runner:
+    ...     flow.run()                      # would run forever without the runner's duration
+    >>> [f.name for f in runner.ran]
+    ['under']
+    """
+    token = _RUNNER.set(runner)
+    try:
+        yield runner
+    finally:
+        _RUNNER.reset(token)

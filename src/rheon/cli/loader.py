@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import runpy
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import click
 
 from rheon.api.flow import Flow
 
-__all__ = ["RUN_NAME", "find_flows", "load_flow", "pick_flow"]
+__all__ = ["RUN_NAME", "find_flows", "load_target", "pick_flow"]
 
 RUN_NAME = "__rheon_run__"
 """``__name__`` of a flow file run by ``rheon run``, so its ``if __name__ == "__main__":`` block is skipped."""
@@ -73,8 +73,9 @@ def pick_flow(flows: Mapping[str, Flow], wanted: str | None, where: str) -> Flow
     """
     if not flows:
         msg = (
-            f"no rheon.Flow found in {where}. Define one at module level, e.g. "
-            'flow = rh.Flow("name"), not only inside main().'
+            f"no rheon.Flow found in {where}, and no main() to call. Define one at module level "
+            '(flow = rh.Flow("name")), a main() that builds and runs it, or name the function '
+            "that does with --function NAME."
         )
         raise click.ClickException(msg)
     if wanted is None:
@@ -91,12 +92,28 @@ def pick_flow(flows: Mapping[str, Flow], wanted: str | None, where: str) -> Flow
     raise click.UsageError(msg)
 
 
-def load_flow(path: Path, wanted: str | None = None) -> Flow:
-    """Execute the flow file ``path`` (as ``__rheon_run__``) and return the flow to run.
+def load_target(path: Path, flow_name: str | None = None, function: str | None = None) -> Flow | Callable[[], Any]:
+    """Execute the flow file ``path`` (as ``__rheon_run__``) and return what to run: a flow it
+    defines at module level, or a function of it (``function``, else ``main``) to call.
+
+    A file that builds its flow inside a function (``def main(): flow = rh.Flow(...); ...;
+    flow.run()``) is run by calling that function; ``--function build`` calls ``build()``, which
+    may return the flow instead of running it.
 
     Examples
     --------
     >>> import tempfile, textwrap
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     file = Path(tmp) / "flow.py"
+    ...     _ = file.write_text(textwrap.dedent('''
+    ...         import rheon as rh
+    ...         def main():
+    ...             flow = rh.Flow("inside")
+    ...             flow.source(rh.io.Records([{"x": 1}])).sink(rh.io.Collect())
+    ...             flow.run()
+    ...     '''))
+    ...     load_target(file).__name__
+    'main'
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     file = Path(tmp) / "flow.py"
     ...     _ = file.write_text(textwrap.dedent('''
@@ -106,9 +123,29 @@ def load_flow(path: Path, wanted: str | None = None) -> Flow:
     ...         if __name__ == "__main__":
     ...             raise SystemExit("not run by rheon run")
     ...     '''))
-    ...     load_flow(file)
+    ...     load_target(file)
     Flow('hello', 2 operators)
     """
     with script_dir_on_path(path):
         namespace = runpy.run_path(str(path), run_name=RUN_NAME)
-    return pick_flow(find_flows(namespace), wanted, path.name)
+    flows = find_flows(namespace)
+    if function is not None:
+        if flow_name is not None:
+            msg = "give --flow or --function, not both"
+            raise click.UsageError(msg)
+        target = namespace.get(function)
+        if not callable(target):
+            names = sorted(
+                n for n, v in namespace.items() if callable(v) and getattr(v, "__module__", None) == RUN_NAME
+            )
+            msg = (
+                f"--function {function!r}: {path.name} has no such function (functions: {', '.join(names) or 'none'})."
+            )
+            raise click.UsageError(msg)
+        return target  # type: ignore[no-any-return]
+    if flows or flow_name is not None:
+        return pick_flow(flows, flow_name, path.name)
+    main = namespace.get("main")
+    if callable(main):
+        return main  # type: ignore[no-any-return]
+    return pick_flow(flows, None, path.name)  # explains that there is nothing to run

@@ -2,7 +2,8 @@
 
 ::
 
-    rheon run path/flow.py [--flow NAME] [--duration 10s] [--drain]
+    rheon run path/flow.py [--flow NAME | --function NAME] [--duration 10s] [--drain]
+              [--checkpoint-dir DIR] [--metrics-port 9108]
     rheon demo [--hosts 20] [--speed 5] [--duration 0s] [--seed N] [--threshold 85] [--plain]
 
 Exit codes: 0 on success, 1 when the flow fails (a :class:`~rheon.RheonError`, printed without a
@@ -17,7 +18,8 @@ from pathlib import Path
 import click
 
 import rheon
-from rheon.cli.loader import load_flow, script_dir_on_path
+from rheon.api.flow import Flow, Runner, running_under
+from rheon.cli.loader import load_target, script_dir_on_path
 from rheon.core.durations import to_ms
 from rheon.core.errors import FlowError, RheonError
 from rheon.core.logs import configure_logging
@@ -59,12 +61,23 @@ def cli() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--flow", "flow_name", metavar="NAME", help="Which flow to run when the file defines several.")
 @click.option(
+    "--function",
+    metavar="NAME",
+    help="Call this function of the file (default: main(), when the file defines no flow at module level).",
+)
+@click.option(
     "--duration",
     metavar="DURATION",
     callback=parse_duration,
     help="Stop after this long (e.g. 10s); default: until the input ends.",
 )
 @click.option("--drain", is_flag=True, help="When stopped early, fire open windows as if the input had ended.")
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Checkpoint into DIR (every second and at the end) and resume from it when run again.",
+)
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
@@ -79,31 +92,54 @@ def cli() -> None:
     help="Address the metrics endpoint listens on (0.0.0.0 for every interface).",
 )
 def run(
-    path: Path, flow_name: str | None, duration: int | None, drain: bool, metrics_port: int | None, metrics_host: str
+    path: Path,
+    flow_name: str | None,
+    function: str | None,
+    duration: int | None,
+    drain: bool,
+    checkpoint_dir: Path | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run the flow defined in PATH, a Python file.
 
     The file runs with __name__ set to "__rheon_run__" (its `if __name__ == "__main__":` block
-    is skipped); the rheon.Flow it defines at module level is run until its sources end, the
-    duration passes, or Ctrl-C. A summary of the run's metrics goes to stderr.
+    is skipped). Then the rheon.Flow it defines at module level runs; a file that builds its flow
+    inside a function has that function called instead (main(), or --function NAME; a function
+    that returns a flow has it run). The options apply to every flow.run() the file makes. Each
+    flow runs until its sources end, the duration passes, or Ctrl-C; a summary of its metrics goes
+    to stderr.
     """
     configure_logging()
+    runner = Runner(
+        duration=f"{duration}ms" if duration is not None else None,
+        drain=drain,
+        checkpoint_dir=checkpoint_dir,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
     try:
         with script_dir_on_path(path):
-            flow = load_flow(path, flow_name)
-            if flow.metrics() is not None:
-                click.echo(f"{path.name}: flow '{flow.name}' already ran while the file was loaded", err=True)
-            else:
-                flow.run(
-                    duration=f"{duration}ms" if duration is not None else None,
-                    drain=drain,
-                    metrics_port=metrics_port,
-                    metrics_host=metrics_host,
-                )
+            target = load_target(path, flow_name, function)
+            if isinstance(target, Flow) and target.metrics() is not None:
+                click.echo(f"{path.name}: flow '{target.name}' already ran while the file was loaded", err=True)
+                return
+            with running_under(runner):
+                if isinstance(target, Flow):
+                    target.run()
+                else:
+                    result = target()
+                    if isinstance(result, Flow) and result not in runner.ran:
+                        result.run()
     except RheonError as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise click.ClickException(msg) from None
-    click.echo(str(flow.metrics()), err=True)
+    if not runner.ran:
+        what = function or "main"
+        msg = f"{path.name}: {what}() ran no flow (it should call flow.run() or return the flow)"
+        raise click.ClickException(msg)
+    for flow in runner.ran:
+        click.echo(str(flow.metrics()), err=True)
 
 
 @cli.command(short_help="Live monitoring demo: host metrics, sliding-window averages, alerts.")
