@@ -316,3 +316,21 @@ def test_run_checkpoint_dir_resumes_where_the_last_run_ended(tmp_path: Path) -> 
     assert again.exit_code == 0, again.output
     assert again.stdout == "main done\n"  # both records were read and committed by the first run
     assert "flow 'inside': 0 records in" in again.stderr
+
+
+TYPO = """
+import rheon as rh
+
+flow = rh.Flow("typo")
+rows = [{"amount": i} for i in range(500)]
+flow.source(rh.io.Records(rows)).map(lambda r: {"usd": r["amonut"] * 1.1}).sink(rh.io.Collect())
+"""
+
+
+def test_run_stops_a_flow_whose_function_fails_on_every_record_and_shows_the_traceback(tmp_path: Path) -> None:
+    result = invoke("run", write(tmp_path, TYPO))
+    assert result.exit_code == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert 'flow.py", line 6' in result.stderr
+    assert "KeyError: 'amonut'" in result.stderr
+    assert "RecordError: map 'map_1': 500 of its last 500 records failed" in result.stderr

@@ -49,6 +49,12 @@ class Flow:
         missing event time, an undecodable line): ``"dead_letter"`` (default) sends it to
         :meth:`dead_letters` and counts it, ``"fail"`` stops the run with
         :class:`~rheon.RecordError`, ``"skip"`` only counts it.
+    max_error_rate
+        A guard for ``"dead_letter"`` and ``"skip"``: when more than this share of an
+        operator's records fail (over its last 1,000 records, once it has had 100), the run stops
+        with :class:`~rheon.RecordError` carrying the first failure's traceback: a function that
+        fails on every record is a bug to fix, not data to set aside. ``None`` turns it off.
+        Sources (undecodable input) and sinks (an endpoint down) do not count.
     checkpoint_dir, checkpoint_every
         Defaults for :meth:`run`: where to keep checkpoints (none by default) and how often.
     state_backend
@@ -77,6 +83,7 @@ class Flow:
         name: str = "flow",
         *,
         on_error: str = "dead_letter",
+        max_error_rate: float | None = 0.5,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: Duration = "1s",
         state_backend: str = "memory",
@@ -84,6 +91,12 @@ class Flow:
         if on_error not in _POLICIES:
             msg = f"Flow '{name}': on_error must be one of {', '.join(_POLICIES)} (got {on_error!r})"
             raise FlowError(msg)
+        if max_error_rate is not None and not (
+            isinstance(max_error_rate, int | float) and not isinstance(max_error_rate, bool) and 0 <= max_error_rate < 1
+        ):
+            msg = f"Flow '{name}': max_error_rate must be a share from 0 up to (not including) 1, or None (got {max_error_rate!r})"
+            raise FlowError(msg)
+        self.max_error_rate = max_error_rate
         self.name = name
         self.on_error = on_error
         self.checkpoint_dir = checkpoint_dir
@@ -271,6 +284,7 @@ class Flow:
             plan,
             clock=clock or SystemClock(),
             on_error=self.on_error,
+            max_error_rate=self.max_error_rate,
             stop=self._stop,
             duration_ms=duration_ms,
             drain=drain,

@@ -13,6 +13,7 @@ ambiguous ``--flow``, bad duration).
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import click
@@ -132,6 +133,8 @@ def run(
                     if isinstance(result, Flow) and result not in runner.ran:
                         result.run()
     except RheonError as exc:
+        if isinstance(exc.__cause__, Exception):  # a user function's failure: show where it failed
+            click.echo("".join(traceback.format_exception(exc.__cause__)).rstrip(), err=True)
         msg = f"{type(exc).__name__}: {exc}"
         raise click.ClickException(msg) from None
     if not runner.ran:

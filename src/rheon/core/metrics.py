@@ -11,9 +11,18 @@ import bisect
 import math
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["CheckpointStats", "LatencyHistogram", "MetricsRegistry", "OperatorStats", "StateSize", "reason_kind"]
+__all__ = [
+    "CheckpointStats",
+    "ErrorRate",
+    "LatencyHistogram",
+    "MetricsRegistry",
+    "OperatorStats",
+    "StateSize",
+    "reason_kind",
+]
 
 
 def _bounds() -> list[float]:
@@ -230,3 +239,51 @@ class MetricsRegistry:
             if part.role == "sink":
                 total.merge(part.latency)
         return total
+
+
+class ErrorRate:
+    """The share of an operator's recent records that failed: its last ~1,000 records, counted
+    by batch (a big batch counts whole), judged once it has had 100.
+
+    Examples
+    --------
+    >>> rate = ErrorRate()
+    >>> rate.add(60, 60, ("map 'm'", "KeyError: 'x'", "{}")); rate.over(0.5)   # too few records yet
+    False
+    >>> rate.add(60, 60, None); rate.over(0.5), rate.failed, rate.rows
+    (True, 120, 120)
+    >>> for _ in range(20):
+    ...     rate.add(100, 0, None)
+    >>> rate.over(0.5), rate.rows
+    (False, 1000)
+    """
+
+    WINDOW = 1_000
+    MIN_RECORDS = 100
+
+    def __init__(self) -> None:
+        self.batches: deque[tuple[int, int]] = deque()
+        self.rows = 0
+        self.failed = 0
+        self.first: tuple[str, str, str] | None = None
+        """The first failure in the window: ``(operator, reason, payload)``."""
+
+    def add(self, rows: int, failed: int, first: tuple[str, str, str] | None) -> None:
+        """A batch of ``rows`` records, ``failed`` of which failed (``first`` the first of them)."""
+        if rows == 0 and failed == 0:
+            return
+        self.batches.append((rows, failed))
+        self.rows += rows
+        self.failed += failed
+        if self.first is None and first is not None:
+            self.first = first
+        while len(self.batches) > 1 and self.rows - self.batches[0][0] >= self.WINDOW:
+            old_rows, old_failed = self.batches.popleft()
+            self.rows -= old_rows
+            self.failed -= old_failed
+        if self.failed == 0:
+            self.first = None
+
+    def over(self, limit: float) -> bool:
+        """Whether more than ``limit`` of the window's records failed (with enough records)."""
+        return self.rows >= self.MIN_RECORDS and self.failed > limit * self.rows

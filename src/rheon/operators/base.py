@@ -38,6 +38,9 @@ class Operator(ABC):
     """Whether :meth:`snapshot` has state to save in checkpoints."""
     ticking = False
     """Whether :meth:`on_tick` must be called as processing time passes."""
+    first_error: BaseException | None = None
+    """The first exception a user function raised in this operator (its record went to the dead
+    letters); the flow's error-rate limit re-raises with its traceback."""
 
     def __init__(self, name: str) -> None:
         self.name = name

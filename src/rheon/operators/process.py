@@ -287,6 +287,7 @@ class KeyedProcess(Operator):
                 except StateKindError:
                     raise  # a mistake in the code, not in one timer: stop the run
                 except Exception as exc:
+                    self.first_error = self.first_error or exc
                     reason = f"on_timer: {type(exc).__name__}: {exc}"
                     self._dead.append((reason, payload_of({"timer": ctx.timestamp, "key": key, "domain": domain})))
         finally:
@@ -365,6 +366,7 @@ class KeyedProcess(Operator):
             except StateKindError:
                 raise  # a mistake in the code, not in one record: stop the run
             except Exception as exc:
+                self.first_error = self.first_error or exc
                 self._dead.append((f"{type(exc).__name__}: {exc}", payload_of(row)))
 
     @override

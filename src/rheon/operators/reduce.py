@@ -107,6 +107,7 @@ class Reduce(Operator):
                 try:
                     new = fn(acc, row)
                 except Exception as exc:
+                    self.first_error = self.first_error or exc
                     dead_reasons.append(f"{type(exc).__name__}: {exc}")
                     dead_payloads.append(payload_of(row))
                     continue

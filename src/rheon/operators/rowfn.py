@@ -25,7 +25,20 @@ from rheon.operators.base import DEAD, MAIN, Operator, Output
 __all__ = ["RowFnChain", "RowStep"]
 
 Row = dict[str, Any]
-Dead = list[tuple[int, str, str, str]]  # (input row, operator, reason, payload)
+
+
+class Dead(list[tuple[int, str, str, str]]):
+    """Failed records as ``(input row, operator, reason, payload)``, and the first exception."""
+
+    first_error: BaseException | None = None
+
+    def failed(self, i: int, step: RowStep, exc: BaseException, row: Row) -> None:
+        """Record ``row`` (input row ``i``) as failed in ``step`` with ``exc``."""
+        self.append((i, step.label, _reason(exc), payload_of(row)))
+        if self.first_error is None:
+            self.first_error = exc
+
+
 Rows = tuple[list[Row], list[int]]
 
 
@@ -76,7 +89,7 @@ def _run_filter(step: RowStep, rows: list[Row], idx: list[int], dead: Dead) -> R
                 out.append(row)
                 out_idx.append(i)
         except Exception as exc:
-            dead.append((i, step.label, _reason(exc), payload_of(row)))
+            dead.failed(i, step, exc, row)
     return out, out_idx
 
 
@@ -94,7 +107,7 @@ def _run_map(step: RowStep, rows: list[Row], idx: list[int], dead: Dead) -> Rows
         try:
             value = fn(row)
         except Exception as exc:
-            dead.append((i, step.label, _reason(exc), payload_of(row)))
+            dead.failed(i, step, exc, row)
             continue
         as_dict = _as_dict(step, value, i, row, dead)
         if as_dict is not None:
@@ -111,7 +124,7 @@ def _run_flat_map(step: RowStep, rows: list[Row], idx: list[int], dead: Dead) ->
         try:
             produced = list(fn(row) or ())
         except Exception as exc:
-            dead.append((i, step.label, _reason(exc), payload_of(row)))
+            dead.failed(i, step, exc, row)
             continue
         for value in produced:
             as_dict = _as_dict(step, value, i, row, dead)
@@ -147,7 +160,7 @@ class RowFnChain(Operator):
         frame = batch.frame
         if frame.height == 0:
             return [(MAIN, batch if self.filters_only else self.empty_like(batch))]
-        dead: Dead = []
+        dead = Dead()
         with no_gc():
             chunks = [self._chunk(frame.slice(i, ROW_CHUNK), i, dead) for i in range(0, frame.height, ROW_CHUNK)]
         if self.filters_only:
@@ -156,6 +169,8 @@ class RowFnChain(Operator):
             out, bad = self.rows_out.batch(chunks)
             dead += [(i, self.label, reason, payload) for i, reason, payload in bad]
         outputs: list[Output] = [(MAIN, batch.with_frame(out))]
+        if dead.first_error is not None and self.first_error is None:
+            self.first_error = dead.first_error
         if dead:
             dead.sort(key=lambda d: d[0])  # in input order, whichever step failed
             letters = dead_letter_frame([d[1] for d in dead], [d[2] for d in dead], [d[3] for d in dead])

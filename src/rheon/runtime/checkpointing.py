@@ -134,6 +134,7 @@ class CheckpointCoordinator:
         self.participants = list(participants)
         self.sinks = list(sinks)
         self.stats = stats if stats is not None else CheckpointStats()
+        self._logged_at = 0.0
         self.store = CheckpointStore(settings.directory, keep=settings.keep)
         self.next_id = 1
         self.last_ns = 0
@@ -258,5 +259,17 @@ class CheckpointCoordinator:
         shared = [self.store.shared_dir / name for snap in snaps.values() for name in snap.shared]
         size += sum(path.stat().st_size for path in shared if path.is_file())  # RocksDB files it refers to
         self.stats.completed(duration_ms=self.last_duration_ms, size_bytes=size, now_ns=time.time_ns())
-        log.debug("checkpoint id=%d ms=%.1f final=%s", checkpoint_id, self.last_duration_ms, final)
+        # The first, the last, and then one a minute at INFO (one a second would drown the log).
+        loud = final or self.count == 1 or time.monotonic() - self._logged_at >= 60
+        if loud:
+            self._logged_at = time.monotonic()
+        log.log(
+            logging.INFO if loud else logging.DEBUG,
+            "checkpoint flow=%s id=%d ms=%.1f bytes=%d final=%s",
+            self.flow,
+            checkpoint_id,
+            self.last_duration_ms,
+            size,
+            final,
+        )
         return checkpoint_id

@@ -24,7 +24,7 @@ from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import dead_letter_frame, payloads_of
 from rheon.core.errors import RecordError
 from rheon.core.eventtime import TimeType
-from rheon.core.metrics import MetricsRegistry, OperatorStats
+from rheon.core.metrics import ErrorRate, MetricsRegistry, OperatorStats
 from rheon.io.base import BuildContext, SourceLogic
 from rheon.operators.base import DEAD, LATE, Operator
 from rheon.operators.rowfn import RowFnChain
@@ -153,6 +153,7 @@ class Executor:
         clock: Clock,
         on_error: str,
         stop: threading.Event,
+        max_error_rate: float | None = None,
         duration_ms: int | None = None,
         drain: bool = False,
         checkpoints: CheckpointSettings | None = None,
@@ -169,6 +170,8 @@ class Executor:
         self.coordinator: CheckpointCoordinator | None = None
         self.clock = clock
         self.on_error = on_error
+        self.error_rates: list[ErrorRate] = []
+        self.max_error_rate = max_error_rate
         self.stop_event = stop
         self.duration_ms = duration_ms
         self.drain = drain
@@ -249,6 +252,7 @@ class Executor:
             stats = self.metrics.part(group.label, "sink" if isinstance(group.head.spec, SinkSpec) else "operator")
             self.ops.append(self._build_group(group, stats))
             self.op_stats.append(stats)
+            self.error_rates.append(ErrorRate())
         self.ticking = any(op.ticking for op in self.ops)
 
     # -- routing ----------------------------------------------------------------------------
@@ -266,6 +270,9 @@ class Executor:
         outputs = op.process(port, batch)
         stats.busy_ns += time.perf_counter_ns() - t0
         self._route(index, outputs)
+        if self.max_error_rate is not None and stats.role == "operator":
+            failed = [out.frame for tag, out in outputs if tag == DEAD and out.frame.height]
+            self._check_error_rate(index, batch.frame.height, failed)
 
     def _route(self, index: int, outputs: list[tuple[str, Batch]]) -> None:
         stats = self.op_stats[index]
@@ -284,6 +291,22 @@ class Executor:
             else:
                 stats.rows_out += out.frame.height
             self._push(tail_id, tag, out)
+
+    def _check_error_rate(self, index: int, rows: int, failed: list[pl.DataFrame]) -> None:
+        """Stop the run when an operator's records fail more often than ``max_error_rate``."""
+        rate = self.error_rates[index]
+        rate.add(rows, sum(f.height for f in failed), failed[0].row(0) if failed else None)
+        assert self.max_error_rate is not None
+        if not rate.over(self.max_error_rate):
+            return
+        operator, reason, payload = rate.first or ("", "", "")
+        msg = (
+            f"{self.plan.groups[index].label}: {rate.failed} of its last {rate.rows} records failed, more than "
+            f"max_error_rate={self.max_error_rate:g} allows; the first: {reason} (record: {payload:.200}). "
+            "Fix the function (the traceback is the first failure's), or raise or turn off the limit: "
+            "rh.Flow(..., max_error_rate=None)"
+        )
+        raise RecordError(msg, operator=operator, payload=payload) from self.ops[index].first_error
 
     def _drop_late(self, index: int, rows: int) -> None:
         """Late rows of an operator whose ``.late()`` nobody consumes: never dropped silently.
@@ -490,10 +513,18 @@ class Executor:
         for task in self.sources:
             task.last_data_ns = self.started_ns
         self.running = True
+        log.info(
+            "run_started flow=%s sources=%d operators=%d checkpoints=%s",
+            self.plan.graph.name,
+            len(self.sources),
+            len(self.ops),
+            self.checkpoint_settings.directory if self.checkpoint_settings is not None else None,
+        )
         if on_start is not None:
             on_start(self)
         deadline = self._deadline_ns()
         coordinator = self.coordinator
+        ended = "failed"
         try:
             while True:
                 progressed = False
@@ -522,8 +553,10 @@ class Executor:
                         waits.append(_UNKNOWN_WAIT_S if hint is None else hint)
                 if all(t.ended for t in self.sources):
                     self._end_dead_letters()
+                    ended = "input_ended"
                     break
                 if self.stop_event.is_set() or (deadline is not None and self.clock.now_ns() >= deadline):
+                    ended = "stopped" if self.stop_event.is_set() else "duration"
                     if self.drain:
                         for task in self.sources:
                             if not task.ended:
@@ -558,12 +591,27 @@ class Executor:
                         op.logic.flush()
             for task in self.sources:
                 task.logic.run_finished()
+        except BaseException as exc:
+            log.error("run_failed flow=%s error=%r", self.plan.graph.name, f"{type(exc).__name__}: {exc}"[:500])
+            raise
         finally:
             self.running = False
             self.finished_ns = self.clock.now_ns()
             self._log_dropped_late()
             self._close()
-        return self.stats()
+        stats = self.stats()
+        log.info(
+            "run_ended flow=%s reason=%s records_in=%d records_out=%d late=%d dead_letters=%d checkpoints=%d elapsed_s=%.3f",
+            stats.flow,
+            ended,
+            stats.records_in,
+            stats.records_out,
+            stats.late_rows,
+            stats.dead_letters,
+            stats.checkpoints,
+            stats.elapsed_s,
+        )
+        return stats
 
     def _refresh_gauges(self) -> None:
         """About once a second, between batches: state sizes and source backlog into the registry."""
