@@ -334,3 +334,10 @@ def test_run_stops_a_flow_whose_function_fails_on_every_record_and_shows_the_tra
     assert 'flow.py", line 6' in result.stderr
     assert "KeyError: 'amonut'" in result.stderr
     assert "RecordError: map 'map_1': 500 of its last 500 records failed" in result.stderr
+
+
+def test_run_progress_shows_the_live_line(tmp_path: Path) -> None:
+    result = invoke("run", write(tmp_path, ONE_FLOW), "--progress")
+    assert result.exit_code == 0, result.output
+    assert "hello " in result.stderr
+    assert "in 2 · out 2" in result.stderr

@@ -236,6 +236,7 @@ class Flow:
         checkpoint_every: Duration | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        progress: bool = False,
     ) -> None:
         """Run the flow until it ends; :meth:`metrics` then tells what happened.
 
@@ -253,7 +254,9 @@ class Flow:
         With ``metrics_port``, the flow's metrics are served for Prometheus at
         ``http://{metrics_host}:{metrics_port}/metrics`` while it runs (``0`` picks a free port;
         :attr:`metrics_url` tells which). It listens on 127.0.0.1 unless ``metrics_host`` says
-        otherwise. docs/observability.md lists the metrics.
+        otherwise. docs/observability.md lists the metrics. With ``progress=True`` a live line
+        on stderr shows records in and out, the input rate, the watermark and its lag, late rows
+        and dead letters while the flow runs.
 
         Examples
         --------
@@ -273,6 +276,7 @@ class Flow:
             checkpoint_dir = outer.checkpoint_dir if outer.checkpoint_dir is not None else checkpoint_dir
             if outer.metrics_port is not None:
                 metrics_port, metrics_host = outer.metrics_port, outer.metrics_host
+            progress = progress or outer.progress
         duration_ms = to_ms(duration, what="run: duration") if duration is not None else None
         self._stop = threading.Event()
         directory = checkpoint_dir if checkpoint_dir is not None else self.checkpoint_dir
@@ -292,6 +296,7 @@ class Flow:
             state_backend=self.state_backend,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
+            progress=progress,
         )
         self._executor = executor
         restore = _install_signal_handlers(self._stop) if handle_signals else None
@@ -378,6 +383,7 @@ class Runner:
     checkpoint_dir: str | Path | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    progress: bool = False
     ran: list[Flow] = field(default_factory=list)
 
 

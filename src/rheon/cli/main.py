@@ -13,6 +13,7 @@ ambiguous ``--flow``, bad duration).
 
 from __future__ import annotations
 
+import sys
 import traceback
 from pathlib import Path
 
@@ -92,6 +93,11 @@ def cli() -> None:
     metavar="HOST",
     help="Address the metrics endpoint listens on (0.0.0.0 for every interface).",
 )
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a live line (records, rate, watermark, lag, late, dead letters); default: when stderr is a terminal.",
+)
 def run(
     path: Path,
     flow_name: str | None,
@@ -101,6 +107,7 @@ def run(
     checkpoint_dir: Path | None,
     metrics_port: int | None,
     metrics_host: str,
+    progress: bool | None,
 ) -> None:
     """Run the flow defined in PATH, a Python file.
 
@@ -118,6 +125,7 @@ def run(
         checkpoint_dir=checkpoint_dir,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        progress=sys.stderr.isatty() if progress is None else progress,
     )
     try:
         with script_dir_on_path(path):

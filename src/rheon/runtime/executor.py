@@ -33,6 +33,7 @@ from rheon.runtime.build import build_operator
 from rheon.runtime.checkpointing import CheckpointCoordinator, CheckpointSettings
 from rheon.runtime.graph import Node
 from rheon.runtime.plan import OpGroup, Plan
+from rheon.runtime.progress import ProgressLine
 from rheon.runtime.prometheus import MetricsServer
 from rheon.runtime.specs import DeadLettersSpec, RowSpec, SinkSpec, SourceSpec
 from rheon.runtime.stats import RunStats
@@ -160,8 +161,11 @@ class Executor:
         state_backend: str = "memory",
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        progress: bool = False,
     ) -> None:
         self.plan = plan
+        self.progress = progress
+        self.progress_line: ProgressLine | None = None
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.metrics_server: MetricsServer | None = None
@@ -520,6 +524,8 @@ class Executor:
             len(self.ops),
             self.checkpoint_settings.directory if self.checkpoint_settings is not None else None,
         )
+        if self.progress:
+            self.progress_line = ProgressLine(self.metrics)
         if on_start is not None:
             on_start(self)
         deadline = self._deadline_ns()
@@ -597,6 +603,8 @@ class Executor:
         finally:
             self.running = False
             self.finished_ns = self.clock.now_ns()
+            if self.progress_line is not None:
+                self.progress_line.stop()
             self._log_dropped_late()
             self._close()
         stats = self.stats()
