@@ -11,7 +11,7 @@ import rheon.testing
 EXPECTED_RHEON = [
     "Aggregate", "CheckpointError", "Flow", "FlowError", "KeyedStream", "MatchStream", "RecordError", "RheonError", "RunStats", "SinkError", "SourceError",
     "Stream", "WindowedStream", "__version__", "agg_fn", "approx_count_distinct", "approx_quantile", "arg_max", "arg_min", "col", "collect", "configure_logging", "count",
-    "count_distinct", "first", "io", "last", "lit",
+    "count_distinct", "first", "inspect", "io", "last", "lit",
     "max", "mean", "median", "min", "quantile", "session", "sliding", "std", "sum", "tumbling", "var",
 ]  # fmt: skip
 EXPECTED_IO = [

@@ -44,6 +44,7 @@ from rheon.api.stream import KeyedStream, MatchStream, Stream, WindowedStream
 from rheon.core.errors import CheckpointError, FlowError, RecordError, RheonError, SinkError, SourceError
 from rheon.core.logs import configure_logging
 from rheon.runtime.stats import RunStats
+from rheon.state.inspect import inspect
 from rheon.time.windows import session, sliding, tumbling
 
 try:
@@ -77,6 +78,7 @@ __all__ = [
     "count",
     "count_distinct",
     "first",
+    "inspect",
     "io",
     "last",
     "lit",

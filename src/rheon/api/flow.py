@@ -306,6 +306,34 @@ class Flow:
             if restore is not None:
                 restore()
 
+    def state(self, operator: str) -> pl.DataFrame:
+        """The state of ``operator`` (its name) as a Polars DataFrame.
+
+        While the flow runs, the run loop takes it between two batches, so it is consistent
+        (safe to call from any thread); after a run, it is the state the run ended with. Keyed
+        state has one row per key: ``key``, ``key_group``, then one column per state cell;
+        windows show their panes or sessions. For a checkpoint on disk use :func:`rheon.inspect`.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> rows = [{"card": "a", "amount": 5}, {"card": "b", "amount": 7}, {"card": "a", "amount": 1}]
+        >>> flow = rh.Flow("totals")
+        >>> def add(record, ctx):
+        ...     total = ctx.state("total", default=0); total.set(total.get() + record["amount"])
+        >>> flow.source(rh.io.Records(rows)).key_by("card").process(add, name="sum").sink(rh.io.Collect())
+        >>> flow.run()
+        >>> flow.state("sum").sort("key").select("key", "total").rows()
+        [('a', 6), ('b', 7)]
+        """
+        executor = self._executor
+        if executor is None:
+            msg = (
+                f"flow '{self.name}' has not run: state exists while and after it runs (rh.inspect reads a checkpoint)"
+            )
+            raise FlowError(msg)
+        return executor.state_of(operator)
+
     @property
     def metrics_url(self) -> str | None:
         """Where the running flow serves its Prometheus metrics (``run(metrics_port=...)``), if it does.

@@ -4,6 +4,7 @@
 
     rheon run path/flow.py [--flow NAME | --function NAME] [--duration 10s] [--drain]
               [--checkpoint-dir DIR] [--metrics-port 9108]
+    rheon inspect CHECKPOINT_DIR [--operator NAME] [--checkpoint ID] [--rows 20]
     rheon demo [--hosts 20] [--speed 5] [--duration 0s] [--seed N] [--threshold 85] [--plain]
 
 Exit codes: 0 on success, 1 when the flow fails (a :class:`~rheon.RheonError`, printed without a
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import sys
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+import polars as pl
 
 import rheon
 from rheon.api.flow import Flow, Runner, running_under
@@ -25,6 +28,7 @@ from rheon.cli.loader import load_target, script_dir_on_path
 from rheon.core.durations import to_ms
 from rheon.core.errors import FlowError, RheonError
 from rheon.core.logs import configure_logging
+from rheon.state.inspect import inspect as inspect_checkpoint
 
 __all__ = ["cli", "main"]
 
@@ -151,6 +155,42 @@ def run(
         raise click.ClickException(msg)
     for flow in runner.ran:
         click.echo(str(flow.metrics()), err=True)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--operator", "operator_name", metavar="NAME", help="Show this operator's (or source's) state.")
+@click.option(
+    "--checkpoint", "checkpoint_id", type=int, metavar="ID", help="Which checkpoint (default: the newest intact one)."
+)
+@click.option("--rows", type=click.IntRange(1), default=20, show_default=True, help="Rows of state to show.")
+def inspect(directory: Path, operator_name: str | None, checkpoint_id: int | None, rows: int) -> None:
+    """Show what a checkpoint in DIRECTORY holds, without running its flow.
+
+    Lists each operator with its kind, keys, key groups, pending timers and bytes; with
+    --operator NAME, that operator's state as a table (one row per key for keyed state).
+    """
+    try:
+        view = inspect_checkpoint(directory, checkpoint_id)
+        created = (
+            datetime.fromtimestamp(view.created_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            if view.created_ms is not None
+            else "?"
+        )
+        state = "the run had finished" if view.finished else "taken while running"
+        click.echo(f"checkpoint {view.id} of flow '{view.flow}', {created} ({state}): {view.path}")
+        with pl.Config(
+            tbl_rows=max(rows, len(view.operators)), tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True
+        ):
+            if operator_name is None:
+                click.echo(str(view.summary()))
+            else:
+                table = view.state(operator_name)
+                click.echo(f"{view.operator(operator_name).kind} '{operator_name}': {table.height} rows")
+                click.echo(str(table.head(rows)))
+    except RheonError as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+        raise click.ClickException(msg) from None
 
 
 @cli.command(short_help="Live monitoring demo: host metrics, sliding-window averages, alerts.")

@@ -12,6 +12,7 @@ from rheon.core.batch import Batch
 from rheon.core.deadletters import dead_letter_frame
 from rheon.core.errors import FlowError
 from rheon.core.metrics import StateSize
+from rheon.state.inspect import keyed_frame
 from rheon.state.service import KeyedService
 from rheon.state.shared import SharedFiles
 
@@ -78,6 +79,17 @@ class Operator(ABC):
 
     def checkpoint_done(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
         """Checkpoint ``checkpoint_id`` is complete."""
+
+    def state_table(self) -> pl.DataFrame | None:
+        """The operator's state now, as a table (called between batches); ``None``: it keeps none.
+
+        Operators that keep keyed state in ``self.keyed`` show one row per key (``key``,
+        ``key_group``, then one column per state cell).
+        """
+        keyed = getattr(self, "keyed", None)
+        if isinstance(keyed, KeyedService):
+            return keyed_frame(keyed.backend.items(), timestamps=self.kind == "process")
+        return None
 
     def state_size(self) -> StateSize | None:
         """How much state the operator holds now (``None``: none, or it cannot tell).

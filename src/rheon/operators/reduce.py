@@ -14,6 +14,7 @@ from rheon.operators._keys import key_getter
 from rheon.operators._rows import ROW_CHUNK, RowsOut, frame_to_rows, no_gc, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend, MemoryBackend
+from rheon.state.inspect import keyed_frame
 from rheon.state.shared import SharedFiles
 
 __all__ = ["Reduce"]
@@ -50,6 +51,11 @@ class Reduce(Operator):
     @override
     def signature(self) -> dict[str, Any]:
         return {"kind": self.kind, "keys": self.keys}
+
+    @override
+    def state_table(self) -> pl.DataFrame:
+        """Each key's running value (``acc``)."""
+        return keyed_frame(self.backend.items())
 
     @override
     def snapshot(self, files: SharedFiles) -> State:

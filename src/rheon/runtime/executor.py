@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ import polars as pl
 from rheon.core.batch import MAX_WM, MIN_WM, RAW_COL, SPLIT_COL, WM_COL, Batch
 from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import dead_letter_frame, payloads_of
-from rheon.core.errors import RecordError
+from rheon.core.errors import FlowError, RecordError
 from rheon.core.eventtime import TimeType
 from rheon.core.metrics import ErrorRate, MetricsRegistry, OperatorStats
 from rheon.io.base import BuildContext, SourceLogic
@@ -166,6 +168,8 @@ class Executor:
         self.plan = plan
         self.progress = progress
         self.progress_line: ProgressLine | None = None
+        self._state_requests: queue.SimpleQueue[tuple[int, Future[pl.DataFrame]]] = queue.SimpleQueue()
+        self._loop_thread: threading.Thread | None = None
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.metrics_server: MetricsServer | None = None
@@ -524,6 +528,7 @@ class Executor:
             len(self.ops),
             self.checkpoint_settings.directory if self.checkpoint_settings is not None else None,
         )
+        self._loop_thread = threading.current_thread()
         if self.progress:
             self.progress_line = ProgressLine(self.metrics)
         if on_start is not None:
@@ -572,6 +577,7 @@ class Executor:
                 if self.ticking:
                     self._tick(self.clock.now_ns())
                 self._refresh_gauges()
+                self._serve_state_requests()
                 if coordinator is not None and coordinator.due(self.clock.now_ns()):
                     coordinator.checkpoint()
                 if not progressed:
@@ -602,6 +608,7 @@ class Executor:
             raise
         finally:
             self.running = False
+            self._serve_state_requests()  # asked while the loop was ending
             self.finished_ns = self.clock.now_ns()
             if self.progress_line is not None:
                 self.progress_line.stop()
@@ -620,6 +627,46 @@ class Executor:
             stats.elapsed_s,
         )
         return stats
+
+    # -- state inspection -------------------------------------------------------------------
+
+    def state_of(self, name: str, timeout_s: float = 60.0) -> pl.DataFrame:
+        """The state of operator ``name`` as a table: taken by the run loop between two batches
+        when the flow is running (a consistent snapshot), directly otherwise."""
+        names = {g.tail.name: i for i, g in enumerate(self.plan.groups)}
+        names.update({g.head.name: i for i, g in enumerate(self.plan.groups)})
+        if name not in names:
+            known = ", ".join(g.tail.name for g, op in zip(self.plan.groups, self.ops, strict=False))
+            msg = f"flow '{self.plan.graph.name}' has no operator '{name}' (operators: {known})"
+            raise FlowError(msg)
+        index = names[name]
+        if not self.running or threading.current_thread() is self._loop_thread:
+            return self._state_table(index)
+        request: Future[pl.DataFrame] = Future()
+        self._state_requests.put((index, request))
+        if not self.running:  # it ended meanwhile: nobody else will answer
+            self._serve_state_requests()
+        return request.result(timeout=timeout_s)
+
+    def _state_table(self, index: int) -> pl.DataFrame:
+        if index >= len(self.ops):
+            msg = f"{self.plan.groups[index].label}: the flow has not started yet"
+            raise FlowError(msg)
+        table = self.ops[index].state_table()
+        if table is None:
+            msg = f"{self.plan.groups[index].label} keeps no state"
+            raise FlowError(msg)
+        return table
+
+    def _serve_state_requests(self) -> None:
+        while not self._state_requests.empty():
+            index, request = self._state_requests.get()
+            if request.done():
+                continue
+            try:
+                request.set_result(self._state_table(index))
+            except Exception as exc:
+                request.set_exception(exc)
 
     def _refresh_gauges(self) -> None:
         """About once a second, between batches: state sizes and source backlog into the registry."""

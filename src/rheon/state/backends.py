@@ -73,6 +73,14 @@ class KeyedStateBackend(ABC):
     def __len__(self) -> int:
         """Number of keys with state."""
 
+    @abstractmethod
+    def items(self) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """Every key with state and its state dict (for inspection, between batches)."""
+
+    def estimate(self) -> tuple[int, int | None]:
+        """Keys with state and bytes, cheaply (for metrics): exact keys and unknown bytes by default."""
+        return len(self), None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and handles."""
 
@@ -140,6 +148,9 @@ class MemoryBackend(KeyedStateBackend):
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def items(self) -> Iterator[tuple[Any, dict[str, Any]]]:
+        return iter(list(self.data.items()))
 
 
 class RocksDBBackend(KeyedStateBackend):
@@ -226,6 +237,22 @@ class RocksDBBackend(KeyedStateBackend):
     def __len__(self) -> int:
         self.end_batch()
         return sum(1 for _ in self.db.keys())  # noqa: SIM118 - an Rdict, not a dict
+
+    def items(self) -> Iterator[tuple[Any, dict[str, Any]]]:
+        self.end_batch()
+        for raw_key, raw_value in self.db.items():
+            yield unpickle(raw_key[1:]), unpickle(raw_value)
+
+    def estimate(self) -> tuple[int, int | None]:
+        """RocksDB's own estimates of keys and live bytes: no scan (a scan a second would cost
+        as much as the state is large)."""
+        self.end_batch()
+        keys = self.db.property_int_value("rocksdb.estimate-num-keys")
+        on_disk = self.db.property_int_value("rocksdb.estimate-live-data-size")
+        in_memory = self.db.property_int_value("rocksdb.cur-size-all-mem-tables")
+        if on_disk is None and in_memory is None:
+            return int(keys or 0), None
+        return int(keys or 0), int(on_disk or 0) + int(in_memory or 0)
 
     def close(self) -> None:
         self.db.close()

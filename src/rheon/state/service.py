@@ -148,7 +148,8 @@ class KeyedService:
         >>> service.size()
         StateSize(keys=1, bytes=None, timers=1)
         """
-        return StateSize(len(self.backend), None, len(self.event_timers) + len(self.processing_timers))
+        keys, size = self.backend.estimate()
+        return StateSize(keys, size, len(self.event_timers) + len(self.processing_timers))
 
     def cells(self, key: Any) -> dict[str, Any]:
         """The mutable state dict of ``key`` (see :meth:`KeyedStateBackend.cells`)."""

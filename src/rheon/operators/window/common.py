@@ -250,6 +250,12 @@ class WindowOperator(Operator):
             "allowed_lateness_ms": self.lateness_ms,
         }
 
+    @override
+    def state_table(self) -> pl.DataFrame:
+        """The window state (panes or sessions per key, with the aggregates' partial columns)."""
+        frames = self._state_frames()
+        return next(iter(frames.values())) if frames else pl.DataFrame()
+
     @abstractmethod
     def _state_frames(self) -> dict[str, pl.DataFrame]:
         """The state's frames (after merging anything buffered)."""
