@@ -114,7 +114,7 @@ def test_approx_quantile_is_within_its_relative_error_of_the_exact_value(relativ
 
 def test_the_sketch_keeps_one_entry_per_bucket():
     # values spanning six orders of magnitude at 1 % fall in about 700 buckets, whatever their number
-    from rheon.operators.aggregations import ApproxCountDistinct, ApproxQuantile
+    from rheon.operators.approx import ApproxCountDistinct, ApproxQuantile
 
     rng = np.random.default_rng(3)
     frame = pl.DataFrame({"g": np.zeros(500_000, dtype=np.int64), "x": 10 ** rng.uniform(0, 6, 500_000)})

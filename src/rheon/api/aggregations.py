@@ -9,9 +9,6 @@ import polars as pl
 
 from rheon.core.errors import FlowError
 from rheon.operators.aggregations import (
-    AggFn,
-    ApproxCountDistinct,
-    ApproxQuantile,
     ArgMax,
     ArgMin,
     Collect,
@@ -26,9 +23,10 @@ from rheon.operators.aggregations import (
     Quantile,
     Std,
     Sum,
-    UserDefined,
     Var,
 )
+from rheon.operators.approx import ApproxCountDistinct, ApproxQuantile
+from rheon.operators.user_aggregates import AggFn, UserDefined
 
 __all__ = [
     "Aggregate",
@@ -503,7 +501,7 @@ class Aggregate:
         return f"{type(self).__name__}({', '.join([*map(repr, self.inputs), *settings])})"
 
     def as_aggregation(self) -> UserDefined:
-        """What a window runs (see :class:`rheon.operators.aggregations.UserDefined`)."""
+        """What a window runs (see :class:`rheon.operators.user_aggregates.UserDefined`)."""
         return UserDefined(None, where=self.where, user=self)
 
 

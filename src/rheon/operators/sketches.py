@@ -1,5 +1,5 @@
-"""The entry lists of sketch aggregations (:class:`rheon.operators.aggregations.ApproxQuantile`,
-:class:`~rheon.operators.aggregations.ApproxCountDistinct`), reduced in NumPy.
+"""The entry lists of sketch aggregations (:class:`rheon.operators.approx.ApproxQuantile`,
+:class:`~rheon.operators.approx.ApproxCountDistinct`), reduced in NumPy.
 
 A sketch is a list of ``{k, v}`` entries per group: a bucket and a value. Reducing a list keeps
 one entry per bucket, in bucket order: the largest value (HyperLogLog's rank) or the sum (a
