@@ -16,7 +16,7 @@ EXPECTED_RHEON = [
 ]  # fmt: skip
 EXPECTED_IO = [
     "BuildContext", "Callback", "Collect", "Console", "Csv", "FileSink", "Generator", "HttpIngest", "JsonLines",
-    "Kafka", "KafkaSink", "Mqtt", "Parquet", "Postgres", "Records", "Redis", "Sink", "SinkLogic", "Source",
+    "Kafka", "KafkaSink", "Mqtt", "Parquet", "Postgres", "Records", "Redis", "Show", "Sink", "SinkLogic", "Source",
     "SourceLogic", "Webhook",
 ]  # fmt: skip
 

@@ -237,6 +237,9 @@ class Flow:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         progress: bool = False,
+        ui: int | None = None,
+        ui_host: str = "127.0.0.1",
+        ui_token: str | None = None,
     ) -> None:
         """Run the flow until it ends; :meth:`metrics` then tells what happened.
 
@@ -256,7 +259,11 @@ class Flow:
         :attr:`metrics_url` tells which). It listens on 127.0.0.1 unless ``metrics_host`` says
         otherwise. docs/observability.md lists the metrics. With ``progress=True`` a live line
         on stderr shows records in and out, the input rate, the watermark and its lag, late rows
-        and dead letters while the flow runs.
+        and dead letters while the flow runs. With ``ui=8080`` a web dashboard is served at
+        ``http://{ui_host}:8080`` while it runs (:attr:`ui_url`; ``0`` picks a free port): the
+        flow's graph with live rates, throughput, latency and lag charts, checkpoints, dead
+        letters and the streams named with ``stream.show(title)``; with ``ui_token`` every request
+        but ``/healthz`` and ``/readyz`` needs it.
 
         Examples
         --------
@@ -277,6 +284,8 @@ class Flow:
             if outer.metrics_port is not None:
                 metrics_port, metrics_host = outer.metrics_port, outer.metrics_host
             progress = progress or outer.progress
+            if outer.ui is not None:
+                ui, ui_host, ui_token = outer.ui, outer.ui_host, outer.ui_token
         duration_ms = to_ms(duration, what="run: duration") if duration is not None else None
         self._stop = threading.Event()
         directory = checkpoint_dir if checkpoint_dir is not None else self.checkpoint_dir
@@ -297,6 +306,9 @@ class Flow:
             metrics_port=metrics_port,
             metrics_host=metrics_host,
             progress=progress,
+            ui_port=ui,
+            ui_host=ui_host,
+            ui_token=ui_token,
         )
         self._executor = executor
         restore = _install_signal_handlers(self._stop) if handle_signals else None
@@ -347,6 +359,20 @@ class Flow:
         executor = self._executor
         server = executor.metrics_server if executor is not None else None
         return server.url if server is not None else None
+
+    @property
+    def ui_url(self) -> str | None:
+        """The running flow's dashboard address (``run(ui=...)``), if it serves one.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> rh.Flow("u").ui_url is None
+        True
+        """
+        executor = self._executor
+        dashboard = executor.dashboard if executor is not None else None
+        return dashboard.url if dashboard is not None else None
 
     def stop(self) -> None:
         """Ask a running flow to stop after the current batch (safe from any thread or handler).
@@ -412,6 +438,9 @@ class Runner:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     progress: bool = False
+    ui: int | None = None
+    ui_host: str = "127.0.0.1"
+    ui_token: str | None = None
     ran: list[Flow] = field(default_factory=list)
 
 

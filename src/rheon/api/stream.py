@@ -19,6 +19,7 @@ from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.io.base import Sink
 from rheon.io.callback import Callback
+from rheon.io.show import Show
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.dedup import REPEATS
 from rheon.operators.rowfn import RowStep
@@ -649,6 +650,32 @@ class Stream:
         return self._add(node)
 
     # -- sinks -------------------------------------------------------------------------------
+
+    def show(self, title: str, *, rows: int = 50, name: str | None = None) -> Show:
+        """Show this stream on the web dashboard (``flow.run(ui=8080)``) under ``title``: its latest
+        ``rows`` rows as a live table, and as a live line chart when they are window results
+        (one line per key of the first numeric aggregate, over ``window_end``). Returns the
+        :class:`~rheon.io.show.Show` sink, whose ``latest()`` gives the same rows.
+
+        Examples
+        --------
+        >>> import rheon as rh
+        >>> flow = rh.Flow("shown")
+        >>> rows = [{"page": p, "ts": t} for p, t in [("a", 0), ("b", 500), ("a", 1500)]]
+        >>> per_page = flow.source(rh.io.Records(rows), time="ts").key_by("page").window(rh.tumbling("1s")).agg(n=rh.count())
+        >>> views = per_page.show("views per page")
+        >>> flow.run(); [(r["page"], r["window_start"], r["n"]) for r in views.latest()]
+        [('a', 0, 1), ('b', 0, 1), ('a', 1000, 1)]
+        """
+        if not isinstance(title, str) or not title.strip():
+            msg = f"show: title must be a non-empty string (got {title!r})"
+            raise FlowError(msg)
+        if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+            msg = f"show '{title}': rows must be a whole number >= 1 (got {rows!r})"
+            raise FlowError(msg)
+        shown = Show(title, rows=rows)
+        self.sink(shown, name=name)
+        return shown
 
     def sink(self, sink: Sink | Callable[[Row], object], *, name: str | None = None) -> None:
         """Send the stream to a sink (``rh.io.Collect()``, ``rh.io.Console()``, ...) or a function.

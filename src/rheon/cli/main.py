@@ -98,6 +98,13 @@ def cli() -> None:
     help="Address the metrics endpoint listens on (0.0.0.0 for every interface).",
 )
 @click.option(
+    "--ui",
+    "ui_port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve the web dashboard at http://127.0.0.1:PORT while the flow runs.",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Show a live line (records, rate, watermark, lag, late, dead letters); default: when stderr is a terminal.",
@@ -112,6 +119,7 @@ def run(
     metrics_port: int | None,
     metrics_host: str,
     progress: bool | None,
+    ui_port: int | None,
 ) -> None:
     """Run the flow defined in PATH, a Python file.
 
@@ -130,6 +138,7 @@ def run(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         progress=sys.stderr.isatty() if progress is None else progress,
+        ui=ui_port,
     )
     try:
         with script_dir_on_path(path):

@@ -2,7 +2,7 @@
 
 Sources: :class:`Records`, :class:`Generator`, :class:`JsonLines`, :class:`Csv`, :class:`Parquet`,
 :class:`Kafka`, :class:`Mqtt`, :class:`HttpIngest`.
-Sinks: :class:`Collect`, :class:`Callback`, :class:`Console`, :class:`FileSink`, :class:`KafkaSink`,
+Sinks: :class:`Collect`, :class:`Show` (``stream.show``), :class:`Callback`, :class:`Console`, :class:`FileSink`, :class:`KafkaSink`,
 :class:`Postgres`, :class:`Redis`, :class:`Webhook`.
 Connectors' client libraries are optional extras (``pip install 'rheon[kafka]'``, ``[mqtt]``,
 ``[http]``, ``[postgres]``, ``[redis]``) imported when a connector is built.
@@ -22,6 +22,7 @@ from rheon.io.mqtt import Mqtt
 from rheon.io.postgres import Postgres
 from rheon.io.records import Records
 from rheon.io.redis import Redis
+from rheon.io.show import Show
 from rheon.io.webhook import Webhook
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Postgres",
     "Records",
     "Redis",
+    "Show",
     "Sink",
     "SinkLogic",
     "Source",

@@ -28,6 +28,7 @@ from rheon.core.errors import FlowError, RecordError
 from rheon.core.eventtime import TimeType
 from rheon.core.metrics import ErrorRate, MetricsRegistry, OperatorStats
 from rheon.io.base import BuildContext, SourceLogic
+from rheon.io.show import Show
 from rheon.operators.base import DEAD, LATE, Operator
 from rheon.operators.rowfn import RowFnChain
 from rheon.operators.sink import SinkOperator
@@ -39,6 +40,7 @@ from rheon.runtime.progress import ProgressLine
 from rheon.runtime.prometheus import MetricsServer
 from rheon.runtime.specs import DeadLettersSpec, RowSpec, SinkSpec, SourceSpec
 from rheon.runtime.stats import RunStats
+from rheon.runtime.ui import Dashboard, DashboardSource
 from rheon.state.shared import SharedFiles
 from rheon.time.clock import Clock
 from rheon.time.column import EventTimeColumn
@@ -164,8 +166,15 @@ class Executor:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         progress: bool = False,
+        ui_port: int | None = None,
+        ui_host: str = "127.0.0.1",
+        ui_token: str | None = None,
     ) -> None:
         self.plan = plan
+        self.ui_port, self.ui_host, self.ui_token = ui_port, ui_host, ui_token
+        self.dashboard: Dashboard | None = None
+        self.latest_dead: deque[dict[str, Any]] = deque(maxlen=_KEEP_DEAD)
+        """The latest dead letters, whoever consumes them (the dashboard shows them)."""
         self.progress = progress
         self.progress_line: ProgressLine | None = None
         self._state_requests: queue.SimpleQueue[tuple[int, Future[pl.DataFrame]]] = queue.SimpleQueue()
@@ -358,6 +367,7 @@ class Executor:
         if frame.height == 0:
             return
         self.dead_total += frame.height
+        self.latest_dead.extend(frame.tail(100).to_dicts())
         for (operator, reason), n in Counter(
             zip(frame.get_column("operator"), frame.get_column("reason"), strict=True)
         ).items():
@@ -498,6 +508,10 @@ class Executor:
         """Run until every source is exhausted, the duration passes, or stop is requested."""
         try:
             self._build()
+            if self.ui_port is not None:
+                self.dashboard = Dashboard(
+                    self._dashboard_source(), port=self.ui_port, host=self.ui_host, token=self.ui_token
+                )
             if self.metrics_port is not None:
                 self.metrics_server = MetricsServer(
                     self.metrics, running=lambda: self.running, port=self.metrics_port, host=self.metrics_host
@@ -628,6 +642,44 @@ class Executor:
         )
         return stats
 
+    # -- the dashboard ------------------------------------------------------------------------
+
+    def _dashboard_source(self) -> DashboardSource:
+        """The plan's graph and the run's live data, for the web dashboard."""
+        names = {node.id: node.name for node in self.plan.graph.nodes}
+        nodes = [
+            {
+                "id": task.node.name,
+                "label": task.node.label,
+                "kind": "source",
+                "role": "source",
+                "describe": task.spec.describe(),
+            }
+            for task in self.sources
+        ]
+        shown: list[Show] = []
+        for group, stats in zip(self.plan.groups, self.op_stats, strict=True):
+            spec = group.head.spec
+            nodes.append(
+                {
+                    "id": group.tail.name,
+                    "label": group.label,
+                    "kind": group.head.kind if len(group.nodes) == 1 else "chain",
+                    "role": stats.role,
+                    "describe": spec.describe() if len(group.nodes) == 1 else "",
+                }
+            )
+            if isinstance(spec, SinkSpec) and isinstance(spec.sink, Show):
+                shown.append(spec.sink)
+        edges = [
+            {"from": names[tail_id], "to": self.plan.groups[index].tail.name, "tag": tag}
+            for (tail_id, tag), targets in self.plan.routes.items()
+            for index, _ in targets
+        ]
+        return DashboardSource(
+            self.plan.graph.name, nodes, edges, self.metrics, self.latest_dead, shown, lambda: self.running
+        )
+
     # -- state inspection -------------------------------------------------------------------
 
     def state_of(self, name: str, timeout_s: float = 60.0) -> pl.DataFrame:
@@ -692,6 +744,8 @@ class Executor:
         errors: list[BaseException] = []
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
         for op in self.ops:
             try:
                 op.close()

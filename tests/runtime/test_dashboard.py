@@ -1,0 +1,150 @@
+"""The web dashboard, served by a running flow and checked in a real browser (Debian's chromium
+driven by Playwright): the graph, a chart that moves, a show() table whose rows are the stream's,
+the dead letters and their filter; and over plain HTTP: health, readiness, the token."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import rheon as rh
+from tests.services import unavailable
+
+TIMEOUT_S = 60.0
+TOKEN = "s3cret-token"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _wait_for(check, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Running:
+    """A flow with a dashboard, running in a thread."""
+
+    def __init__(self) -> None:
+        self.flow = rh.Flow("dashboard")
+        src = rh.io.Generator(lambda i: {"card": f"c{i % 4}", "amount": i % 7}, rate=400, timestamp="ts")
+        tx = self.flow.source(src, time="ts", name="tx")
+        tx.map(lambda r: {**r, "inverse": 1 / r["amount"]}, name="invert").sink(rh.io.Collect(), name="inverses")
+        totals = tx.key_by("card").window(rh.tumbling("500ms"), name="per_card").agg(total=rh.sum("amount"))
+        self.totals = rh.io.Collect()
+        totals.sink(self.totals, name="all_totals")
+        self.shown = totals.show("totals per card", name="shown_totals")
+        self.thread = threading.Thread(
+            target=self.flow.run, kwargs={"ui": 0, "ui_token": TOKEN, "handle_signals": False}
+        )
+        self.thread.start()
+        _wait_for(lambda: self.flow.ui_url is not None, "the dashboard")
+        self.url = self.flow.ui_url
+        assert self.url is not None
+        self.base = self.url.split("/?")[0]
+
+    def stop(self) -> None:
+        self.flow.stop()
+        self.thread.join(TIMEOUT_S)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    run = Running()
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+def test_health_readiness_and_the_token(running):
+    assert httpx.get(f"{running.base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{running.base}/readyz").status_code == 200
+    assert httpx.get(f"{running.base}/").status_code == 200  # the page holds no data
+    assert httpx.get(f"{running.base}/api/snapshot").status_code == 401
+    assert httpx.get(f"{running.base}/api/snapshot", headers={"Authorization": "Bearer nope"}).status_code == 401
+    snap = httpx.get(f"{running.base}/api/snapshot", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert [n["id"] for n in snap["nodes"]] == ["tx", "invert", "inverses", "per_card", "all_totals", "shown_totals"]
+    assert {"from": "tx", "to": "per_card", "tag": "main"} in snap["edges"]
+    assert running.url.startswith("http://127.0.0.1:")
+
+
+def test_the_dashboard_stops_with_the_flow():
+    run = Running()
+    base = run.base
+    run.stop()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{base}/healthz", timeout=2)
+
+
+@pytest.fixture
+def page(running):
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        unavailable("chromium", "apt-get install chromium (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 1600})
+            tab.goto(running.url)
+            yield tab
+        finally:
+            browser.close()
+
+
+def _updates(page) -> int:
+    return int(page.evaluate("window.rheonSnapshots || 0"))
+
+
+def test_the_page_shows_the_graph_a_moving_chart_the_shown_stream_and_dead_letters(running, page, tmp_path):
+    _wait_for(lambda: _updates(page) >= 3, "three updates in the page")
+    # The graph: every step, and live rates on the edges.
+    for name in ("tx", "invert", "inverses", "per_card", "all_totals", "shown_totals"):
+        assert page.locator(f'#graph g[data-node="{name}"]').count() == 1
+    assert page.locator("#graph g[data-node='per_card'] text").first.text_content() == "window 'per_card'"
+    _wait_for(lambda: "/s" in " ".join(page.locator("#graph .edge-rate").all_text_contents()), "a rate on an edge")
+    # A chart that moves.
+    before = page.evaluate("document.getElementById('chart-throughput').toDataURL()")
+    seen = _updates(page)
+    _wait_for(lambda: _updates(page) >= seen + 2, "two more updates")
+    assert page.evaluate("document.getElementById('chart-throughput').toDataURL()") != before
+    assert page.locator("#status").inner_text() == "running"
+    # The shown stream: a table whose rows are rows the stream emitted, and a chart of them.
+    _wait_for(lambda: page.locator("#show-0 tbody tr").count() >= 4, "rows in the shown table")
+    headers = page.locator("#show-0 thead th").all_inner_texts()
+    assert headers == ["card", "window_start", "window_end", "total"]
+    shown_rows = [row.locator("td").all_inner_texts() for row in page.locator("#show-0 tbody tr").all()]
+    emitted = {(r["card"], str(r["window_start"]), str(r["window_end"]), str(r["total"])) for r in running.totals.rows}
+    assert shown_rows
+    assert all(tuple(row) in emitted for row in shown_rows)
+    assert page.locator("#show-0 canvas").count() == 1
+    # Dead letters: the failures, with reason and payload, and the filter.
+    _wait_for(lambda: page.locator("#dead-letters tbody tr").count() > 0, "dead letters in the page")
+    assert "ZeroDivisionError: division by zero" in page.locator("#dead-letters tbody").inner_text()
+    page.fill("#dl-filter", '"card": "c3"')
+    rows = page.locator("#dead-letters tbody tr").all_inner_texts()
+    assert rows
+    assert all('"card": "c3"' in row for row in rows)
+    page.fill("#dl-filter", "no such thing")
+    assert page.locator("#dead-letters tbody tr").count() == 0
+    page.fill("#dl-filter", "")
+    shot = tmp_path / "dashboard.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
