@@ -17,8 +17,7 @@ import polars as pl
 from rheon.api.stream import Stream
 from rheon.core.deadletters import DEAD_LETTER_SCHEMA
 from rheon.core.durations import Duration, to_ms
-from rheon.core.errors import FlowError, columns_hint, did_you_mean
-from rheon.core.eventtime import time_type_of
+from rheon.core.errors import FlowError
 from rheon.io.base import Source
 from rheon.runtime.checkpointing import CheckpointSettings
 from rheon.runtime.executor import Executor
@@ -28,7 +27,7 @@ from rheon.runtime.specs import DeadLettersSpec, SourceSpec
 from rheon.runtime.stats import RunStats
 from rheon.state.backends import BACKENDS
 from rheon.time.clock import Clock, SystemClock
-from rheon.time.column import time_column_name, time_schema
+from rheon.time.column import declared_time
 
 __all__ = ["Flow", "Runner", "running_under"]
 
@@ -157,17 +156,9 @@ class Flow:
         op_name = self.graph.name_for("source", name)
         where = f"source '{op_name}'"
         schema = source.schema()
-        time_type = None
-        column = time_column_name(time, where=where) if time is not None else None
-        time_expr = time if isinstance(time, pl.Expr) else None
-        if time is not None and column is not None and schema is not None:
-            schema = time_schema(time, schema, where=where)
-            assert schema is not None
-            if column not in schema:
-                names = schema.names()
-                msg = f"{where}: unknown time column '{column}' {columns_hint(names)}.{did_you_mean(column, names)}"
-                raise FlowError(msg)
-            time_type = time_type_of(schema[column], column=column, where=where)
+        column, time_expr, time_type = None, None, None
+        if time is not None:
+            column, time_expr, schema, time_type = declared_time(time, schema, where=where)
         delay_ms = to_ms(max_delay, what=f"{where}: max_delay")
         if time is None and delay_ms:
             msg = f'{where}: max_delay needs an event-time column; add time="..."'

@@ -16,7 +16,7 @@ from rheon.api.matching import match_node
 from rheon.cep.pattern import Pattern
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
-from rheon.core.eventtime import TimeType, time_type_of
+from rheon.core.eventtime import TimeType
 from rheon.io.base import Sink
 from rheon.io.callback import Callback
 from rheon.io.show import Show
@@ -41,7 +41,7 @@ from rheon.runtime.specs import (
     WithColumnsSpec,
     WithTimeSpec,
 )
-from rheon.time.column import time_column_name, time_schema
+from rheon.time.column import declared_time
 from rheon.time.windows import Session, Sliding, Tumbling
 
 __all__ = ["KeyedStream", "MatchStream", "Stream", "WindowedStream"]
@@ -303,16 +303,7 @@ class Stream:
         """
         op_name = self.flow.graph.name_for("with_time", name)
         where = f"with_time '{op_name}'"
-        column = time_column_name(time, where=where)
-        expr = time if isinstance(time, pl.Expr) else None
-        schema = time_schema(time, self.schema, where=where)
-        time_type = None
-        if schema is not None:
-            if column not in schema:
-                names = schema.names()
-                msg = f"{where}: unknown time column '{column}' {columns_hint(names)}.{did_you_mean(column, names)}"
-                raise FlowError(msg)
-            time_type = time_type_of(schema[column], column=column, where=where)
+        column, expr, schema, time_type = declared_time(time, self.schema, where=where)
         delay_ms = to_ms(max_delay, what=f"{where}: max_delay")
         upstream, upstream_type = self.time, self.time_type
         node = Node(

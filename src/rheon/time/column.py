@@ -13,10 +13,10 @@ from __future__ import annotations
 import polars as pl
 
 from rheon.core.batch import MAX_WM, MIN_WM
-from rheon.core.errors import FlowError
+from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.core.eventtime import TimeType, time_type_of
 
-__all__ = ["EventTimeColumn", "Rejected", "describe_time"]
+__all__ = ["EventTimeColumn", "Rejected", "declared_time", "describe_time", "time_column_name", "time_schema"]
 
 Rejected = tuple[str | list[str], pl.DataFrame]
 """Records that cannot have an event time: the reason (one, or one per record) and the records."""
@@ -81,6 +81,36 @@ def time_schema(time: str | pl.Expr, schema: pl.Schema | None, *, where: str) ->
     except pl.exceptions.PolarsError as exc:
         msg = f"{where}: the time expression {describe_time(time)} does not apply to the stream: {str(exc).splitlines()[0]}"
         raise FlowError(msg) from exc
+
+
+def declared_time(
+    time: str | pl.Expr, schema: pl.Schema | None, *, where: str
+) -> tuple[str, pl.Expr | None, pl.Schema | None, TimeType | None]:
+    """What ``time=`` declares on a stream of ``schema``: the column, the expression computing it
+    (``None`` for a column name), the schema after it and the time type (``None`` while the
+    schema is unknown), checked.
+
+    Examples
+    --------
+    >>> schema = pl.Schema({"when": pl.String(), "v": pl.Int64()})
+    >>> column, expr, after, ttype = declared_time(pl.col("when").str.to_datetime(time_unit="ms"), schema, where="source 's'")
+    >>> column, after["when"], ttype.ticks_per_ms
+    ('when', Datetime(time_unit='ms', time_zone=None), 1)
+    >>> declared_time("whn", schema, where="source 's'")
+    Traceback (most recent call last):
+    ...
+    rheon.core.errors.FlowError: source 's': unknown time column 'whn' (columns: when, v). Did you mean 'when'?
+    """
+    column = time_column_name(time, where=where)
+    expr = time if isinstance(time, pl.Expr) else None
+    schema = time_schema(time, schema, where=where)
+    if schema is None:
+        return column, expr, None, None
+    if column not in schema:
+        names = schema.names()
+        msg = f"{where}: unknown time column '{column}' {columns_hint(names)}.{did_you_mean(column, names)}"
+        raise FlowError(msg)
+    return column, expr, schema, time_type_of(schema[column], column=column, where=where)
 
 
 class EventTimeColumn:
