@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from rheon.core.metrics import MetricsRegistry, StateSize
+from rheon.core.metrics import MetricsRegistry, SinkHealth, StateSize
 from rheon.runtime.prometheus import FlowCollector
 from tests.doc_pages import ROOT
 
@@ -24,6 +24,7 @@ def _served() -> set[str]:
     reg.backlog[("source 's'", "0", "records")] = 5
     reg.state["window 'w'"] = StateSize(3, 100, 1)
     reg.checkpoints.completed(duration_ms=5, size_bytes=10, now_ns=1)
+    reg.sinks["sink 'hook'"] = SinkHealth(3, "open")
     names = set()
     for family in FlowCollector(reg, running=lambda: True).collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))

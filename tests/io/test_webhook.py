@@ -256,3 +256,26 @@ def test_config_is_checked_and_repr_hides_headers():
     with pytest.raises(rh.FlowError, match=r"Webhook: timeout: cannot read duration '5 sec'"):
         Webhook("http://x", timeout="5 sec")
     assert "secret" not in repr(Webhook("http://x", headers={"Authorization": "secret"}))
+
+
+def test_retries_and_the_circuit_state_reach_the_metrics(endpoint):
+    from rheon.runtime.prometheus import FlowCollector
+
+    endpoint.fail(4)  # rows 0 and 1: two attempts each, then the circuit opens
+    r = [{"n": i} for i in range(3)]
+    flow = rh.Flow("alerts")
+    flow.source(ScriptedSource([r[0:1], r[1:2], r[2:3]])).sink(
+        Webhook(endpoint.url, retries=1, breaker_failures=2, breaker_reset="30s"), name="hook"
+    )
+    flow.run(clock=ManualClock())
+    registry = flow._executor.metrics
+    assert registry.sinks["sink 'hook'"].retries == 2
+    assert registry.sinks["sink 'hook'"].circuit == "open"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in FlowCollector(registry, running=lambda: False).collect()
+        for s in family.samples
+    }
+    assert samples[("rheon_sink_retries_total", (("flow", "alerts"), ("sink", "sink 'hook'")))] == 2
+    state = {labels[2][1]: v for (name, labels), v in samples.items() if name == "rheon_sink_circuit_state"}
+    assert state == {"closed": 0.0, "open": 1.0, "half_open": 0.0}

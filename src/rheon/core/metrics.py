@@ -20,6 +20,7 @@ __all__ = [
     "LatencyHistogram",
     "MetricsRegistry",
     "OperatorStats",
+    "SinkHealth",
     "StateSize",
     "reason_kind",
 ]
@@ -157,6 +158,15 @@ class StateSize:
 
 
 @dataclass
+class SinkHealth:
+    """How a sink that retries is doing: retries so far and its circuit breaker's state
+    (``closed``, ``open`` or ``half_open``)."""
+
+    retries: int = 0
+    circuit: str = "closed"
+
+
+@dataclass
 class CheckpointStats:
     """The checkpoints of a run.
 
@@ -217,6 +227,8 @@ class MetricsRegistry:
         """(source label, split, unit) → how much is waiting to be read (``records``, ``bytes``)."""
         self.state: dict[str, StateSize] = {}
         """Operator label → the state it holds, refreshed between batches."""
+        self.sinks: dict[str, SinkHealth] = {}
+        """Sink label → its retries and circuit state, for sinks that retry."""
         self.started_ns = time.time_ns()
 
     def part(self, label: str, role: str) -> OperatorStats:

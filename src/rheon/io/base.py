@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from rheon.core.errors import SourceError
+from rheon.core.metrics import SinkHealth
 from rheon.time.clock import Clock, SystemClock
 
 __all__ = ["BuildContext", "KeepsDeadLetters", "Sink", "SinkLogic", "Source", "SourceLogic"]
@@ -229,6 +230,10 @@ class SinkLogic(ABC):
 
     def recover(self, checkpoint_id: int | None) -> None:  # noqa: B027 - optional hook
         """At start-up: finish commits up to ``checkpoint_id`` and discard anything later."""
+
+    def health(self) -> SinkHealth | None:
+        """Retries so far and circuit-breaker state, for a sink that retries (``None``: it does not)."""
+        return None
 
     def take_dead_letters(self) -> list[tuple[str, str]]:
         """Rows the sink gave up on since the last call (rejected, retries exhausted), as

@@ -23,6 +23,7 @@ from typing_extensions import override
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError
 from rheon.core.extras import import_extra
+from rheon.core.metrics import SinkHealth
 from rheon.io._json import for_json
 from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 from rheon.time.clock import Clock
@@ -203,6 +204,7 @@ class _WebhookLogic(KeepsDeadLetters, SinkLogic):
         self.breaker = _Breaker(cfg.breaker_failures, cfg.breaker_reset_ms * 1_000_000, ctx.clock, self.where)
         self.dead: list[tuple[str, str]] = []
         self.requests = 0
+        self.retries_done = 0
         self.delivered_rows = 0
         self.failed_while_stopping = False
 
@@ -221,6 +223,17 @@ class _WebhookLogic(KeepsDeadLetters, SinkLogic):
                 self.delivered_rows += len(unit)
             else:
                 self.dead.extend((reason, row) for row in unit)
+
+    @override
+    def health(self) -> SinkHealth:
+        """Retries so far, and the circuit: open (refusing), half-open (next delivery is a trial) or closed."""
+        if self.breaker.blocked_for_s() is not None:
+            circuit = "open"
+        elif self.breaker.half_open:
+            circuit = "half_open"
+        else:
+            circuit = "closed"
+        return SinkHealth(self.retries_done, circuit)
 
     def _deliver(self, body: bytes) -> str | None:
         """Send one request body, retrying; ``None`` on success, else why it failed."""
@@ -246,6 +259,7 @@ class _WebhookLogic(KeepsDeadLetters, SinkLogic):
             if attempt == attempts - 1 or self.stop.is_set():
                 break
             delay = self._delay(attempt, retry_after_s)
+            self.retries_done += 1
             log.debug(
                 "webhook_retry sink=%s attempt=%d problem=%s delay_s=%.3f", self.where, attempt + 1, problem, delay
             )

@@ -617,6 +617,7 @@ class Executor:
                         op.logic.flush()
             for task in self.sources:
                 task.logic.run_finished()
+            self._refresh_gauges(now=True)  # the final figures
         except BaseException as exc:
             log.error("run_failed flow=%s error=%r", self.plan.graph.name, f"{type(exc).__name__}: {exc}"[:500])
             raise
@@ -720,16 +721,22 @@ class Executor:
             except Exception as exc:
                 request.set_exception(exc)
 
-    def _refresh_gauges(self) -> None:
-        """About once a second, between batches: state sizes and source backlog into the registry."""
-        now = time.monotonic_ns()
-        if now - self._gauges_ns < _GAUGES_NS:
+    def _refresh_gauges(self, *, now: bool = False) -> None:
+        """About once a second (or ``now``), between batches: state sizes, sink health and source
+        backlog into the registry."""
+        at = time.monotonic_ns()
+        if not now and at - self._gauges_ns < _GAUGES_NS:
             return
-        self._gauges_ns = now
+        self._gauges_ns = at
         for group, op in zip(self.plan.groups, self.ops, strict=True):
             size = op.state_size()
             if size is not None:
                 self.metrics.state[group.label] = size
+        for group, op in zip(self.plan.groups, self.ops, strict=True):
+            if isinstance(op, SinkOperator):
+                health = op.logic.health()
+                if health is not None:
+                    self.metrics.sinks[group.label] = health
         for task in self.sources:
             backlog = task.logic.backlog()
             if backlog is not None:

@@ -155,6 +155,20 @@ class FlowCollector(Collector):
                 state_bytes.add_metric([flow, operator], size.bytes)
         yield from (keys, state_bytes, timers)
 
+        retries = CounterMetricFamily(
+            "rheon_sink_retries", "Deliveries a sink retried (webhooks).", labels=["flow", "sink"]
+        )
+        circuit = GaugeMetricFamily(
+            "rheon_sink_circuit_state",
+            "A sink's circuit breaker: 1 for its current state (closed, open, half_open), 0 for the others.",
+            labels=["flow", "sink", "state"],
+        )
+        for sink, health in list(reg.sinks.items()):
+            retries.add_metric([flow, sink], health.retries)
+            for state in ("closed", "open", "half_open"):
+                circuit.add_metric([flow, sink, state], 1.0 if health.circuit == state else 0.0)
+        yield from (retries, circuit)
+
         ck = reg.checkpoints
         count = CounterMetricFamily("rheon_checkpoints", "Checkpoints completed by this run.", labels=["flow"])
         count.add_metric([flow], ck.count)
