@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -196,3 +197,49 @@ def test_demo_in_a_pseudo_terminal() -> None:
     assert "recent alerts" in text
     assert "trend" in text
     assert "flow 'monitoring'" in text
+
+
+def test_the_screen_fits_80_by_24_with_20_hosts() -> None:
+    console = Console(file=io.StringIO(), width=80, height=24)
+    board = run_demo(hosts=20, speed=30, duration_ms=6_000, seed=7, console=console, live=False, clock=ManualClock())
+    assert board.alerts >= 1
+    out = io.StringIO()
+    Console(file=out, width=80, height=24).print(render(board, None, wall_s=1.0, height=24, width=80))
+    lines = out.getvalue().rstrip("\n").split("\n")
+    assert len(lines) <= 24
+    assert max(len(line) for line in lines) <= 80
+    assert all(any(line.startswith(host) for line in lines) for host in board.hosts)  # every host
+    assert lines[-1].startswith(f"alerts {board.alerts} resolved {board.resolved} active {len(board.active)}: ")
+
+
+def test_a_small_terminal_shows_flagged_hosts_first_and_counts_the_rest() -> None:
+    console = Console(file=io.StringIO(), width=80, height=24)
+    board = run_demo(hosts=20, speed=30, duration_ms=6_000, seed=7, console=console, live=False, clock=ManualClock())
+    out = io.StringIO()
+    Console(file=out, width=80, height=12).print(render(board, None, wall_s=1.0, height=12, width=80))
+    lines = out.getvalue().rstrip("\n").split("\n")
+    assert len(lines) <= 12
+    flagged = {h for h, _ in board.active}
+    assert flagged
+    assert all(any(line.startswith(host) for line in lines) for host in flagged)
+    assert any("more hosts OK" in line for line in lines)
+
+
+def test_the_demo_serves_its_dashboard_with_ui() -> None:
+    out = io.StringIO()
+    seen: dict[str, int] = {}
+
+    def probe() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "dashboard: " not in out.getvalue():
+            time.sleep(0.02)
+        url = out.getvalue().split("dashboard: ", 1)[1].split()[0]
+        seen["healthz"] = httpx.get(f"{url}/healthz").status_code
+        seen["nodes"] = len(httpx.get(f"{url}/api/snapshot").json()["nodes"])
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    run_demo(hosts=3, speed=20, duration_ms=3_000, seed=1, console=Console(file=out), live=False, ui=0)
+    prober.join(60)
+    assert seen["healthz"] == 200
+    assert seen["nodes"] > 3

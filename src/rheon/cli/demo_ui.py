@@ -219,7 +219,7 @@ def _header(board: Board, stats: RunStats | None, wall_s: float) -> Panel:
     return Panel(Group(title, line), border_style="cyan")
 
 
-def _table(board: Board, trend: int) -> Table:
+def _table(board: Board, trend: int, hosts: list[str] | None = None) -> Table:
     table = Table(expand=True, header_style="bold", box=None, pad_edge=False)
     table.add_column("host", no_wrap=True)
     table.add_column("cpu 10s", justify="right", no_wrap=True)
@@ -229,7 +229,7 @@ def _table(board: Board, trend: int) -> Table:
     table.add_column("n", justify="right", style="dim", no_wrap=True)
     table.add_column("end", style="dim", no_wrap=True)
     table.add_column("status", no_wrap=True, overflow="ellipsis")
-    for host in board.hosts:
+    for host in board.hosts if hosts is None else hosts:
         row = board.latest.get(host)
         alerts = {m: since for (h, m), since in board.active.items() if h == host}
         if alerts:
@@ -274,6 +274,61 @@ def _recent(board: Board, limit: int) -> Panel:
     return Panel(body, title=title, title_align="left", border_style="red" if board.active else "green")
 
 
+_ROOMY = 14
+"""Lines the full layout needs besides one per host (bordered header and alert panel)."""
+
+
+def _compact(board: Board, stats: RunStats | None, wall_s: float, height: int, width: int) -> RenderableType:
+    """The screen for a small terminal (80x24 with 20 hosts): two header lines, the hosts (those
+    in alert or above their limit first, then the rest while they fit), and the latest alert."""
+    header = Text.assemble(
+        ("rheon demo", "bold cyan"),
+        f" · {len(board.hosts)} hosts · x{board.speed:g} · cpu>{board.threshold:g}% err>{board.err_threshold:g}%"
+        " for 30s · Ctrl-C stops",
+    )
+    if stats is None:
+        metrics = Text("starting…", style="dim")
+    else:
+        rate = board._rate.update(wall_s, stats.records_in)
+        now_ms = board.start_ms + round(stats.elapsed_s * 1000 * board.speed)
+        wm = stats.watermark_ms
+        lag = f" lag {(now_ms - wm) / 1000:.1f}s" if wm is not None else ""
+        p99 = f"{stats.latency_p99_ms:.1f}ms" if stats.latency_p99_ms is not None else "-"
+        parts = [
+            ("now", vtime(now_ms, board.start_ms)),
+            ("ev/s", f"{rate:,.0f}"),
+            ("wm", (vtime(wm, board.start_ms) if wm is not None else "-") + lag),
+            ("p99", p99),
+            ("late", str(stats.late_rows)),
+            ("dead", str(stats.dead_letters)),
+        ]
+        metrics = Text(" ").join(Text.assemble((f"{k} ", "dim"), (v, "bold")) for k, v in parts)
+    with board.lock:
+        room = max(height - 4, 1)  # header, metrics, table header and the alert line
+        flagged = {h for h, _ in board.active} | {h for h, _ in board.above}
+        hosts = [h for h in board.hosts if h in flagged] + [h for h in board.hosts if h not in flagged]
+        shown = hosts if len(hosts) <= room else hosts[: room - 1]
+        hidden = len(hosts) - len(shown)
+        table = _table(board, max(5, min(board.history_len, width - 73)), hosts=sorted(shown))
+        if board.recent:
+            latest = board.recent[0]
+            last = Text(
+                format_event(latest, board.start_ms), style="bold red" if latest["event"] == "alert" else "green"
+            )
+        else:
+            last = Text("no alerts yet", style="dim")
+        counts = Text(f"alerts {board.alerts} resolved {board.resolved} active {len(board.active)}: ", style="dim")
+        lines: list[RenderableType] = [header, metrics, table]
+        if hidden:
+            lines.append(Text(f"+{hidden} more hosts OK (a taller terminal shows them)", style="dim"))
+        lines.append(Text.assemble(counts, last))
+        for line in lines:
+            if isinstance(line, Text):
+                line.no_wrap = True
+                line.overflow = "ellipsis"
+        return Group(*lines)
+
+
 def render(
     board: Board,
     stats: RunStats | None = None,
@@ -301,6 +356,8 @@ def render(
     >>> "db-01" in screen and "91.0 %" in screen and "no alerts yet" in screen
     True
     """
+    if height is not None and height < len(board.hosts) + _ROOMY:
+        return _compact(board, stats, time.monotonic() if wall_s is None else wall_s, height, width or 80)
     limit = board.recent.maxlen or 8
     if height is not None:
         limit = max(2, min(limit, height - len(board.hosts) - 10))
@@ -326,12 +383,14 @@ def run_demo(
     live: bool | None = None,
     console: Console | None = None,
     clock: Clock | None = None,
+    ui: int | None = None,
 ) -> Board:
     """Run the monitoring demo for ``duration_ms`` of wall-clock time (``None``: until Ctrl-C).
 
     ``live=None`` shows the live table when the console is a terminal and prints alert lines
-    otherwise. ``clock`` replaces the wall clock (tests pass a ``ManualClock``). Returns the
-    final :class:`Board`.
+    otherwise. ``clock`` replaces the wall clock (tests pass a ``ManualClock``). With ``ui`` (a
+    port; 0 for any free one) the web dashboard is served too, and its address printed first.
+    Returns the final :class:`Board`.
 
     Examples
     --------
@@ -355,6 +414,11 @@ def run_demo(
     )
     flow = build_flow(hosts, speed, seed, threshold, board.on_window, board.on_alert, err_threshold=err_threshold)
     duration = f"{duration_ms}ms" if duration_ms is not None else None
+
+    def announce(executor: object) -> None:
+        if flow.ui_url is not None:
+            console.print(f"dashboard: {flow.ui_url}", highlight=False, soft_wrap=True)
+
     if live:
         with Live(
             console=console,
@@ -362,7 +426,7 @@ def run_demo(
             get_renderable=lambda: render(board, flow.metrics(), height=console.size.height, width=console.size.width),
         ):
             configure_logging("WARNING")  # log lines go above the live display
-            flow.run(duration=duration, clock=clock)
+            flow.run(duration=duration, clock=clock, ui=ui, on_start=announce)
         configure_logging("WARNING")
     else:
         configure_logging("WARNING")
@@ -372,7 +436,7 @@ def run_demo(
             highlight=False,
             soft_wrap=True,
         )
-        flow.run(duration=duration, clock=clock)
+        flow.run(duration=duration, clock=clock, ui=ui, on_start=announce)
     console.print(board.summary(), highlight=False, soft_wrap=True)
     console.print(str(flow.metrics()), highlight=False, soft_wrap=True)
     return board

@@ -5,7 +5,7 @@
     rheon run path/flow.py [--flow NAME | --function NAME] [--duration 10s] [--drain]
               [--checkpoint-dir DIR] [--metrics-port 9108]
     rheon inspect CHECKPOINT_DIR [--operator NAME] [--checkpoint ID] [--rows 20]
-    rheon demo [--hosts 20] [--speed 5] [--duration 0s] [--seed N] [--threshold 85] [--plain]
+    rheon demo [--hosts 20] [--speed 5] [--duration 0s] [--seed N] [--threshold 85] [--plain] [--ui 8080]
 
 Exit codes: 0 on success, 1 when the flow fails (a :class:`~rheon.RheonError`, printed without a
 traceback) or the file defines no flow, 2 for a command-line mistake (missing file, unknown or
@@ -228,7 +228,16 @@ def inspect(directory: Path, operator_name: str | None, checkpoint_id: int | Non
     help="Alert when a host's 10 s average cpu (%) stays above this for 30 s.",
 )
 @click.option("--plain", is_flag=True, help="Print alerts as lines instead of the live table.")
-def demo(hosts: int, speed: float, duration: int, seed: int, threshold: float, plain: bool) -> None:
+@click.option(
+    "--ui",
+    "ui_port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve the web dashboard at http://127.0.0.1:PORT too (its address is printed first).",
+)
+def demo(
+    hosts: int, speed: float, duration: int, seed: int, threshold: float, plain: bool, ui_port: int | None
+) -> None:
     """Live monitoring demo: synthetic metrics from many hosts, 10 s sliding averages, alerts.
 
     Every host sends cpu, memory and error-rate readings; rheon keys them by host, averages them
@@ -247,6 +256,7 @@ def demo(hosts: int, speed: float, duration: int, seed: int, threshold: float, p
             seed=seed,
             threshold=threshold,
             live=False if plain else None,
+            ui=ui_port,
         )
     except RheonError as exc:
         msg = f"{type(exc).__name__}: {exc}"
