@@ -193,6 +193,26 @@ def _level_style(value: float | None, limit: float) -> str:
     return ""
 
 
+def _metrics_line(board: Board, stats: RunStats, wall_s: float, *, compact: bool) -> Text:
+    """The flow's figures in one line (``compact``: short names, for an 80-column terminal)."""
+    rate = board._rate.update(wall_s, stats.records_in)
+    now_ms = board.start_ms + round(stats.elapsed_s * 1000 * board.speed)
+    wm = stats.watermark_ms
+    space = "" if compact else " "
+    wm_text = f"{vtime(wm, board.start_ms)} (lag {(now_ms - wm) / 1000:.1f}{space}s)" if wm is not None else "-"
+    p99 = f"{stats.latency_p99_ms:.1f}{space}ms" if stats.latency_p99_ms is not None else "-"
+    parts = [("now", vtime(now_ms, board.start_ms)), ("ev/s" if compact else "events/s", f"{rate:,.0f}")]
+    if not compact:
+        parts.append(("in", f"{stats.records_in:,}"))
+    parts += [
+        ("wm" if compact else "watermark", wm_text),
+        ("p99", p99),
+        ("late", str(stats.late_rows)),
+        ("dead", str(stats.dead_letters)),
+    ]
+    return Text(" " if compact else "  ").join(Text.assemble((f"{k} ", "dim"), (v, "bold")) for k, v in parts)
+
+
 def _header(board: Board, stats: RunStats | None, wall_s: float) -> Panel:
     title = Text.assemble(
         ("rheon demo", "bold cyan"),
@@ -201,22 +221,7 @@ def _header(board: Board, stats: RunStats | None, wall_s: float) -> Panel:
     )
     if stats is None:
         return Panel(Group(title, Text("starting…", style="dim")), border_style="cyan")
-    rate = board._rate.update(wall_s, stats.records_in)
-    now_ms = board.start_ms + round(stats.elapsed_s * 1000 * board.speed)
-    wm = stats.watermark_ms
-    wm_text = f"{vtime(wm, board.start_ms)} (lag {(now_ms - wm) / 1000:.1f} s)" if wm is not None else "-"
-    p99 = f"{stats.latency_p99_ms:.1f} ms" if stats.latency_p99_ms is not None else "-"
-    parts = [
-        ("now", vtime(now_ms, board.start_ms)),
-        ("events/s", f"{rate:,.0f}"),
-        ("in", f"{stats.records_in:,}"),
-        ("watermark", wm_text),
-        ("p99", p99),
-        ("late", str(stats.late_rows)),
-        ("dead", str(stats.dead_letters)),
-    ]
-    line = Text("  ").join(Text.assemble((f"{k} ", "dim"), (v, "bold")) for k, v in parts)
-    return Panel(Group(title, line), border_style="cyan")
+    return Panel(Group(title, _metrics_line(board, stats, wall_s, compact=False)), border_style="cyan")
 
 
 def _table(board: Board, trend: int, hosts: list[str] | None = None) -> Table:
@@ -286,23 +291,7 @@ def _compact(board: Board, stats: RunStats | None, wall_s: float, height: int, w
         f" · {len(board.hosts)} hosts · x{board.speed:g} · cpu>{board.threshold:g}% err>{board.err_threshold:g}%"
         " for 30s · Ctrl-C stops",
     )
-    if stats is None:
-        metrics = Text("starting…", style="dim")
-    else:
-        rate = board._rate.update(wall_s, stats.records_in)
-        now_ms = board.start_ms + round(stats.elapsed_s * 1000 * board.speed)
-        wm = stats.watermark_ms
-        lag = f" lag {(now_ms - wm) / 1000:.1f}s" if wm is not None else ""
-        p99 = f"{stats.latency_p99_ms:.1f}ms" if stats.latency_p99_ms is not None else "-"
-        parts = [
-            ("now", vtime(now_ms, board.start_ms)),
-            ("ev/s", f"{rate:,.0f}"),
-            ("wm", (vtime(wm, board.start_ms) if wm is not None else "-") + lag),
-            ("p99", p99),
-            ("late", str(stats.late_rows)),
-            ("dead", str(stats.dead_letters)),
-        ]
-        metrics = Text(" ").join(Text.assemble((f"{k} ", "dim"), (v, "bold")) for k, v in parts)
+    metrics = Text("starting…", style="dim") if stats is None else _metrics_line(board, stats, wall_s, compact=True)
     with board.lock:
         room = max(height - 4, 1)  # header, metrics, table header and the alert line
         flagged = {h for h, _ in board.active} | {h for h, _ in board.above}
