@@ -199,9 +199,15 @@ def test_demo_in_a_pseudo_terminal() -> None:
     assert "flow 'monitoring'" in text
 
 
-def test_the_screen_fits_80_by_24_with_20_hosts() -> None:
+@pytest.fixture(scope="module")
+def twenty_hosts() -> Board:
+    """A board after three minutes of event time with 20 hosts: some alerts, one still active."""
     console = Console(file=io.StringIO(), width=80, height=24)
-    board = run_demo(hosts=20, speed=30, duration_ms=6_000, seed=7, console=console, live=False, clock=ManualClock())
+    return run_demo(hosts=20, speed=30, duration_ms=6_000, seed=7, console=console, live=False, clock=ManualClock())
+
+
+def test_the_screen_fits_80_by_24_with_20_hosts(twenty_hosts: Board) -> None:
+    board = twenty_hosts
     assert board.alerts >= 1
     out = io.StringIO()
     Console(file=out, width=80, height=24).print(render(board, None, wall_s=1.0, height=24, width=80))
@@ -212,9 +218,8 @@ def test_the_screen_fits_80_by_24_with_20_hosts() -> None:
     assert lines[-1].startswith(f"alerts {board.alerts} resolved {board.resolved} active {len(board.active)}: ")
 
 
-def test_a_small_terminal_shows_flagged_hosts_first_and_counts_the_rest() -> None:
-    console = Console(file=io.StringIO(), width=80, height=24)
-    board = run_demo(hosts=20, speed=30, duration_ms=6_000, seed=7, console=console, live=False, clock=ManualClock())
+def test_a_small_terminal_shows_flagged_hosts_first_and_counts_the_rest(twenty_hosts: Board) -> None:
+    board = twenty_hosts
     out = io.StringIO()
     Console(file=out, width=80, height=12).print(render(board, None, wall_s=1.0, height=12, width=80))
     lines = out.getvalue().rstrip("\n").split("\n")
@@ -239,7 +244,7 @@ def test_the_demo_serves_its_dashboard_with_ui() -> None:
 
     prober = threading.Thread(target=probe)
     prober.start()
-    run_demo(hosts=3, speed=20, duration_ms=3_000, seed=1, console=Console(file=out), live=False, ui=0)
+    run_demo(hosts=3, speed=20, duration_ms=1_500, seed=1, console=Console(file=out), live=False, ui=0)
     prober.join(60)
     assert seen["healthz"] == 200
     assert seen["nodes"] > 3
