@@ -148,3 +148,19 @@ def test_the_page_shows_the_graph_a_moving_chart_the_shown_stream_and_dead_lette
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+
+def test_latency_on_the_page_is_over_the_last_minute():
+    from collections import deque
+
+    from rheon.core.metrics import MetricsRegistry
+    from rheon.runtime.ui import DashboardSource
+
+    registry = MetricsRegistry("f")
+    sink = registry.part("sink 'out'", "sink")
+    source = DashboardSource("f", [], [], registry, deque(), [], running=lambda: True)
+    sink.latency.record(1_000.0, 100)  # a slow start
+    assert source.snapshot(now_s=1_000.0)["latency_p99_ms"] == pytest.approx(1_000, rel=0.25)
+    sink.latency.record(1.0, 100)  # fast since
+    assert source.snapshot(now_s=1_030.0)["latency_p99_ms"] == pytest.approx(1_000, rel=0.25)  # still within the minute
+    assert source.snapshot(now_s=1_061.0)["latency_p99_ms"] == pytest.approx(1.0, rel=0.25)  # the slow start is past

@@ -79,6 +79,33 @@ class LatencyHistogram:
             seen += c
         return self.max_ms
 
+    def since(self, counts: list[int]) -> LatencyHistogram:
+        """The observations made after an earlier copy of :attr:`counts` (the maximum is this
+        histogram's, the sum estimated from bucket bounds).
+
+        Examples
+        --------
+        >>> h = LatencyHistogram(); h.record(1000.0, 100); before = list(h.counts)
+        >>> h.record(1.0, 100)
+        >>> round(h.quantile(0.99)), round(h.since(before).quantile(0.99))
+        (1000, 1)
+        """
+        out = LatencyHistogram()
+        out.counts = [max(a - b, 0) for a, b in zip(self.counts, counts, strict=True)]
+        out.count = sum(out.counts)
+        bounds = self.BOUNDS_MS
+        out.max_ms = next(
+            (
+                bounds[i] if i < len(bounds) else self.max_ms
+                for i in range(len(out.counts) - 1, -1, -1)
+                if out.counts[i]
+            ),
+            0.0,
+        )
+        out.max_ms = min(out.max_ms, self.max_ms)
+        out.sum_ms = sum(c * (bounds[i] if i < len(bounds) else self.max_ms) for i, c in enumerate(out.counts))
+        return out
+
     def merge(self, other: LatencyHistogram) -> None:
         """Add another histogram's observations to this one."""
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]

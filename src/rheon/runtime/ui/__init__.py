@@ -26,7 +26,7 @@ from importlib import resources
 from typing import Any
 
 from rheon.core.errors import FlowError
-from rheon.core.metrics import MetricsRegistry
+from rheon.core.metrics import LatencyHistogram, MetricsRegistry
 from rheon.io.show import Show
 
 __all__ = ["Dashboard", "DashboardSource"]
@@ -74,9 +74,28 @@ class DashboardSource:
         self.dead_letters = dead_letters
         self.shown = shown
         self.running = running
+        self._samples: deque[tuple[float, list[int]]] = deque(maxlen=int(self.RECENT_S) + 10)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything the page draws, now, as JSON-ready data."""
+    RECENT_S = 60.0
+    """Latency quantiles are over the observations of about the last minute."""
+
+    def _recent_latency(self, now_s: float) -> LatencyHistogram:
+        """End-to-end latency since about ``RECENT_S`` ago (a sample of the histogram is kept
+        each second, so the page's p50/p99 move with the flow instead of since its start)."""
+        total = self.registry.latency()
+        samples = self._samples
+        if not samples or now_s - samples[-1][0] >= 1.0:
+            samples.append((now_s, list(total.counts)))
+        base = None
+        for sample in samples:
+            if sample[0] <= now_s - self.RECENT_S:
+                base = sample
+        if base is None:  # less than a minute of samples: everything so far
+            return total
+        return total.since(base[1])
+
+    def snapshot(self, now_s: float | None = None) -> dict[str, Any]:
+        """Everything the page draws, now (or at ``now_s``, epoch seconds), as JSON-ready data."""
         reg = self.registry
         parts = {p.label: p for p in list(reg.parts)}
         nodes = []
@@ -92,8 +111,9 @@ class DashboardSource:
                     "dead": part.dead_letters if part else 0,
                 }
             )
-        latency = reg.latency()
-        now_ms = time.time() * 1000
+        now_s = time.time() if now_s is None else now_s
+        latency = self._recent_latency(now_s)
+        now_ms = now_s * 1000
         marks = list(reg.watermarks.values())
         watermark = min(marks) if marks else None
         ck = reg.checkpoints
