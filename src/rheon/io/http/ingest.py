@@ -19,7 +19,6 @@ import ipaddress
 import json
 import logging
 import math
-import socket
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing_extensions import override
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
+from rheon.core.net import listen
 from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, JsonDecoder, check_limits, settled
 from rheon.io.base import BuildContext, Source, SourceLogic
 from rheon.io.http.parse import BadRequest, parse_events
@@ -375,7 +375,7 @@ class _HttpIngestLogic(SourceLogic):
         self.building = 0  # requests being turned into rows, or waiting for their turn
         self.decoder = JsonDecoder(cfg.value_schema, max_depth=cfg.max_depth, max_fields=cfg.max_fields)
         self.build_lock = threading.Lock()  # one body turned into rows at a time (see _enqueue)
-        self.sock = self._bind()
+        self.sock = listen(cfg.host, cfg.port, where=self.where, option="port", error=SourceError, backlog=1024)
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://{cfg.host}:{self.port}"
         from starlette.routing import Route
@@ -402,22 +402,6 @@ class _HttpIngestLogic(SourceLogic):
         self.thread = threading.Thread(target=self._serve, name=f"rheon-http-{self.port}", daemon=True)
         self.thread.start()
         log.info("http_ingest_listening source=%s url=%s path=%s", self.where, self.url, cfg.path)
-
-    def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.cfg.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP: asyncio sets TCP_NODELAY
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.cfg.host, self.cfg.port))
-            sock.listen(1024)
-        except OSError as exc:
-            sock.close()
-            msg = (
-                f"{self.where}: cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror or exc}. "
-                f"Is another server using port {self.cfg.port}? Try another port, or port=0 for a free one."
-            )
-            raise SourceError(msg) from exc
-        return sock
 
     def _serve(self) -> None:
         try:

@@ -17,7 +17,6 @@ import asyncio
 import hmac
 import json
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from typing import Any
 
 from rheon.core.errors import FlowError
 from rheon.core.metrics import LatencyHistogram, MetricsRegistry
+from rheon.core.net import listen
 from rheon.io.show import Show
 
 __all__ = ["Dashboard", "DashboardSource"]
@@ -176,7 +176,7 @@ class Dashboard:
         self.source = source
         self.token = token
         self.every_s = every_s
-        self.sock = self._bind(host, port)
+        self.sock = listen(host, port, where="ui", option="ui", error=FlowError)
         self.host, self.port = host, int(self.sock.getsockname()[1])
         routes = [
             Route("/", self._asset_route("index.html")),
@@ -207,20 +207,6 @@ class Dashboard:
         while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
         log.info("ui flow=%s url=%s", source.flow, self.url)
-
-    @staticmethod
-    def _bind(host: str, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-            sock.listen(128)
-        except OSError as exc:
-            sock.close()
-            msg = f"ui: cannot listen on {host}:{port}: {exc.strerror or exc}. Try another port, or 0 for a free one."
-            raise FlowError(msg) from exc
-        return sock
 
     @property
     def url(self) -> str:
