@@ -1,7 +1,8 @@
 """Benchmark input: 10M events in Parquet, generated once with a fixed seed.
 
 Events arrive at 10k per simulated second; each is shifted back by up to 2 s, so they are out of
-order by up to 2 s (``max_delay="2s"`` keeps every one on time). Keys 0..999, values in [0, 1).
+order by up to 2 s (``max_delay="2s"`` keeps every one on time). Keys 0..999 unless ``keys`` says
+otherwise (Q2 also runs at 100,000 and 1,000,000 keys), values in [0, 1).
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import polars as pl
 DATA_DIR = Path(__file__).parent / "data"
 SEED = 20261126
 EVENTS_PER_SECOND = 10_000
+KEYS = 1_000
 
 
-def path_for(n: int) -> Path:
-    return DATA_DIR / f"events_{n}.parquet"
+def path_for(n: int, keys: int = KEYS) -> Path:
+    # The default key count keeps its old file name, so files generated before keys existed still serve.
+    return DATA_DIR / (f"events_{n}.parquet" if keys == KEYS else f"events_{n}_keys{keys}.parquet")
 
 
-def generate(n: int) -> Path:
-    """Write (once) and return the Parquet file of ``n`` events."""
-    path = path_for(n)
+def generate(n: int, keys: int = KEYS) -> Path:
+    """Write (once) and return the Parquet file of ``n`` events over keys ``0 .. keys - 1``."""
+    path = path_for(n, keys)
     if path.exists():
         return path
     DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -33,7 +36,7 @@ def generate(n: int) -> Path:
     frame = pl.DataFrame(
         {
             "ts": ts,
-            "key": rng.integers(0, 1000, n, dtype=np.int64),
+            "key": rng.integers(0, keys, n, dtype=np.int64),
             "value": rng.random(n),
         }
     )
@@ -44,4 +47,5 @@ def generate(n: int) -> Path:
 
 
 if __name__ == "__main__":
-    print(generate(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000))
+    args = [int(a) for a in sys.argv[1:3]]  # events, then keys
+    print(generate(*args) if args else generate(10_000_000))
