@@ -17,6 +17,7 @@ import pytest
 import rheon as rh
 from rheon.io.base import BuildContext
 from rheon.io.postgres import Postgres, _PostgresLogic
+from rheon.runtime.prometheus import FlowCollector
 from rheon.testing import ManualClock, collect
 from tests.proxy import TcpProxy
 from tests.services import free_port
@@ -185,6 +186,18 @@ def test_reconnects_when_the_server_drops_the_connection_and_loses_nothing(dsn, 
     assert "reconnect service=PostgreSQL sink=" in caplog.text
     assert "status=aborted" in caplog.text
     assert contents(dsn, table) == [(i, i * 2) for i in range(100)]
+    # The reconnections are counted as the sink's retries, and served to Prometheus.
+    reconnects = caplog.text.count("reconnect service=PostgreSQL sink=out ")
+    health = flow._executor.metrics.sinks["sink 'out'"]
+    assert (health.retries, health.circuit) == (reconnects, None)
+    assert reconnects >= 1
+    served = {
+        (s.name, s.labels.get("sink")): s.value
+        for family in FlowCollector(flow._executor.metrics, running=lambda: False).collect()
+        for s in family.samples
+        if s.name.startswith("rheon_sink_")
+    }
+    assert served == {("rheon_sink_retries_total", "sink 'out'"): reconnects}  # no circuit breaker: no state
 
 
 @pytest.fixture

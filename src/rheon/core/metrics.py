@@ -186,11 +186,23 @@ class StateSize:
 
 @dataclass
 class SinkHealth:
-    """How a sink that retries is doing: retries so far and its circuit breaker's state
-    (``closed``, ``open`` or ``half_open``)."""
+    """How a sink that retries is doing: retries so far and, for a sink with a circuit breaker
+    (the webhook), its state: ``closed``, ``open`` or ``half_open``.
+
+    What counts as a retry is the sink's: a delivery sent again (webhook), a reconnection after a
+    lost connection (PostgreSQL, Kafka), a request the Kafka client sent again.
+
+    Examples
+    --------
+    >>> SinkHealth(retries=3, circuit="open")
+    SinkHealth(retries=3, circuit='open')
+    >>> SinkHealth(retries=2).circuit is None   # no circuit breaker
+    True
+    """
 
     retries: int = 0
-    circuit: str = "closed"
+    circuit: str | None = None
+    """``None``: the sink has no circuit breaker."""
 
 
 @dataclass

@@ -156,7 +156,10 @@ class FlowCollector(Collector):
         yield from (keys, state_bytes, timers)
 
         retries = CounterMetricFamily(
-            "rheon_sink_retries", "Deliveries a sink retried (webhooks).", labels=["flow", "sink"]
+            "rheon_sink_retries",
+            "Retries of a sink: deliveries sent again (webhook), reconnections (PostgreSQL, Kafka), requests "
+            "the Kafka client sent again.",
+            labels=["flow", "sink"],
         )
         circuit = GaugeMetricFamily(
             "rheon_sink_circuit_state",
@@ -165,6 +168,8 @@ class FlowCollector(Collector):
         )
         for sink, health in list(reg.sinks.items()):
             retries.add_metric([flow, sink], health.retries)
+            if health.circuit is None:  # no circuit breaker
+                continue
             for state in ("closed", "open", "half_open"):
                 circuit.add_metric([flow, sink, state], 1.0 if health.circuit == state else 0.0)
         yield from (retries, circuit)

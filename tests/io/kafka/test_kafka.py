@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 import rheon as rh
+from rheon.core.metrics import SinkHealth
 from rheon.io.base import BuildContext
 from rheon.testing import collect
 from tests.io.kafka.conftest import confluent_kafka, produce, read_all
@@ -165,6 +166,30 @@ def test_kafka_sink_without_checkpoints(kafka_brokers, new_topic):
     )
     flow.run()
     assert sorted(r["n"] for r in read_all(kafka_brokers, topic)) == list(range(50))
+
+
+def test_the_kafka_clients_request_retries_count_as_the_sinks_retries(kafka_brokers, new_topic):
+    """librdkafka reports its request retries in its statistics, per broker and counted since the
+    producer started; the sink's health adds them to its own retries, never going back."""
+    topic = new_topic()
+    logic = rh.io.KafkaSink(topic, brokers=kafka_brokers).build(BuildContext(flow="f", operator="out"))
+    try:
+        logic.write(pl.DataFrame({"n": [1, 2]}))
+        logic.flush()
+        assert logic.health() == SinkHealth(0)  # a healthy broker: nothing retried, no circuit breaker
+
+        def statistics(broker: int, coordinator: int) -> str:
+            brokers = {"127.0.0.1:9092/1": {"txretries": broker}, "TxnCoordinator": {"txretries": coordinator}}
+            return json.dumps({"name": "rdkafka#producer-1", "brokers": brokers})
+
+        logic._statistics(statistics(2, 1))
+        assert logic.health() == SinkHealth(3)
+        logic._statistics(statistics(4, 0))  # a coordinator handle started over: its retries stay counted
+        assert logic.health() == SinkHealth(5)
+        logic._statistics("not json")
+        assert logic.health() == SinkHealth(5)
+    finally:
+        logic.close()
 
 
 class Crash(BaseException):

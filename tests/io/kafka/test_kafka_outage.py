@@ -106,5 +106,9 @@ def test_checkpoints_during_an_outage_wait_for_the_broker(broker_behind_proxy, t
     assert not runner.is_alive()
     assert failure == []
     assert "reconnect service=Kafka sink=out" in caplog.text  # it did wait for the broker
+    # ...and counted each wait as a retry (the Kafka client's own retries come on top).
+    assert flow._executor is not None
+    retries = flow._executor.metrics.sinks["sink 'out'"].retries
+    assert retries >= caplog.text.count("reconnect service=Kafka sink=out ") >= 1
     rows = read_all(brokers, "gen")
     assert sorted(r["i"] for r in rows) == list(range(800))

@@ -34,6 +34,7 @@ from typing_extensions import override
 from rheon.core.deadletters import payloads_of
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError
+from rheon.core.metrics import SinkHealth
 from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 from rheon.io.kafka.codec import encode_json
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 CKPT = "__rheon_ckpt"
 _TIMEOUT_S = 30
+_STATS_MS = 1000  # how often librdkafka reports its statistics (its request retries, for the metrics)
 _KEY, _VALUE = "__rheon_key", "__rheon_value"  # the columns of staged, encoded messages
 _ENCODED = pl.Schema({_KEY: pl.Binary(), _VALUE: pl.Binary()})
 
@@ -70,7 +72,9 @@ class KafkaSink(Sink):
     retries, retry_backoff
         When the broker cannot be reached while a checkpoint's transaction is prepared, try again
         up to ``retries`` times, waiting ``retry_backoff`` and then twice as long each time (up to
-        30 s), before failing the run (a restart resumes from the last checkpoint).
+        30 s), before failing the run (a restart resumes from the last checkpoint). These retries,
+        and the requests the Kafka client (librdkafka) sends again, count in the metrics
+        (``rheon_sink_retries_total``).
 
     Guarantee: exactly-once with checkpoints (one Kafka transaction per checkpoint; a
     ``read_committed`` consumer sees every row once, across crashes; rows become visible when
@@ -130,10 +134,14 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
         self.pending: dict[int, tuple[pl.DataFrame, dict[int, int]]] = {}
         self.errors: list[str] = []
         self.dead: list[tuple[str, str]] = []
+        self.retries_done = 0  # the sink's own: the broker unreachable while preparing or recovering
+        self.client_retries: dict[str, int] = {}  # librdkafka's, per broker: requests it sent again
         base = {
             "bootstrap.servers": cfg.brokers,
             "partitioner": "murmur2_random",
             "logger": logging.getLogger("rheon.io.kafka.librdkafka"),
+            "statistics.interval.ms": _STATS_MS,
+            "stats_cb": self._statistics,
             **cfg.config,
         }
         if self.transactional:
@@ -205,6 +213,23 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
             keys = [json.dumps(list(k), default=str).encode() for k in frame.select(self.cfg.key).iter_rows()]
         return list(zip(keys, values, strict=True))
 
+    def _statistics(self, text: str) -> None:
+        """librdkafka's statistics (every ``_STATS_MS``, served by ``poll``/``flush``): keep each
+        broker's request retries (deliveries, transaction calls), counted since the producer started."""
+        try:
+            brokers = json.loads(text).get("brokers", {})
+            retries = {str(name): int(b.get("txretries", 0)) for name, b in brokers.items()}
+        except (ValueError, TypeError, AttributeError):
+            return
+        for name, n in retries.items():
+            self.client_retries[name] = max(self.client_retries.get(name, 0), n)
+
+    @override
+    def health(self) -> SinkHealth:
+        """Retries so far: the sink's own (the broker unreachable while a checkpoint's transaction
+        is prepared or recovered) and the Kafka client's (requests it sent again); no circuit breaker."""
+        return SinkHealth(self.retries_done + sum(self.client_retries.values()))
+
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
             self.errors.append(str(err))
@@ -272,6 +297,7 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
                 }
             except self.kafka.KafkaException as exc:
                 retry.failed(exc, str(exc))
+                self.retries_done += 1
 
     @override
     def commit(self, checkpoint_id: int) -> None:
@@ -350,6 +376,7 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
                 return self._read_back(cid, ends)
             except (self.kafka.KafkaException, _ReadBackIncomplete) as exc:
                 retry.failed(exc, str(exc))
+                self.retries_done += 1
 
     def _read_back(self, cid: int, ends: dict[int, int]) -> set[int]:
         tag = f"{self.txn_id}:{cid}".encode()

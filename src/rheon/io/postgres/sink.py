@@ -63,6 +63,7 @@ from rheon.core.deadletters import payload_of
 from rheon.core.durations import Duration, to_ms
 from rheon.core.errors import FlowError, SinkError, columns_hint
 from rheon.core.extras import import_extra
+from rheon.core.metrics import SinkHealth
 from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
 from rheon.io.postgres.encoding import copy_csv, redact, sql_type
@@ -102,7 +103,8 @@ class Postgres(Sink):
         fails loses what it had not committed.
     connect_timeout, retries, retry_backoff
         How long to wait for the server; how often to reconnect when the connection fails while
-        running, waiting ``retry_backoff`` and then twice as long each time (up to 30 s).
+        running, waiting ``retry_backoff`` and then twice as long each time (up to 30 s). Each
+        reconnection counts as a retry in the metrics (``rheon_sink_retries_total``).
     progress_table
         With checkpoints: the table (``"name"`` or ``"schema.name"``) where the sink records, in
         the same transaction as the rows, the last checkpoint whose rows committed; created when
@@ -218,6 +220,7 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         self.dead: list[tuple[str, str]] = []
         self.rows_open = 0
         self.opened_ns = ctx.clock.now_ns()
+        self.retries_done = 0  # reconnections after a lost connection, for the metrics
         try:
             self.conn = self._connect()
         except psycopg.OperationalError as exc:
@@ -270,6 +273,7 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
             except psycopg.OperationalError as exc:
                 self._drop()
                 retry.failed(exc, _first_line(exc))
+                self.retries_done += 1
             except psycopg.Error as exc:
                 msg = f"{self.where}: writing to table {self.cfg.table} failed: {_first_line(exc)}"
                 raise SinkError(msg) from exc
@@ -593,6 +597,11 @@ class _PostgresLogic(KeepsDeadLetters, SinkLogic):
         self._committed()
 
     # -- the sink protocol -------------------------------------------------------------------
+
+    @override
+    def health(self) -> SinkHealth:
+        """Reconnections so far (the rows of a lost transaction are written again with each); no circuit breaker."""
+        return SinkHealth(self.retries_done)
 
     @override
     def write(self, frame: pl.DataFrame) -> None:
