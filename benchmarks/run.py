@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -24,6 +25,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -32,9 +34,11 @@ if str(ROOT) not in sys.path:
 import polars as pl  # noqa: E402
 
 import rheon as rh  # noqa: E402
-from benchmarks.data import generate  # noqa: E402
+from benchmarks.calibrate import REFERENCES, GridTooLargeError  # noqa: E402
+from benchmarks.data import KEYS, generate  # noqa: E402
 
 Build = Callable[[rh.Stream], rh.Stream]
+Result = dict[str, Any]  # one run's JSON line
 
 WORKLOADS: dict[str, tuple[str, Build]] = {
     "Q1": (
@@ -117,14 +121,27 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_throughput(name: str, events: int, batch_size: int) -> dict[str, object]:
-    frame = pl.read_parquet(generate(events))
-    loaded_mb = _rss_mb()
+def build_flow(name: str, frame: pl.DataFrame, batch_size: int) -> tuple[rh.Flow, rh.io.Collect]:
+    """Workload ``name`` over ``frame`` as a flow writing into a ``Collect``."""
     _, build = WORKLOADS[name]
     flow = rh.Flow(name)
     out = rh.io.Collect()
     source = flow.source(rh.io.Records(frame, batch_size=batch_size), time="ts", max_delay="2s")
     build(source).sink(out)
+    return flow, out
+
+
+def run_flow(name: str, frame: pl.DataFrame, batch_size: int) -> pl.DataFrame:
+    """Workload ``name``'s output rows (``calibrate.py --check`` compares the references with them)."""
+    flow, out = build_flow(name, frame, batch_size)
+    flow.run()
+    return out.to_polars()
+
+
+def run_throughput(name: str, events: int, batch_size: int, keys: int = KEYS) -> dict[str, object]:
+    frame = pl.read_parquet(generate(events, keys))
+    loaded_mb = _rss_mb()
+    flow, out = build_flow(name, frame, batch_size)
     every = CHECKPOINT_EVERY.get(name)
     done, scrapes = threading.Event(), [0]
     scraper = threading.Thread(target=lambda: scrapes.__setitem__(0, _scrape_until(flow, done)), daemon=True)
@@ -157,6 +174,28 @@ def run_throughput(name: str, events: int, batch_size: int) -> dict[str, object]
     }
 
 
+def run_reference(name: str, kind: str, events: int, keys: int) -> dict[str, object]:
+    """Time the hand-written ``kind`` job for workload ``name`` (``calibrate.REFERENCES``), like ``run_throughput``."""
+    frame = pl.read_parquet(generate(events, keys))
+    loaded_mb = _rss_mb()
+    started = time.perf_counter()
+    try:
+        out = REFERENCES[name][kind](frame)
+    except GridTooLargeError as exc:
+        return {"workload": name, "runner": kind, "skipped": str(exc)}
+    seconds = time.perf_counter() - started
+    return {
+        "workload": name,
+        "runner": kind,
+        "events": frame.height,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(frame.height / seconds),
+        "out_rows": out.height,
+        "loaded_mb": round(loaded_mb),
+        "peak_mb": round(_rss_mb()),
+    }
+
+
 def run_latency(name: str, seconds: float) -> dict[str, object]:
     _, rate, build = LATENCY[name]
     flow = rh.Flow(name)
@@ -178,55 +217,163 @@ def run_latency(name: str, seconds: float) -> dict[str, object]:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    if args.worker in LATENCY:
+    if args.reference:
+        result = run_reference(args.worker, args.reference, args.events, args.keys)
+    elif args.worker in LATENCY:
         result = run_latency(args.worker, args.latency_seconds)
     else:
-        result = run_throughput(args.worker, args.events, args.batch_size)
+        result = run_throughput(args.worker, args.events, args.batch_size, args.keys)
     print(json.dumps(result))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--batch-size", type=int, default=1_000_000)
-    parser.add_argument("--only", default=",".join([*WORKLOADS, *LATENCY]))
-    parser.add_argument("--latency-seconds", type=float, default=10.0)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per workload; the median is reported")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        _worker(args)
-        return
-    names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in WORKLOADS and n not in LATENCY]
-    if unknown:
-        parser.error(f"unknown workloads {unknown}; choose from {[*WORKLOADS, *LATENCY]}")
-    if any(n in WORKLOADS for n in names):
-        generate(args.events)
-    print(
-        f"rheon {rh.__version__}, polars {pl.__version__}, Python {platform.python_version()}, "
-        f"{platform.machine()}, events={args.events:,}, batch_size={args.batch_size:,}"
-    )
+def _run_worker(args: argparse.Namespace, name: str, reference: str | None = None) -> Result | None:
+    """One run of workload ``name`` (rheon's flow, or a ``reference`` job) in a fresh process: its JSON result."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--events",
+        str(args.events),
+        "--keys",
+        str(args.keys),
+        "--batch-size",
+        str(args.batch_size),
+        "--latency-seconds",
+        str(args.latency_seconds),
+        *(["--reference", reference] if reference else []),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(f"{name} {reference or 'rheon'}: FAILED\n{proc.stderr}", file=sys.stderr)
+        return None
+    result: Result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in stat.readline().split()[1:8])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _measured_run(args: argparse.Namespace, name: str, runner: str) -> Result | None:
+    """``_run_worker``, plus the cores other processes kept busy meanwhile (the machine's busy time less the run's)."""
+    busy, ours, started = _busy_s(), _children_cpu_s(), time.perf_counter()
+    result = _run_worker(args, name, None if runner == "rheon" else runner)
+    wall, busy_after = time.perf_counter() - started, _busy_s()
+    if result is not None and busy is not None and busy_after is not None:
+        result["others_cores"] = round(max(busy_after - busy - (_children_cpu_s() - ours), 0.0) / wall, 2)
+    return result
+
+
+def _median(runs: list[Result]) -> Result:
+    return sorted(runs, key=lambda r: r["events_per_s"])[len(runs) // 2]
+
+
+def _compare(name: str, runner: str, rheon: list[Result], ref: list[Result], loads: list[str]) -> Result:
+    """rheon's runs against one reference's, from the same rounds: medians, their ratio, each round's ratio."""
+    per_round = {r["round"]: r["events_per_s"] for r in rheon}
+    ratios = [per_round[r["round"]] / r["events_per_s"] for r in ref if r["round"] in per_round]
+    ours, theirs = _median(rheon), _median(ref)
+    return {
+        "summary": name,
+        "keys": ours["keys"],
+        "reference": runner,
+        "rheon_events_per_s": ours["events_per_s"],
+        "reference_events_per_s": theirs["events_per_s"],
+        "ratio": round(ours["events_per_s"] / theirs["events_per_s"], 3),
+        "ratio_per_round": [round(r, 3) for r in ratios],
+        "rheon_range": [min(r["events_per_s"] for r in rheon), max(r["events_per_s"] for r in rheon)],
+        "reference_range": [min(r["events_per_s"] for r in ref), max(r["events_per_s"] for r in ref)],
+        "rheon_peak_mb": ours["peak_mb"],
+        "reference_peak_mb": theirs["peak_mb"],
+        "loaded_mb": ours["loaded_mb"],
+        "load_1min": loads,
+        "others_cores": [r["others_cores"] for r in [*rheon, *ref] if "others_cores" in r],
+    }
+
+
+TABLE_HEAD = (
+    f"{'workload':8} {'keys':>9}  {'reference':9}  {'rheon ev/s (range)':24}  {'reference ev/s (range)':24}  "
+    f"{'ratio (per round)':22}  {'peak MB rheon / ref (data)':26}  load 1-min per round, start->end  others' cores"
+)
+
+
+def _table_row(c: Result) -> str:
+    def rates(median: float, low: float, high: float) -> str:
+        return f"{median / 1e6:.3g}M ({low / 1e6:.3g}M-{high / 1e6:.3g}M)"
+
+    others = c["others_cores"]
+    cells = [
+        f"{c['summary']:8} {c['keys']:>9,}  {c['reference']:9}",
+        f"{rates(c['rheon_events_per_s'], *c['rheon_range']):24}",
+        f"{rates(c['reference_events_per_s'], *c['reference_range']):24}",
+        f"{c['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in c['ratio_per_round'])})".ljust(22),
+        f"{c['rheon_peak_mb']:>6,} / {c['reference_peak_mb']:>6,} ({c['loaded_mb']:,})".ljust(26),
+        f"{', '.join(c['load_1min'])}".ljust(33),
+        f"{min(others):.1f}-{max(others):.1f}" if others else "-",
+    ]
+    return "  ".join(cells)
+
+
+def _against_reference(args: argparse.Namespace, names: list[str]) -> None:
+    """Per workload, ``--repeat`` rounds of rheon then each reference, each in a fresh process.
+
+    Prints a JSON line per run (with the round's 1-minute load average at its start and end, and the
+    cores other processes kept busy during the run), a JSON summary per reference, then a table.
+    """
+    rows = []
     for name in names:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            name,
-            "--events",
-            str(args.events),
-            "--batch-size",
-            str(args.batch_size),
-            "--latency-seconds",
-            str(args.latency_seconds),
-        ]
+        runners = ["rheon", *REFERENCES[name]]
+        runs: dict[str, list[Result]] = {r: [] for r in runners}
+        loads = []
+        for round_ in range(1, max(args.repeat, 1) + 1):
+            load_start, done = os.getloadavg()[0], []
+            for runner in [r for r in runners if r in runs]:
+                result = _measured_run(args, name, runner)
+                if result is None or "skipped" in result:
+                    if result is not None:
+                        print(f"{name} {runner}: skipped, {result['skipped']}", file=sys.stderr)
+                    del runs[runner]  # a runner that failed or cannot run is not tried again
+                    continue
+                runs[runner].append(result)
+                done.append(result)
+            load_end = os.getloadavg()[0]
+            loads.append(f"{load_start:.1f}->{load_end:.1f}")
+            for result in done:
+                result.setdefault("runner", "rheon")
+                result.update(
+                    keys=args.keys, round=round_, load_start=round(load_start, 2), load_end=round(load_end, 2)
+                )
+                print(json.dumps(result), flush=True)
+        for runner in runners[1:]:
+            if runs.get("rheon") and runs.get(runner):
+                rows.append(_compare(name, runner, runs["rheon"], runs[runner], loads))
+                print(json.dumps(rows[-1]), flush=True)
+    print(f"\nratio = rheon / reference, of the medians\n{TABLE_HEAD}")
+    for row in rows:
+        print(_table_row(row))
+
+
+def _plain(args: argparse.Namespace, names: list[str]) -> None:
+    """Per workload, ``--repeat`` runs of rheon in fresh processes: the median and the range."""
+    for name in names:
         runs = []
         for _ in range(max(args.repeat, 1)):
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                print(f"{name}: FAILED\n{proc.stderr}", file=sys.stderr)
+            result = _run_worker(args, name)
+            if result is None:
                 break
-            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            runs.append(result)
         if not runs:
             continue
         runs.sort(key=lambda r: r["events_per_s"])
@@ -245,6 +392,45 @@ def main() -> None:
                 f"peak {result['peak_mb']:,} MB (data {result['loaded_mb']:,} MB){spread}"
                 + (f"  checkpoints {result['checkpoints']}" if result.get("checkpoints") else "")
             )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--keys", type=int, default=KEYS, help="distinct keys in the input (Q2 at 100k and 1M)")
+    parser.add_argument("--batch-size", type=int, default=1_000_000)
+    parser.add_argument("--only", help="comma-separated workloads (default: all; with --against-reference: Q1-Q4)")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per workload; the median is reported")
+    parser.add_argument(
+        "--against-reference",
+        action="store_true",
+        help="alternate rheon with the hand-written jobs of benchmarks/calibrate.py and print the ratios",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--reference", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args)
+        return
+    choices = list(REFERENCES) if args.against_reference else [*WORKLOADS, *LATENCY]
+    names = [n.strip() for n in (args.only or ",".join(choices)).split(",") if n.strip()]
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        what = "without a hand-written reference" if args.against_reference else "unknown"
+        parser.error(f"workloads {unknown} {what}; choose from {choices}")
+    if any(n in WORKLOADS for n in names):
+        generate(args.events, args.keys)
+    print(
+        f"rheon {rh.__version__}, polars {pl.__version__}, Python {platform.python_version()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, events={args.events:,}, keys={args.keys:,}, "
+        f"batch_size={args.batch_size:,}",
+        flush=True,
+    )
+    if args.against_reference:
+        _against_reference(args, names)
+    else:
+        _plain(args, names)
 
 
 if __name__ == "__main__":
