@@ -38,9 +38,9 @@ def _wait_for(check, what: str) -> None:
 
 
 class Running:
-    """A flow with a dashboard, running in a thread."""
+    """A flow with a dashboard, running in a thread (checkpointing every 200 ms into ``checkpoint_dir``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoint_dir: Path | None = None) -> None:
         self.flow = rh.Flow("dashboard")
         src = rh.io.Generator(lambda i: {"card": f"c{i % 4}", "amount": i % 7}, rate=400, timestamp="ts")
         tx = self.flow.source(src, time="ts", name="tx")
@@ -49,9 +49,10 @@ class Running:
         self.totals = rh.io.Collect()
         totals.sink(self.totals, name="all_totals")
         self.shown = totals.show("totals per card", name="shown_totals")
-        self.thread = threading.Thread(
-            target=self.flow.run, kwargs={"ui": 0, "ui_token": TOKEN, "handle_signals": False}
-        )
+        kwargs: dict[str, object] = {"ui": 0, "ui_token": TOKEN, "handle_signals": False}
+        if checkpoint_dir is not None:
+            kwargs.update(checkpoint_dir=checkpoint_dir, checkpoint_every="200ms")
+        self.thread = threading.Thread(target=self.flow.run, kwargs=kwargs)
         self.thread.start()
         _wait_for(lambda: self.flow.ui_url is not None, "the dashboard")
         self.url = self.flow.ui_url
@@ -65,8 +66,8 @@ class Running:
 
 
 @pytest.fixture
-def running() -> Iterator[Running]:
-    run = Running()
+def running(tmp_path) -> Iterator[Running]:
+    run = Running(tmp_path / "ckpt")
     try:
         yield run
     finally:
@@ -145,6 +146,18 @@ def test_the_page_shows_the_graph_a_moving_chart_the_shown_stream_and_dead_lette
     page.fill("#dl-filter", "no such thing")
     assert page.locator("#dead-letters tbody tr").count() == 0
     page.fill("#dl-filter", "")
+    # Checkpoints are kept by the run, not the page: one opened after several lists them all at once.
+    assert running.flow._executor is not None
+    _wait_for(lambda: running.flow._executor.metrics.checkpoints.count >= 3, "three checkpoints")
+    assert page.context.browser is not None
+    late = page.context.browser.new_page(viewport={"width": 1400, "height": 1600})
+    late.goto(running.url)
+    _wait_for(lambda: _updates(late) >= 1, "the first update of a page opened late")
+    ids = late.locator("#checkpoints tbody tr").evaluate_all("rows => rows.map((r) => Number(r.dataset.id))")
+    assert {1, 2, 3} <= set(ids)
+    assert ids == sorted(ids, reverse=True)  # the latest first
+    assert late.locator("#checkpoints tbody tr[data-id='1'] td").nth(1).inner_text() == "ok"
+    late.close()
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -164,3 +177,50 @@ def test_latency_on_the_page_is_over_the_last_minute():
     sink.latency.record(1.0, 100)  # fast since
     assert source.snapshot(now_s=1_030.0)["latency_p99_ms"] == pytest.approx(1_000, rel=0.25)  # still within the minute
     assert source.snapshot(now_s=1_061.0)["latency_p99_ms"] == pytest.approx(1.0, rel=0.25)  # the slow start is past
+
+
+class _FailsAtCheckpoint(rh.io.Sink):
+    """A sink whose output cannot be made durable at checkpoint ``n``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def build(self, ctx):
+        n = self.n
+
+        class Logic(rh.io.SinkLogic):
+            def write(self, frame):
+                pass
+
+            def pre_commit(self, checkpoint_id):
+                if checkpoint_id == n:
+                    raise rh.SinkError("disk on fire")
+
+        return Logic()
+
+
+def test_the_snapshot_keeps_the_latest_checkpoints_completed_and_failed(tmp_path):
+    from collections import deque
+
+    from rheon.core.metrics import CheckpointStats
+    from rheon.runtime.ui import DashboardSource
+
+    flow = rh.Flow("ck")
+    flow.source(rh.io.Records([{"i": i} for i in range(40)], batch_size=1)).sink(_FailsAtCheckpoint(4))
+    with pytest.raises(rh.SinkError, match="disk on fire"):
+        flow.run(checkpoint_dir=tmp_path, checkpoint_every="0ms")
+    assert flow._executor is not None
+    registry = flow._executor.metrics
+    snap = DashboardSource("ck", [], [], registry, deque(), [], running=lambda: False).snapshot()
+    history = snap["checkpoints"]["history"]
+    assert [(c["id"], c["ok"]) for c in history] == [(1, True), (2, True), (3, True), (4, False)]
+    assert history[3]["error"] == "SinkError: disk on fire"
+    assert history[3]["size_bytes"] is None
+    assert all(c["size_bytes"] > 0 for c in history[:3])
+    assert history[0]["done_ms"] <= history[1]["done_ms"] <= history[3]["done_ms"]
+    assert (snap["checkpoints"]["count"], snap["checkpoints"]["failures"]) == (3, 1)
+    # Bounded: the latest HISTORY checkpoints.
+    stats = CheckpointStats()
+    for i in range(1, CheckpointStats.HISTORY + 11):
+        stats.completed(duration_ms=1.0, size_bytes=10, now_ns=i, checkpoint_id=i)
+    assert [r.id for r in stats.history] == list(range(11, CheckpointStats.HISTORY + 11))

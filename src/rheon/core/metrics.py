@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = [
+    "CheckpointRecord",
     "CheckpointStats",
     "ErrorRate",
     "LatencyHistogram",
@@ -205,17 +206,56 @@ class SinkHealth:
     """``None``: the sink has no circuit breaker."""
 
 
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One checkpoint of a run, as the history keeps it.
+
+    Examples
+    --------
+    >>> CheckpointRecord(id=7, done_ns=10**9, duration_ms=12.5, size_bytes=4096).as_dict()
+    {'id': 7, 'done_ms': 1000.0, 'duration_ms': 12.5, 'size_bytes': 4096, 'ok': True, 'error': None}
+    """
+
+    id: int
+    done_ns: int
+    """Wall-clock time (epoch ns) it completed or failed."""
+    duration_ms: float
+    size_bytes: int | None
+    """Bytes on disk; ``None`` for a failed checkpoint."""
+    ok: bool = True
+    error: str | None = None
+    """Why it failed (the exception, one line)."""
+
+    def as_dict(self) -> dict[str, int | float | str | bool | None]:
+        """As plain JSON-ready values (times in epoch ms)."""
+        return {
+            "id": self.id,
+            "done_ms": self.done_ns / 1e6,
+            "duration_ms": self.duration_ms,
+            "size_bytes": self.size_bytes,
+            "ok": self.ok,
+            "error": self.error,
+        }
+
+
 @dataclass
 class CheckpointStats:
-    """The checkpoints of a run.
+    """The checkpoints of a run: counts, the last one, durations, and the latest
+    :attr:`HISTORY` checkpoints (:class:`CheckpointRecord`), completed or failed.
 
     Examples
     --------
     >>> c = CheckpointStats()
-    >>> c.completed(duration_ms=12.5, size_bytes=4096, now_ns=10**9)
-    >>> c.count, c.last_bytes, c.durations.count
-    (1, 4096, 1)
+    >>> c.completed(duration_ms=12.5, size_bytes=4096, now_ns=10**9, checkpoint_id=1)
+    >>> c.failed(duration_ms=3.0, now_ns=2 * 10**9, checkpoint_id=2, error="CheckpointError: disk full")
+    >>> c.count, c.failures, c.last_bytes, c.durations.count
+    (1, 1, 4096, 1)
+    >>> [(r.id, r.ok) for r in c.history]
+    [(1, True), (2, False)]
     """
+
+    HISTORY = 100
+    """Checkpoints kept in :attr:`history` (the latest)."""
 
     count: int = 0
     failures: int = 0
@@ -224,14 +264,24 @@ class CheckpointStats:
     last_done_ns: int | None = None
     """Wall-clock time (epoch ns) the last checkpoint completed."""
     durations: LatencyHistogram = field(default_factory=LatencyHistogram)
+    history: deque[CheckpointRecord] = field(default_factory=lambda: deque(maxlen=CheckpointStats.HISTORY))
+    """The latest checkpoints, oldest first (the run loop appends; readers copy it)."""
 
-    def completed(self, *, duration_ms: float, size_bytes: int, now_ns: int) -> None:
-        """Checkpoint done: it took ``duration_ms`` and holds ``size_bytes``."""
+    def completed(self, *, duration_ms: float, size_bytes: int, now_ns: int, checkpoint_id: int | None = None) -> None:
+        """Checkpoint ``checkpoint_id`` (default: the count) done: it took ``duration_ms`` and
+        holds ``size_bytes``."""
         self.count += 1
         self.last_ms = duration_ms
         self.last_bytes = size_bytes
         self.last_done_ns = now_ns
         self.durations.record(duration_ms)
+        cid = self.count if checkpoint_id is None else checkpoint_id
+        self.history.append(CheckpointRecord(cid, now_ns, duration_ms, size_bytes))
+
+    def failed(self, *, duration_ms: float, now_ns: int, checkpoint_id: int, error: str) -> None:
+        """Checkpoint ``checkpoint_id`` could not be written (``error`` says why)."""
+        self.failures += 1
+        self.history.append(CheckpointRecord(checkpoint_id, now_ns, duration_ms, None, ok=False, error=error))
 
 
 class MetricsRegistry:

@@ -213,10 +213,13 @@ class CheckpointCoordinator:
 
     def checkpoint(self, *, final: bool = False) -> int:
         """Take checkpoint ``next_id`` now (between batches) and commit the sinks' output."""
+        started = time.perf_counter()
         try:
             return self._checkpoint(final=final)
-        except BaseException:
-            self.stats.failures += 1
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            duration_ms = (time.perf_counter() - started) * 1000
+            self.stats.failed(duration_ms=duration_ms, now_ns=time.time_ns(), checkpoint_id=self.next_id, error=error)
             raise
 
     def _checkpoint(self, *, final: bool) -> int:
@@ -258,7 +261,9 @@ class CheckpointCoordinator:
         size = sum(f.stat().st_size for f in written.iterdir() if f.is_file())
         shared = [self.store.shared_dir / name for snap in snaps.values() for name in snap.shared]
         size += sum(path.stat().st_size for path in shared if path.is_file())  # RocksDB files it refers to
-        self.stats.completed(duration_ms=self.last_duration_ms, size_bytes=size, now_ns=time.time_ns())
+        self.stats.completed(
+            duration_ms=self.last_duration_ms, size_bytes=size, now_ns=time.time_ns(), checkpoint_id=checkpoint_id
+        )
         # The first, the last, and then one a minute at INFO (one a second would drown the log).
         loud = final or self.count == 1 or time.monotonic() - self._logged_at >= 60
         if loud:

@@ -137,6 +137,7 @@ class DashboardSource:
                 "last_ms": ck.last_ms,
                 "last_bytes": ck.last_bytes,
                 "last_done_ms": ck.last_done_ns / 1e6 if ck.last_done_ns is not None else None,
+                "history": [record.as_dict() for record in list(ck.history)],
             },
             "dead_letters": list(self.dead_letters)[-100:],
             "dead_total": sum(reg.dead.values()),

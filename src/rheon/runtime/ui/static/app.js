@@ -8,7 +8,6 @@ const KEEP = 300; // points per chart: five minutes at one a second
 const history = { t: [], throughput: {}, latency: { p50: [], p99: [] }, lag: [] };
 let previous = null;
 let graphDrawn = "";
-const checkpoints = [];
 
 const fmt = (n) => (n === null || n === undefined ? "–" : Math.round(n).toLocaleString("en-US"));
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
@@ -133,14 +132,20 @@ function drawCharts(snap, rate) {
 }
 
 function drawCheckpoints(snap) {
+  // The run keeps the latest checkpoints (completed and failed), so a page opened late shows them too.
   const ck = snap.checkpoints;
-  if (ck.count && (!checkpoints.length || checkpoints[0].count !== ck.count)) {
-    checkpoints.unshift({ count: ck.count, ms: ck.last_ms, bytes: ck.last_bytes, at: ck.last_done_ms });
-    if (checkpoints.length > 20) checkpoints.pop();
-  }
-  document.querySelector("#checkpoints tbody").innerHTML = checkpoints
-    .map((c) => `<tr><td>${c.count}</td><td>${c.ms.toFixed(1)} ms</td><td>${fmt(c.bytes)} B</td><td>${new Date(c.at).toLocaleTimeString()}</td></tr>`)
-    .join("") + (ck.failures ? `<tr><td colspan="4">${ck.failures} failed</td></tr>` : "");
+  document.getElementById("ck-count").textContent = ck.failures
+    ? `(${fmt(ck.count)} completed, ${fmt(ck.failures)} failed)`
+    : `(${fmt(ck.count)} completed)`;
+  document.querySelector("#checkpoints tbody").innerHTML = ck.history
+    .slice()
+    .reverse()
+    .map((c) =>
+      `<tr class="${c.ok ? "ok" : "failed"}" data-id="${c.id}"><td>${c.id}</td>` +
+      `<td>${c.ok ? "ok" : `<span title="${esc(c.error || "")}">failed</span>`}</td>` +
+      `<td>${c.duration_ms.toFixed(1)} ms</td><td>${c.ok ? `${fmt(c.size_bytes)} B` : "–"}</td>` +
+      `<td>${new Date(c.done_ms).toLocaleTimeString()}</td></tr>`)
+    .join("");
 }
 
 function drawDeadLetters(snap) {
