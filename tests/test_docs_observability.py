@@ -21,6 +21,7 @@ def _served() -> set[str]:
     reg.part("sink 'k'", "sink").latency.record(1.0)
     reg.count_dead("map 'm'", "KeyError: 'x'")
     reg.watermarks["source 's'"] = 1_000
+    reg.part("window 'w'", "operator").watermark_ms = 1_000
     reg.backlog[("source 's'", "0", "records")] = 5
     reg.state["window 'w'"] = StateSize(3, 100, 1)
     reg.checkpoints.completed(duration_ms=5, size_bytes=10, now_ns=1)

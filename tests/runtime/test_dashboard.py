@@ -114,6 +114,17 @@ def _updates(page) -> int:
     return int(page.evaluate("window.rheonSnapshots || 0"))
 
 
+def _watermarks(page) -> dict[str, list[float]]:
+    """The watermark chart's lines as drawn: step label -> the watermarks (epoch ms), oldest first."""
+    return page.evaluate(
+        """() => {
+            const drawn = document.getElementById("chart-watermark").rheonDrawn;
+            const names = [...document.querySelectorAll("#legend-watermark span")].map((s) => s.textContent.slice(2));
+            return drawn ? Object.fromEntries(names.map((n, i) => [n, drawn.lines[i].map((p) => p.y)])) : {};
+        }"""
+    )
+
+
 def test_the_page_shows_the_graph_a_moving_chart_the_shown_stream_and_dead_letters(running, page, tmp_path):
     _wait_for(lambda: _updates(page) >= 3, "three updates in the page")
     # The graph: every step, and live rates on the edges.
@@ -127,6 +138,15 @@ def test_the_page_shows_the_graph_a_moving_chart_the_shown_stream_and_dead_lette
     _wait_for(lambda: _updates(page) >= seen + 2, "two more updates")
     assert page.evaluate("document.getElementById('chart-throughput').toDataURL()") != before
     assert page.locator("#status").inner_text() == "running"
+    # The watermark of each source and operator, charted in event time: it moves during the run.
+    _wait_for(lambda: len(_watermarks(page).get("window 'per_card'", [])) >= 2, "two watermarks of the window")
+    first = _watermarks(page)
+    assert set(first) == {"source 'tx'", "map 'invert'", "window 'per_card'"}
+    seen = _updates(page)
+    _wait_for(lambda: _updates(page) >= seen + 1, "another update")
+    later = _watermarks(page)["window 'per_card'"]
+    assert later[-1] > first["window 'per_card'"][0]
+    assert abs(later[-1] - time.time() * 1000) < 60_000  # epoch ms: the generator stamps wall-clock time
     # The shown stream: a table whose rows are rows the stream emitted, and a chart of them.
     _wait_for(lambda: page.locator("#show-0 tbody tr").count() >= 4, "rows in the shown table")
     headers = page.locator("#show-0 thead th").all_inner_texts()

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import rheon as rh
+from rheon.runtime.prometheus import FlowCollector
 
 TIMEOUT_S = 60.0
 
@@ -145,6 +147,41 @@ def test_the_endpoint_counts_what_flow_metrics_counts(tmp_path):
         == stats.dead_letters
         == 100
     )
+
+
+def test_each_operator_serves_the_watermark_of_its_output():
+    """Operators pass their input's watermark on, in their own time unit: a with_time to a
+    nanosecond Datetime carries it over (300 ms lower), and the gauge is in epoch seconds all the same."""
+    rows = [{"k": i % 3, "v": i, "ts": i * 100} for i in range(100)]  # up to 9,900 ms
+    flow = rh.Flow("marks")
+    tx = flow.source(rh.io.Records(rows, batch_size=7), time="ts", max_delay="300ms", name="tx")
+    kept = tx.filter(rh.col("v") >= 0, name="kept")
+    per_k = kept.key_by("k").window(rh.tumbling("1s"), name="per_k").agg(n=rh.count())
+    as_ns = kept.with_columns(when=pl.from_epoch("ts", time_unit="ms").dt.cast_time_unit("ns"))
+    later = as_ns.with_time("when", max_delay="300ms", name="later")
+    per_k.sink(rh.io.Collect(), name="windows")
+    later.sink(rh.io.Collect(), name="rows")
+    flow.run()
+    assert flow._executor is not None
+    registry = flow._executor.metrics
+    # The last watermark before the end of input (which is +inf, and not shown): 9,900 - 300 ms.
+    assert registry.watermarks == {"source 'tx'": 9_600}
+    marks = {part.label: part.watermark_ms for part in registry.parts}
+    assert marks["filter 'kept'"] == marks["window 'per_k'"] == 9_600
+    assert marks["with_time 'later'"] == 9_300
+    assert marks["sink 'windows'"] is None  # sinks have no output
+    served = {
+        s.labels["operator"]: s.value
+        for family in FlowCollector(registry, running=lambda: False).collect()
+        for s in family.samples
+        if s.name == "rheon_operator_watermark_seconds"
+    }
+    assert served == {
+        "filter 'kept'": 9.6,
+        "window 'per_k'": 9.6,
+        "with_columns 'with_columns_1'": 9.6,
+        "with_time 'later'": 9.3,
+    }
 
 
 FLOW_FILE = """

@@ -137,9 +137,14 @@ class OperatorStats:
     dead_letters: int = 0
     busy_ns: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    watermark_ms: int | None = None
+    """The watermark of the operator's output, epoch ms, once it has one: ``with_time`` makes its
+    own, joins and unions take the lowest of their inputs', the others (windows, matches, maps...)
+    pass on their input's."""
 
     def as_dict(self) -> dict[str, int | float | str]:
-        """Counters as a plain dict (latency as p50/p99 in ms when measured)."""
+        """Counters as a plain dict (latency as p50/p99 in ms when measured, the output's
+        watermark in epoch ms once it has one)."""
         out: dict[str, int | float | str] = {
             "operator": self.label,
             "rows_in": self.rows_in,
@@ -152,6 +157,8 @@ class OperatorStats:
         if self.latency.count:
             out["latency_p50_ms"] = round(self.latency.quantile(0.5), 3)
             out["latency_p99_ms"] = round(self.latency.quantile(0.99), 3)
+        if self.watermark_ms is not None:
+            out["watermark_ms"] = self.watermark_ms
         return out
 
 
@@ -290,7 +297,8 @@ class MetricsRegistry:
     The run loop registers a part (:class:`OperatorStats`) per source, operator and sink and
     counts into it; sinks record end-to-end latency into their part's histogram; dead letters
     are counted by operator and kind of reason (:func:`reason_kind`, at most 20 kinds per
-    operator); the checkpoint coordinator reports to :attr:`checkpoints`; watermarks, source
+    operator); the checkpoint coordinator reports to :attr:`checkpoints`; each operator's output
+    watermark (:attr:`OperatorStats.watermark_ms`) moves with its batches; source watermarks,
     backlog and state sizes are refreshed between batches. ``flow.metrics()`` and the Prometheus
     endpoint read it.
 

@@ -25,11 +25,11 @@ from rheon.core.batch import MAX_WM, MIN_WM, RAW_COL, SPLIT_COL, WM_COL, Batch
 from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import dead_letter_frame, payloads_of
 from rheon.core.errors import FlowError, RecordError
-from rheon.core.eventtime import TimeType
+from rheon.core.eventtime import TimeType, time_type_of
 from rheon.core.metrics import ErrorRate, MetricsRegistry, OperatorStats
 from rheon.io.base import BuildContext, SourceLogic
 from rheon.io.show import Show
-from rheon.operators.base import DEAD, LATE, Operator
+from rheon.operators.base import DEAD, LATE, MAIN, Operator
 from rheon.operators.rowfn import RowFnChain
 from rheon.operators.sink import SinkOperator
 from rheon.runtime.build import build_operator
@@ -206,6 +206,10 @@ class Executor:
         self.sources: list[_SourceTask] = []
         self.ops: list[Operator] = []
         self.op_stats: list[OperatorStats] = []
+        self.out_times: list[TimeType | None] = []
+        """Each operator's output time type, as far as known (its watermark is in its ticks)."""
+        self._time_owners: dict[int, _SourceTask | int] = {}
+        """Node id → the source task or the operator (index) whose output it is."""
         self.ticking = False
 
     # -- building ---------------------------------------------------------------------------
@@ -270,6 +274,9 @@ class Executor:
             self.ops.append(self._build_group(group, stats))
             self.op_stats.append(stats)
             self.error_rates.append(ErrorRate())
+        self.out_times = [group.tail.time_type for group in self.plan.groups]
+        self._time_owners = {task.node.id: task for task in self.sources}
+        self._time_owners.update({group.tail.id: index for index, group in enumerate(self.plan.groups)})
         self.ticking = any(op.ticking for op in self.ops)
 
     # -- routing ----------------------------------------------------------------------------
@@ -307,7 +314,41 @@ class Executor:
                     continue
             else:
                 stats.rows_out += out.frame.height
+                if tag == MAIN and MIN_WM < out.watermark < MAX_WM and stats.role == "operator":
+                    self._note_watermark(index, out)
             self._push(tail_id, tag, out)
+
+    def _note_watermark(self, index: int, out: Batch) -> None:
+        """An operator's output watermark into its counters, in epoch ms (for the metrics)."""
+        ttype = self.out_times[index]
+        if ttype is None:
+            ttype = self._learn_time(index, out.frame)
+        if ttype is not None:
+            self.op_stats[index].watermark_ms = ttype.to_ms(out.watermark)
+
+    def _learn_time(self, index: int, frame: pl.DataFrame) -> TimeType | None:
+        """The time type of an operator's output: its time column's, once a batch shows it; until
+        then its input's (the same unit: a window's bounds, a join's or a match's times have the
+        type of the time they come from), except for ``with_time``, which may read another column."""
+        group = self.plan.groups[index]
+        column = group.tail.time
+        if column is not None and column in frame.columns:
+            with contextlib.suppress(FlowError):
+                self.out_times[index] = time_type_of(frame.schema[column], column=column, where=group.label)
+                return self.out_times[index]
+        if group.head.kind == "with_time":
+            return None
+        for edge in group.head.inputs:
+            owner = self._time_owners.get(edge.node.id)
+            if isinstance(owner, _SourceTask):
+                found = owner.time_type
+            elif owner is not None and owner != index:
+                found = self.out_times[owner] or self._learn_time(owner, pl.DataFrame())
+            else:
+                found = None
+            if found is not None:
+                return found
+        return None
 
     def _check_error_rate(self, index: int, rows: int, failed: list[pl.DataFrame]) -> None:
         """Stop the run when an operator's records fail more often than ``max_error_rate``."""

@@ -130,7 +130,17 @@ class FlowCollector(Collector):
         for source, ms in list(reg.watermarks.items()):
             watermark.add_metric([flow, source], ms / 1e3)
             lag.add_metric([flow, source], now_s - ms / 1e3)
-        yield from (watermark, lag)
+        operator_watermark = GaugeMetricFamily(
+            "rheon_operator_watermark_seconds",
+            "The event-time watermark of each operator's output, epoch seconds (with_time makes its own, joins "
+            "and unions the lowest of their inputs', the others pass on their input's).",
+            labels=["flow", "operator"],
+        )
+        for part in parts:
+            mark = part.watermark_ms
+            if part.role == "operator" and mark is not None:
+                operator_watermark.add_metric([flow, part.label], mark / 1e3)
+        yield from (watermark, lag, operator_watermark)
 
         backlog = GaugeMetricFamily(
             "rheon_source_backlog",

@@ -98,6 +98,7 @@ class DashboardSource:
         """Everything the page draws, now (or at ``now_s``, epoch seconds), as JSON-ready data."""
         reg = self.registry
         parts = {p.label: p for p in list(reg.parts)}
+        source_marks = dict(reg.watermarks)
         nodes = []
         for node in self.nodes:
             part = parts.get(node["label"])
@@ -109,6 +110,9 @@ class DashboardSource:
                     "busy_s": part.busy_ns / 1e9 if part else 0.0,
                     "late": part.late_rows if part else 0,
                     "dead": part.dead_letters if part else 0,
+                    "watermark_ms": (
+                        source_marks.get(node["label"]) if node["role"] == "source" else part and part.watermark_ms
+                    ),
                 }
             )
         now_s = time.time() if now_s is None else now_s

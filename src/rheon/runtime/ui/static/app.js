@@ -5,7 +5,7 @@ const token = new URLSearchParams(location.search).get("token");
 const withToken = (path) => (token ? `${path}?token=${encodeURIComponent(token)}` : path);
 const COLORS = ["#5fb3f4", "#57d38c", "#f4c95f", "#c792ea", "#f47067", "#7fdbca", "#f78c6c", "#addb67", "#82aaff", "#ff9cac"];
 const KEEP = 300; // points per chart: five minutes at one a second
-const history = { t: [], throughput: {}, latency: { p50: [], p99: [] }, lag: [] };
+const history = { t: [], throughput: {}, latency: { p50: [], p99: [] }, lag: [], watermark: {} };
 let previous = null;
 let graphDrawn = "";
 
@@ -77,34 +77,72 @@ function drawGraph(snap, rate) {
   }
 }
 
-function chart(canvas, series, unit) {
+const finite = (v) => v !== null && v !== undefined && Number.isFinite(v);
+
+// An event time (epoch ms) as UTC: the date when the span covers days, milliseconds when it is short.
+function clock(ms, span) {
+  const iso = new Date(ms).toISOString(); // 2024-01-01T12:00:01.250Z
+  if (span >= 86400000) return `${iso.slice(0, 10)} ${iso.slice(11, 16)}`;
+  return span < 10000 ? iso.slice(11, 23) : iso.slice(11, 19);
+}
+
+// Draw line series on a canvas. A series has `values` (one a snapshot: newest at the right, the
+// chart filling its width and then scrolling) or `points` ([x, y] pairs placed by x, for times:
+// x epoch ms). Options: `unit` (of y), `yTime` (y values are epoch ms: the axis spans them and
+// reads as times), `xAxis` (an element that gets the first and last x as times).
+// What was drawn is left on canvas.rheonDrawn, for the tests.
+function chart(canvas, series, opts = {}) {
   const ctx = canvas.getContext("2d");
-  const w = (canvas.width = canvas.clientWidth * devicePixelRatio);
-  const h = (canvas.height = canvas.clientHeight * devicePixelRatio);
+  const dpr = devicePixelRatio;
+  const w = (canvas.width = canvas.clientWidth * dpr);
+  const h = (canvas.height = canvas.clientHeight * dpr);
   ctx.clearRect(0, 0, w, h);
-  const values = series.flatMap((s) => s.values.filter((v) => v !== null && Number.isFinite(v)));
-  const top = Math.max(1e-9, ...values) * 1.1;
-  const pad = 34 * devicePixelRatio;
-  ctx.font = `${11 * devicePixelRatio}px sans-serif`;
+  const byX = series.some((s) => s.points);
+  const length = Math.max(2, ...series.map((s) => (s.values ? s.values.length : 0)));
+  const lines = series.map((s) =>
+    (s.points || s.values.map((v, j) => [j + length - s.values.length, v])).filter(([x, y]) => finite(x) && finite(y)),
+  );
+  const xs = lines.flat().map(([x]) => x);
+  const ys = lines.flat().map(([, y]) => y);
+  let [x0, x1] = byX && xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, length - 1];
+  if (x1 <= x0) [x0, x1] = [x0 - 1, x1 + 1]; // one point: in the middle
+  let [y0, y1] = [0, Math.max(1e-9, ...ys) * 1.1];
+  if (opts.yTime) {
+    const [lo, hi] = ys.length ? [Math.min(...ys), Math.max(...ys)] : [Date.now() - 60000, Date.now()];
+    const pad = Math.max((hi - lo) * 0.1, 500);
+    [y0, y1] = [lo - pad, hi + pad];
+  }
+  const left = (opts.yTime ? 86 : 34) * dpr;
+  const px = (x) => left + ((w - left - 8 * dpr) * (x - x0)) / (x1 - x0);
+  const py = (y) => h - 6 * dpr - ((h - 20 * dpr) * (y - y0)) / (y1 - y0);
+  ctx.font = `${11 * dpr}px sans-serif`;
   ctx.fillStyle = "#8593a1";
-  ctx.fillText(`${top >= 100 ? fmt(top) : top.toPrecision(3)} ${unit}`, 4, 14 * devicePixelRatio);
-  ctx.fillText("0", 4, h - 4);
-  const points = Math.max(2, ...series.map((s) => s.values.length)); // fills the width, then scrolls
-  series.forEach((s, i) => {
-    ctx.strokeStyle = s.color || COLORS[i % COLORS.length];
-    ctx.lineWidth = 1.5 * devicePixelRatio;
+  if (opts.yTime) {
+    ctx.fillText(clock(y1, y1 - y0), 4, 14 * dpr);
+    ctx.fillText(clock(y0, y1 - y0), 4, h - 4);
+  } else {
+    ctx.fillText(`${y1 >= 100 ? fmt(y1) : y1.toPrecision(3)} ${opts.unit || ""}`, 4, 14 * dpr);
+    ctx.fillText("0", 4, h - 4);
+  }
+  const drawn = lines.map((line, i) => {
+    const s = series[i];
+    ctx.strokeStyle = ctx.fillStyle = s.color || COLORS[i % COLORS.length];
+    ctx.lineWidth = 1.5 * dpr;
     ctx.beginPath();
-    let started = false;
-    s.values.forEach((v, j) => {
-      if (v === null || !Number.isFinite(v)) return;
-      const x = pad + ((w - pad - 6) * (j + points - s.values.length)) / (points - 1);
-      const y = h - 6 - ((h - 20) * v) / top;
-      if (started) ctx.lineTo(x, y);
-      else ctx.moveTo(x, y);
-      started = true;
+    const placed = line.map(([x, y], j) => {
+      const at = { x, y, px: px(x), py: py(y) };
+      if (j) ctx.lineTo(at.px, at.py);
+      else ctx.moveTo(at.px, at.py);
+      return at;
     });
     ctx.stroke();
+    if (s.points) for (const at of placed) ctx.fillRect(at.px - 2 * dpr, at.py - 2 * dpr, 4 * dpr, 4 * dpr);
+    return placed;
   });
+  if (opts.xAxis) {
+    opts.xAxis.innerHTML = xs.length ? `<span>${clock(x0, x1 - x0)}</span><span>${clock(x1, x1 - x0)}</span>` : "";
+  }
+  canvas.rheonDrawn = { lines: drawn, x0, x1, y0, y1 };
 }
 
 function legend(id, names) {
@@ -122,13 +160,21 @@ function drawCharts(snap, rate) {
   push(history.latency.p50, snap.latency_p50_ms);
   push(history.latency.p99, snap.latency_p99_ms);
   push(history.lag, snap.lag_s);
+  // The watermark of each source and operator (sinks pass theirs on to nobody).
+  const marked = snap.nodes.filter((n) => n.role !== "sink");
+  for (const n of marked) {
+    if (!history.watermark[n.id]) history.watermark[n.id] = new Array(history.t.length).fill(null);
+    push(history.watermark[n.id], n.watermark_ms);
+  }
   push(history.t, snap.now_ms);
   const names = steps.map((n) => n.id);
-  chart(document.getElementById("chart-throughput"), names.map((n) => ({ values: history.throughput[n] })), "/s");
+  chart(document.getElementById("chart-throughput"), names.map((n) => ({ values: history.throughput[n] })), { unit: "/s" });
   legend("legend-throughput", steps.map((n) => n.label));
-  chart(document.getElementById("chart-latency"), [{ values: history.latency.p50 }, { values: history.latency.p99 }], "ms");
+  chart(document.getElementById("chart-latency"), [{ values: history.latency.p50 }, { values: history.latency.p99 }], { unit: "ms" });
   legend("legend-latency", ["p50", "p99"]);
-  chart(document.getElementById("chart-lag"), [{ values: history.lag, color: COLORS[2] }], "s");
+  chart(document.getElementById("chart-lag"), [{ values: history.lag, color: COLORS[2] }], { unit: "s" });
+  chart(document.getElementById("chart-watermark"), marked.map((n) => ({ values: history.watermark[n.id] })), { yTime: true });
+  legend("legend-watermark", marked.map((n) => n.label));
 }
 
 function drawCheckpoints(snap) {
@@ -193,7 +239,7 @@ function drawShown(snap) {
         (lines[k] = lines[k] || []).push(r[value]);
       }
       const names = Object.keys(lines).slice(0, COLORS.length);
-      chart(section.querySelector("canvas"), names.map((n) => ({ values: lines[n] })), value || "");
+      chart(section.querySelector("canvas"), names.map((n) => ({ values: lines[n] })), { unit: value || "" });
       legend_in(section.querySelector(".legend"), names);
     }
   });
