@@ -4,6 +4,8 @@ the dead letters and their filter; and over plain HTTP: health, readiness, the t
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import shutil
 import threading
 import time
@@ -49,6 +51,8 @@ class Running:
         self.totals = rh.io.Collect()
         totals.sink(self.totals, name="all_totals")
         self.shown = totals.show("totals per card", name="shown_totals")
+        # Every third window left out: a chart over time shows the gaps, one over positions would not.
+        totals.filter((rh.col("window_end") // 500) % 3 != 1, name="gappy").show("with gaps", name="shown_gaps")
         kwargs: dict[str, object] = {"ui": 0, "ui_token": TOKEN, "handle_signals": False}
         if checkpoint_dir is not None:
             kwargs.update(checkpoint_dir=checkpoint_dir, checkpoint_every="200ms")
@@ -81,7 +85,16 @@ def test_health_readiness_and_the_token(running):
     assert httpx.get(f"{running.base}/api/snapshot").status_code == 401
     assert httpx.get(f"{running.base}/api/snapshot", headers={"Authorization": "Bearer nope"}).status_code == 401
     snap = httpx.get(f"{running.base}/api/snapshot", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    assert [n["id"] for n in snap["nodes"]] == ["tx", "invert", "inverses", "per_card", "all_totals", "shown_totals"]
+    assert [n["id"] for n in snap["nodes"]] == [
+        "tx",
+        "invert",
+        "inverses",
+        "per_card",
+        "all_totals",
+        "shown_totals",
+        "gappy",
+        "shown_gaps",
+    ]
     assert {"from": "tx", "to": "per_card", "tag": "main"} in snap["edges"]
     assert running.url.startswith("http://127.0.0.1:")
 
@@ -125,6 +138,27 @@ def _watermarks(page) -> dict[str, list[float]]:
     )
 
 
+def _shown_chart(page, index: int) -> dict:
+    """The chart of shown stream ``index`` as drawn (its lines of points: x the time, px where it
+    went) and its time axis, read at one moment."""
+    return page.evaluate(
+        """(index) => {
+            const canvas = document.querySelector(`#show-${index} canvas`);
+            const axis = [...document.querySelectorAll(`#show-${index} .axis span`)].map((s) => s.textContent);
+            return { lines: canvas && canvas.rheonDrawn ? canvas.rheonDrawn.lines : [], axis };
+        }""",
+        index,
+    )
+
+
+def _clock(ms: float, span: float) -> str:
+    """An event time as the page writes it on a time axis (UTC)."""
+    at = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    if span >= 86_400_000:
+        return at.strftime("%Y-%m-%d %H:%M")
+    return at.strftime("%H:%M:%S.%f")[:12] if span < 10_000 else at.strftime("%H:%M:%S")
+
+
 def test_the_page_shows_the_graph_a_moving_chart_the_shown_stream_and_dead_letters(running, page, tmp_path):
     _wait_for(lambda: _updates(page) >= 3, "three updates in the page")
     # The graph: every step, and live rates on the edges.
@@ -141,7 +175,7 @@ def test_the_page_shows_the_graph_a_moving_chart_the_shown_stream_and_dead_lette
     # The watermark of each source and operator, charted in event time: it moves during the run.
     _wait_for(lambda: len(_watermarks(page).get("window 'per_card'", [])) >= 2, "two watermarks of the window")
     first = _watermarks(page)
-    assert set(first) == {"source 'tx'", "map 'invert'", "window 'per_card'"}
+    assert set(first) == {"source 'tx'", "map 'invert'", "window 'per_card'", "filter 'gappy'"}
     seen = _updates(page)
     _wait_for(lambda: _updates(page) >= seen + 1, "another update")
     later = _watermarks(page)["window 'per_card'"]
@@ -156,6 +190,20 @@ def test_the_page_shows_the_graph_a_moving_chart_the_shown_stream_and_dead_lette
     assert shown_rows
     assert all(tuple(row) in emitted for row in shown_rows)
     assert page.locator("#show-0 canvas").count() == 1
+    # Window results are charted over event time: each point at its window's end, the axis in times.
+    _wait_for(lambda: max(map(len, _shown_chart(page, 1)["lines"]), default=0) >= 4, "four windows on the chart")
+    drawn = _shown_chart(page, 1)
+    lines, points = drawn["lines"], [p for line in drawn["lines"] for p in line]
+    assert {p["x"] for p in points} <= {r["window_end"] for r in running.totals.rows}
+    for line in lines:
+        assert all(a["x"] < b["x"] and a["px"] < b["px"] for a, b in itertools.pairwise(line))
+    steps = {b["x"] - a["x"] for line in lines for a, b in itertools.pairwise(line)}
+    assert steps == {500, 1000}  # next window, or the one after a window left out
+    lo, hi = min(points, key=lambda p: p["x"]), max(points, key=lambda p: p["x"])
+    per_ms = (hi["px"] - lo["px"]) / (hi["x"] - lo["x"])
+    assert all(abs(p["px"] - (lo["px"] + (p["x"] - lo["x"]) * per_ms)) < 0.5 for p in points)  # placed by time
+    span = hi["x"] - lo["x"]
+    assert drawn["axis"] == [_clock(lo["x"], span), _clock(hi["x"], span)]
     # Dead letters: the failures, with reason and payload, and the filter.
     _wait_for(lambda: page.locator("#dead-letters tbody tr").count() > 0, "dead letters in the page")
     assert "ZeroDivisionError: division by zero" in page.locator("#dead-letters tbody").inner_text()

@@ -14,6 +14,7 @@ which hold no data, and the health checks do not.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hmac
 import json
 import logging
@@ -36,6 +37,27 @@ log = logging.getLogger(__name__)
 _ASSETS = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 
 
+_WINDOW_TIME = ("window_end", "window_start")
+"""The column that places a window result in time on a shown stream's chart (the first there)."""
+
+
+def _epoch_ms(value: Any) -> float | None:
+    """A window bound as epoch ms: int64 epoch milliseconds as they are, a Datetime by its instant
+    (a naive one read as UTC); ``None`` for anything else.
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> _epoch_ms(1_500), _epoch_ms(dt.datetime(1970, 1, 1, 0, 0, 2, tzinfo=dt.UTC)), _epoch_ms("soon")
+    (1500.0, 2000.0, None)
+    """
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)).timestamp() * 1000
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 class DashboardSource:
     """What the dashboard shows, read from the run: the plan's graph, the metrics registry, the
     latest dead letters, and the shown streams.
@@ -52,7 +74,8 @@ class DashboardSource:
     dead_letters
         The latest dead letters (``{"operator", "reason", "payload"}``), newest last.
     shown
-        The ``stream.show(...)`` sinks.
+        The ``stream.show(...)`` sinks. Those of window results also get, per row, the time of its
+        window (``window_end``, else ``window_start``) in epoch ms, which places it on their chart.
     running
         Whether the flow runs.
     """
@@ -124,7 +147,13 @@ class DashboardSource:
         shown = []
         for show in self.shown:
             rows = show.latest()
-            shown.append({"title": show.title, "columns": show.columns, "rows": rows, "total": show.total})
+            columns = show.columns
+            entry: dict[str, Any] = {"title": show.title, "columns": columns, "rows": rows, "total": show.total}
+            time_column = next((c for c in _WINDOW_TIME if c in columns), None)
+            if time_column is not None:  # window results: charted over the window's time
+                entry["time_column"] = time_column
+                entry["times_ms"] = [_epoch_ms(row.get(time_column)) for row in rows]
+            shown.append(entry)
         return {
             "flow": self.flow,
             "running": self.running(),

@@ -206,8 +206,26 @@ function drawDeadLetters(snap) {
     .join("");
 }
 
-function isWindowed(shown) {
-  return shown.columns.includes("window_end");
+// A shown stream of window results (the server names the column that places a row in time) gets a
+// line chart over event time: one line per key of the first numeric aggregate, each row at its window's time.
+function drawShownChart(section, s) {
+  if (!section.querySelector("canvas")) {
+    section.querySelector("h2").insertAdjacentHTML(
+      "afterend", `<canvas width="560" height="200"></canvas><div class="axis"></div><div class="legend"></div>`);
+  }
+  const windowCols = ["window_start", "window_end"];
+  const first = s.columns.findIndex((c) => windowCols.includes(c));
+  const keys = s.columns.slice(0, first);
+  const value = s.columns.find((c) => !windowCols.includes(c) && !keys.includes(c) && typeof s.rows[0][c] === "number");
+  const lines = {};
+  s.rows.forEach((r, j) => {
+    const k = keys.map((c) => r[c]).join(" / ") || value;
+    (lines[k] = lines[k] || []).push([s.times_ms[j], value ? r[value] : null]);
+  });
+  const names = Object.keys(lines).slice(0, COLORS.length);
+  const series = names.map((n) => ({ points: lines[n].sort((a, b) => a[0] - b[0]) }));
+  chart(section.querySelector("canvas"), series, { unit: value || "", xAxis: section.querySelector(".axis") });
+  legend_in(section.querySelector(".legend"), names);
 }
 
 function drawShown(snap) {
@@ -218,9 +236,7 @@ function drawShown(snap) {
       section = document.createElement("section");
       section.id = `show-${i}`;
       section.className = "shown";
-      section.innerHTML = `<h2>${esc(s.title)} <span class="muted"></span></h2>` +
-        (isWindowed(s) ? `<canvas width="560" height="200"></canvas><div class="legend"></div>` : "") +
-        `<table><thead></thead><tbody></tbody></table>`;
+      section.innerHTML = `<h2>${esc(s.title)} <span class="muted"></span></h2><table><thead></thead><tbody></tbody></table>`;
       box.appendChild(section);
     }
     section.querySelector("h2 .muted").textContent = `(${fmt(s.total)} rows; the latest ${s.rows.length})`;
@@ -230,18 +246,7 @@ function drawShown(snap) {
       .reverse()
       .map((r) => `<tr>${s.columns.map((c) => `<td>${esc(r[c] ?? "")}</td>`).join("")}</tr>`)
       .join("");
-    if (isWindowed(s) && s.rows.length) {
-      const value = s.columns.find((c) => !["window_start", "window_end"].includes(c) && typeof s.rows[0][c] === "number");
-      const keys = s.columns.slice(0, s.columns.indexOf("window_start"));
-      const lines = {};
-      for (const r of s.rows) {
-        const k = keys.map((c) => r[c]).join(" / ") || value;
-        (lines[k] = lines[k] || []).push(r[value]);
-      }
-      const names = Object.keys(lines).slice(0, COLORS.length);
-      chart(section.querySelector("canvas"), names.map((n) => ({ values: lines[n] })), { unit: value || "" });
-      legend_in(section.querySelector(".legend"), names);
-    }
+    if (s.time_column && s.rows.length) drawShownChart(section, s);
   });
 }
 
