@@ -2,8 +2,9 @@
 
 Starlette and uvicorn in the flow's process, on their own thread. The page (``static/``, shipped
 in the wheel, no CDN) draws the flow's graph with live rates on its edges, charts of throughput,
-latency and event-time lag over the last minutes, the checkpoints, the latest dead letters
-(filterable), and every stream the user named with ``stream.show(title)``. It updates from
+latency, event-time lag and each step's watermark over the last minutes, the run's latest
+checkpoints, the latest dead letters (filterable), and every stream the user named with
+``stream.show(title)`` (window results also charted over their windows' time). It updates from
 ``/api/events`` (server-sent events, one snapshot a second). ``/healthz`` answers while the
 process serves; ``/readyz`` while the flow runs. It listens on 127.0.0.1 unless told otherwise;
 with a token, the data (``/api/...``) needs ``Authorization: Bearer <token>`` or
