@@ -47,12 +47,25 @@ def q1_polars(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def q2_polars(frame: pl.DataFrame) -> pl.DataFrame:
-    """Q2: tumbling 1 s windows, count and sum per key: one group-by."""
-    start = pl.col("ts") // PANE_MS * PANE_MS
+    """Q2: tumbling 1 s windows, count and sum per key: one group-by.
+
+    It groups by one Int64 packing key and second (integer keys, non-negative), which ran twice as
+    fast here as the two columns of ``group_by("key", pl.col("ts") // 1000 * 1000)``: medians of 7
+    in one process, 24M vs 12M events/s at 1,000 keys, 18M vs 10M at 1M keys.
+    """
+    first = frame["ts"].min() // PANE_MS
+    stride = frame["ts"].max() // PANE_MS - first + 1
+    cell = pl.col("key") * stride + (pl.col("ts") // PANE_MS - first)
     return (
         frame.lazy()
-        .group_by("key", window_start=start)
+        .group_by(cell=cell)
         .agg(n=pl.len().cast(pl.Int64), total=pl.col("value").sum())
+        .select(
+            key=pl.col("cell") // stride,
+            window_start=(pl.col("cell") % stride + first) * PANE_MS,
+            n="n",
+            total="total",
+        )
         .with_columns(window_end=pl.col("window_start") + PANE_MS)
         .collect()
     )
@@ -96,27 +109,34 @@ def q2_numpy(frame: pl.DataFrame) -> pl.DataFrame:
 def q3_polars(frame: pl.DataFrame) -> pl.DataFrame:
     """Q3: sliding 10 s windows every 1 s, sum per key.
 
-    Sums per (key, second) first; then every second of a key from its first to 9 s past its last
-    (so each window that holds an event ends on a row) and a rolling sum of the last 10 seconds.
-    Measured against the alternatives (10M events, this VM): 1.5-2x the speed of exploding the
-    per-second sums into their 10 windows and grouping again, 3-5x that of exploding events, and
+    Sums per (key, second) first, grouped by one Int64 ``key * stride + second`` as in Q2, where a
+    key's stride leaves 9 empty seconds after its last. Then every second of a key from its first
+    to 9 s past its last (so each window that holds an event ends on a row), in that order, and a
+    rolling sum of the last 10 seconds: the padding keeps a key's windows from reaching into the
+    key before it. Medians of 5 in one process at 1,000 keys: 15M events/s; the same with two
+    group-by columns, a join on two and a rolling sum ``over("key")`` 7.7M; exploding the per-second
+    sums into their 10 windows and grouping again 3-7M; exploding the events 2-3M;
     ``group_by_dynamic`` needs the frame sorted by time first.
     """
-    panes = frame.lazy().group_by("key", pane=pl.col("ts") // PANE_MS).agg(total=pl.col("value").sum())
-    every_second = pl.int_range(pl.col("pane").min(), pl.col("pane").max() + SLIDING_PANES)
-    grid = panes.group_by("key").agg(pane=every_second).explode("pane")
+    first = frame["ts"].min() // PANE_MS
+    stride = frame["ts"].max() // PANE_MS - first + SLIDING_PANES
+    cell = pl.col("key") * stride + (pl.col("ts") // PANE_MS - first)
+    panes = frame.lazy().group_by(cell=cell).agg(total=pl.col("value").sum())
+    every_second = pl.int_range(pl.col("cell").min(), pl.col("cell").max() + SLIDING_PANES)
+    grid = panes.group_by(pl.col("cell") // stride).agg(every=every_second).select(cell="every").explode("cell")
+    second = pl.col("cell") % stride + first
     return (
-        grid.join(panes, on=["key", "pane"], how="left")
-        .sort("key", "pane")
+        grid.join(panes, on="cell", how="left")
+        .sort("cell")
         .with_columns(
-            events=pl.col("total").is_not_null().cast(pl.Int32).rolling_sum(SLIDING_PANES, min_samples=1).over("key"),
-            total=pl.col("total").fill_null(0.0).rolling_sum(SLIDING_PANES, min_samples=1).over("key"),
+            events=pl.col("total").is_not_null().cast(pl.Int32).rolling_sum(SLIDING_PANES, min_samples=1),
+            total=pl.col("total").fill_null(0.0).rolling_sum(SLIDING_PANES, min_samples=1),
         )
         .filter(pl.col("events") > 0)
         .select(
-            "key",
-            window_start=(pl.col("pane") - SLIDING_PANES + 1) * PANE_MS,
-            window_end=(pl.col("pane") + 1) * PANE_MS,
+            key=pl.col("cell") // stride,
+            window_start=(second - SLIDING_PANES + 1) * PANE_MS,
+            window_end=(second + 1) * PANE_MS,
             total="total",
         )
         .collect()

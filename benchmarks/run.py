@@ -305,7 +305,7 @@ def _compare(name: str, runner: str, rheon: list[Result], ref: list[Result], loa
 
 TABLE_HEAD = (
     f"{'workload':8} {'keys':>9}  {'reference':9}  {'rheon ev/s (range)':24}  {'reference ev/s (range)':24}  "
-    f"{'ratio (per round)':22}  {'peak MB rheon / ref (data)':26}  load 1-min per round, start->end  others' cores"
+    f"{'ratio (per round)':26}  {'peak MB rheon / ref (data)':26}  load 1-min per round, start->end  others' cores"
 )
 
 
@@ -318,7 +318,7 @@ def _table_row(c: Result) -> str:
         f"{c['summary']:8} {c['keys']:>9,}  {c['reference']:9}",
         f"{rates(c['rheon_events_per_s'], *c['rheon_range']):24}",
         f"{rates(c['reference_events_per_s'], *c['reference_range']):24}",
-        f"{c['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in c['ratio_per_round'])})".ljust(22),
+        f"{c['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in c['ratio_per_round'])})".ljust(26),
         f"{c['rheon_peak_mb']:>6,} / {c['reference_peak_mb']:>6,} ({c['loaded_mb']:,})".ljust(26),
         f"{', '.join(c['load_1min'])}".ljust(33),
         f"{min(others):.1f}-{max(others):.1f}" if others else "-",
