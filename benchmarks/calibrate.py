@@ -86,9 +86,7 @@ def q2_numpy(frame: pl.DataFrame) -> pl.DataFrame:
     first, keys = int(second.min()), int(key.max()) + 1
     cells = (int(second.max()) - first + 1) * keys
     if cells > NUMPY_MAX_CELLS:
-        msg = (
-            f"Q2 numpy: {keys:,} keys need a grid of {cells:,} cells (limit {NUMPY_MAX_CELLS:,}); it is for a few keys"
-        )
+        msg = f"{keys:,} keys need a grid of {cells:,} cells (limit {NUMPY_MAX_CELLS:,}): the job is for a few keys"
         raise GridTooLargeError(msg)
     cell = (second - first) * keys + key
     counts = np.bincount(cell, minlength=cells)
