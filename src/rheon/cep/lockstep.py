@@ -20,6 +20,7 @@ matcher keeps them, so batches, checkpoints and the two paths mix freely.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,26 +76,35 @@ class Found:
     order: list[np.ndarray] = field(default_factory=list)
     """Where each match was decided (the batch position of its last row): emission order."""
     refs: list[list[np.ndarray]] = field(default_factory=list)
+    offset: int = 0
+    """Added to :attr:`order` when matches of several runs are merged (the run's first row)."""
 
     def add_row(self, row: Row, t: int) -> int:
         self.extra.append(row)
         self.extra_times.append(t)
         return self.n + len(self.extra) - 1
 
-    def columns(self) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The matches in output order (by trigger time, then emission): triggers, refs per step."""
+    def columns(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """The matches in output order (by trigger time, then emission): triggers, where each
+        was decided (plus :attr:`offset`), refs per step."""
         trigger = np.concatenate(self.trigger) if self.trigger else np.empty(0, np.int64)
         order = np.concatenate(self.order) if self.order else np.empty(0, np.int64)
         perm = np.lexsort((order, trigger))
         steps = len(self.refs[0]) if self.refs else 0
         refs = [np.concatenate([r[t] for r in self.refs])[perm] for t in range(steps)]
-        return trigger[perm], refs
+        return trigger[perm], order[perm] + self.offset, refs
 
     def all_times(self) -> np.ndarray:
         return np.concatenate([self.times, np.asarray(self.extra_times, dtype=np.int64)])
 
     def __len__(self) -> int:
         return sum(len(t) for t in self.trigger)
+
+
+@functools.cache
+def _depths_table(L: int) -> list[tuple[int, ...]]:
+    """For each bit set of open depths ``1 .. L-1`` (bit ``d - 1``), the depths, deepest first."""
+    return [tuple(d for d in range(L - 1, 0, -1) if b >> (d - 1) & 1) for b in range(1 << (L - 1))]
 
 
 class Plan:
@@ -114,6 +124,8 @@ class Plan:
         gstart = np.flatnonzero(first)
         glen = np.diff(np.append(gstart, n))
         by_length = np.argsort(-glen, kind="stable")  # longest first: the keys at q are a prefix
+        self.by_length = by_length
+        """Key ``g`` is the ``by_length[g]``-th key in batch order."""
         self.keys, self.lengths = gstart[by_length], glen[by_length]
         longest = int(self.lengths.max(initial=0))
         # keys with a q-th row: how many are longer than q
@@ -218,11 +230,24 @@ class _Run:
         ctx_g: list[int] = []
         ctx_j: list[int] = []
         seqs: list[int] = []
+        extra, extra_times = found.extra, found.extra_times
         for g in which.tolist():
             key = self.key_of(records[g])  # key g's first row is at position g
             ks = load(key)
             self.states[g] = (key, ks)
             seqs.append(ks.seq)
+            if ks.packed is not None:  # as save() left it: read without building attempts
+                depths, rows, times = ks.packed
+                for d in depths:
+                    at_g.append(g)
+                    at_d.append(d)
+                deepest = depths[0]
+                for j in range(1, deepest + 1):
+                    ctx_g.append(g)
+                    ctx_j.append(j)
+                extra.extend(rows[:deepest])
+                extra_times.extend(times[:deepest])
+                continue
             oldest: Path = None
             deepest = 0
             for attempt in ks.attempts:
@@ -256,17 +281,46 @@ class _Run:
         return True
 
     def save(self) -> None:
-        """Write the open attempts of keys ``[handed:]`` back to their states."""
-        plan, handed = self.plan, self.handed
+        """Write the open attempts of keys ``[handed:]`` back to their states, packed
+        (:class:`~rheon.cep.nfa.KeyState`): their depths and the rows they took."""
+        plan, handed, L = self.plan, self.handed, self.L
         part = np.arange(handed, len(plan.keys))
-        opened = self.attempts(part, plan.lengths[part])
-        pending = np.flatnonzero(self.alive[handed:, 1 : self.L].any(axis=1)) + handed
+        alive = self.alive[handed:, 1:L]
+        open_at: np.ndarray = np.asarray(alive.any(axis=1))
+        pending = np.flatnonzero(open_at)
         seqs = (self.base + plan.lengths).tolist()
-        for g in sorted({*pending.tolist(), *(g for g in self.states if g >= handed)}):
-            key, ks = self.states[g] if g in self.states else (self.key_of(self.records[g]), KeyState())
-            ks.seq = seqs[g]
-            ks.attempts = opened.get(g, [])
+        states = self.states
+        emptied = [g for g in states if g >= handed and not open_at[g - handed]]
+        for g in emptied:
+            key, ks = states[g]
+            ks.seq, ks.attempts, ks.packed = seqs[g], [], None
             self.keep(key, ks)
+        if not pending.size:
+            return
+        g_arr = part[pending]
+        # the depths open at each key (a bit per depth) and the rows as far back as the deepest
+        bits = alive[pending].astype(np.int64) @ (1 << np.arange(L - 1, dtype=np.int64))
+        deepest = int(np.max(np.flatnonzero(alive[pending].any(axis=0)))) + 1
+        q = plan.lengths[g_arr]
+        backs = [self.ref(g_arr, q, j) for j in range(1, deepest + 1)]
+        rows = self.records + self.found.extra if self.found.extra else self.records
+        times = self.found.all_times()
+        row_cols = [[rows[r] for r in b.tolist()] for b in backs]
+        time_cols = [times[np.maximum(b, 0)].tolist() for b in backs]
+        depths_of = _depths_table(L)
+        key_of, keep, records = self.key_of, self.keep, self.records
+        for i, (g, b) in enumerate(zip(g_arr.tolist(), bits.tolist(), strict=True)):
+            depths = depths_of[b]
+            n = depths[0]
+            packed = (depths, tuple(c[i] for c in row_cols[:n]), tuple(c[i] for c in time_cols[:n]))
+            had = states.get(g)
+            if had is not None:  # loaded, so already kept (and marked changed): update in place
+                ks = had[1]
+                ks.seq, ks.attempts, ks.packed = seqs[g], [], packed
+                continue
+            ks = KeyState()
+            ks.seq, ks.packed = seqs[g], packed
+            keep(key_of(records[g]), ks)
 
     def attempts(self, groups: np.ndarray, q: np.ndarray) -> dict[int, list[Attempt]]:
         """The open attempts of keys ``groups`` before their positions ``q``, as the row matcher
@@ -341,38 +395,44 @@ class _Run:
         append = out.append
         here = cur.tolist()
         it: Any
+        # One match dict for all the calls, its lists refilled per row (a condition may read the
+        # match only while it runs, as documented): no dict or list is built per call.
+        held: list[list[Row]] = [[None] for _ in range(d)]  # type: ignore[list-item]
+        match: dict[str, list[Row]] = dict(zip(names[:d], held, strict=True))
+        match[names[d]] = []
         if d == 0:
-            n0 = names[0]
             it = iter(here)
 
             def body() -> None:
                 for r in it:
-                    append(bool(fn(rows[r], {n0: []})))
+                    append(bool(fn(rows[r], match)))
 
         elif d == 1:
-            n0, n1 = names[:2]
+            h0 = held[0]
             it = zip(here, refs[0].tolist(), strict=True)
 
             def body() -> None:
                 for r, a in it:
-                    append(bool(fn(rows[r], {n0: [rows[a]], n1: []})))
+                    h0[0] = rows[a]
+                    append(bool(fn(rows[r], match)))
 
         elif d == 2:
-            n0, n1, n2 = names[:3]
+            h0, h1 = held
             it = zip(here, refs[0].tolist(), refs[1].tolist(), strict=True)
 
             def body() -> None:
                 for r, a, b in it:
-                    append(bool(fn(rows[r], {n0: [rows[a]], n1: [rows[b]], n2: []})))
+                    h0[0] = rows[a]
+                    h1[0] = rows[b]
+                    append(bool(fn(rows[r], match)))
 
         else:
-            before, nd = names[:d], names[d]
             it = zip(here, zip(*(r.tolist() for r in refs), strict=True), strict=True)
 
             def body() -> None:
                 for r, rs in it:
-                    match = {s: [rows[a]] for s, a in zip(before, rs, strict=True)}
-                    match[nd] = []
+                    for h, a in zip(held, rs, strict=True):
+                        h[0] = rows[a]
                     append(bool(fn(rows[r], match)))
 
         where = self.step.matcher.wheres[d]
@@ -415,6 +475,7 @@ class _Run:
             for g in range(c):
                 key, ks = self.states[g] if g in self.states else (self.key_of(records[g]), KeyState())
                 ks.attempts = opened.get(g, [])
+                ks.packed = None
                 ks.seq = int(self.base[g]) + q
                 for r in [offsets[p] + g for p in range(q, int(plan.lengths[g]))]:
                     at[0], at[1] = int(order[r]), 0

@@ -10,6 +10,7 @@ start a match, and the rows right after them, reach the matcher.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any
@@ -48,6 +49,10 @@ _LIVE = "__cep_live"  # the key has open attempts from earlier rows
 _USEFUL = "__cep_useful"  # a start row whose attempt can outlive the next row
 _IDX = "__cep_idx"  # a row's position in the released rows
 _NO_KEY = object()
+
+LOCKSTEP_ROWS = 32_768
+"""Released rows matched in lock step at a time (whole keys): the rows' dicts of one chunk stay
+in the CPU caches while the conditions read them, and their memory is reused by the next."""
 
 
 def _any_of(names: list[str], flags: tuple[int, ...] | None) -> pl.Expr:
@@ -285,16 +290,19 @@ class MatchOperator(Operator):
             narrow = self._relevant(narrow, names)
         if not narrow.height:
             return
+        rows = rows[narrow.get_column(_IDX)]
+        user = rows.drop(_T, _START, *names)
+        key_of = key_getter(self.keys, user.schema)
+        if self.lockstep is not None:
+            done = self._lockstep(narrow, names, first, user, key_of)
+            if done == narrow.height:
+                return
+            narrow, user = narrow[done:], user[done:]
         times = narrow.get_column(_T).to_list()
         starts = narrow.get_column(_START).to_list()
         flag_rows: list[tuple[bool, ...]] = (
             list(zip(*(narrow.get_column(n).to_list() for n in names), strict=True)) if names else [()] * narrow.height
         )
-        rows = rows[narrow.get_column(_IDX)]
-        user = rows.drop(_T, _START, *names)
-        key_of = key_getter(self.keys, user.schema)
-        if self.lockstep is not None and self._lockstep(narrow, names, first, user, key_of):
-            return
         records, _ = frame_to_rows(user)
         live, cells, matcher = self.live, self.keyed.cells, self.matcher
         within = matcher.within
@@ -310,6 +318,7 @@ class MatchOperator(Operator):
                 last_key = key
                 ks = cells(key)[_STATE] if key in live else None
                 if ks is not None:
+                    ks.unpack()
                     touched.append((key, ks))
             if ks is None:
                 if not can_start:
@@ -336,33 +345,47 @@ class MatchOperator(Operator):
         first: np.ndarray,
         user: pl.DataFrame,
         key_of: Any,
-    ) -> bool:
+    ) -> int:
         """Run the released rows (all of them, in :meth:`_order`'s order, ``first`` marking each
-        key's first row) in lock step; ``False`` if a key's state is not one it reads (the rows
-        then go through the row matcher)."""
+        key's first row) in lock step, a chunk of whole keys at a time (:data:`LOCKSTEP_ROWS`);
+        return how many rows that took: fewer than all if a key's state is not one it reads
+        (the rest then go through the row matcher)."""
         assert self.lockstep is not None
-        plan = Plan(first)
-        at = pl.Series(plan.order)
-        narrow, user = narrow[at], user[at]
-        records, _ = frame_to_rows(user)
-        live = self._is_live(narrow[: len(plan.keys)]) if self.live else np.zeros(len(plan.keys), dtype=bool)
-        found = self.lockstep.run(
-            plan,
-            records,
-            narrow.get_column(_T).to_numpy(),
-            narrow.get_column(_START).to_numpy(),
-            [narrow.get_column(n).to_numpy() for n in names],
-            live,
-            key_of,
-            lambda key: self.keyed.cells(key)[_STATE],
-            self._keep,
-            self._on_error,
-        )
-        if found is None:
-            return False
-        if len(found):
-            self._found.append((user, found))
-        return True
+        n = narrow.height
+        heads = np.flatnonzero(first)
+        live_heads = self._is_live(narrow[heads]) if self.live else np.zeros(len(heads), dtype=bool)
+        at_key = np.searchsorted(heads, np.arange(LOCKSTEP_ROWS, n, LOCKSTEP_ROWS))  # the next key's first row
+        cuts = np.unique(heads[at_key[at_key < len(heads)]])
+        bounds: list[int] = [0, *cuts.tolist(), n]
+        load = self._load
+        for a, b in itertools.pairwise(bounds):
+            plan = Plan(first[a:b])
+            at = pl.Series(plan.order + a)
+            part, rows = narrow[at], user[at]
+            records, _ = frame_to_rows(rows)
+            k0 = int(np.searchsorted(heads, a))
+            found = self.lockstep.run(
+                plan,
+                records,
+                part.get_column(_T).to_numpy(),
+                part.get_column(_START).to_numpy(),
+                [part.get_column(c).to_numpy() for c in names],
+                live_heads[k0 : k0 + len(plan.keys)][plan.by_length],
+                key_of,
+                load,
+                self._keep,
+                self._on_error,
+            )
+            if found is None:
+                return a
+            if len(found):
+                found.offset = a
+                self._found.append((rows, found))
+        return n
+
+    def _load(self, key: Any) -> KeyState:
+        state: KeyState = self.keyed.cells(key)[_STATE]
+        return state
 
     def _order(self, rows: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """The positions of ``rows`` in (key, time, arrival) order, and which of them starts a
@@ -467,7 +490,7 @@ class MatchOperator(Operator):
 
     def _keep(self, key: Any, ks: KeyState) -> None:
         live = self.live
-        if ks.attempts:
+        if ks:
             if key not in live:
                 self.keyed.cells(key)[_STATE] = ks
                 live.add(key)
@@ -568,43 +591,62 @@ class MatchOperator(Operator):
                 rest.trigger.append(np.array([when], dtype=np.int64))
                 rest.order.append(np.array([i], dtype=np.int64))
                 rest.refs.append([np.array([r], dtype=np.int64) for r in reversed(taken)])
+            rest.offset = 1 << 62  # after the lock-step matches of the same time
             parts = [*parts, (pl.DataFrame(), rest)]
         schema = self._schema()
         assert self.ttype is not None
-        frames: list[pl.DataFrame] = []
-        triggers: list[np.ndarray] = []
-        for user, found in parts:
-            if not len(found):
-                continue
-            trigger, refs = found.columns()
-            rows = user.select(
-                pl.col(n).cast(t, strict=False) if n in user.columns else pl.lit(None, dtype=t).alias(n)
-                for n, t in schema.items()
-            )
-            if found.extra:
-                rows = pl.concat([rows, pl.DataFrame(found.extra, schema=schema, strict=False)])
-            events = rows.select(pl.struct(schema.names()).alias("e")).to_series()
-            times = found.all_times()
-            first = pl.Series(refs[0])
-            columns = [rows.get_column(k).gather(first) for k in self.keys]
-            columns += [
-                pl.Series("match_start", times[refs[0]], dtype=pl.Int64).cast(self.ttype.dtype),
-                pl.Series("match_end", times[refs[-1]], dtype=pl.Int64).cast(self.ttype.dtype),
-            ]
-            lists = pl.List(events.dtype)
-            columns += [
-                events.gather(pl.Series(r)).reshape((-1, 1)).cast(lists).alias(name)
-                for r, name in zip(refs, self.names, strict=True)
-            ]
-            frames.append(pl.DataFrame(columns))
-            triggers.append(trigger)
-        if not frames:
+        # every part's rows in one frame (the parts' batch rows, then the rows from their
+        # states), its references moved to where its rows are in it
+        parts = [(user, found) for user, found in parts if len(found)]
+        if not parts:
             return pl.DataFrame()
+        height = sum(user.height for user, _ in parts)
+        frames: list[pl.DataFrame] = []
+        extra: list[dict[str, Any]] = []
+        extra_times: list[np.ndarray] = []
+        triggers: list[np.ndarray] = []
+        orders: list[np.ndarray] = []
+        moved: list[list[np.ndarray]] = []
+        base = 0
+        for user, found in parts:
+            trigger, order, refs = found.columns()
+            triggers.append(trigger)
+            orders.append(order)
+            shift = height + len(extra) - found.n  # a row of found.extra, from its state
+            moved.append([np.where(r < found.n, r + base, r + shift) for r in refs])
+            frames.append(
+                user.select(
+                    pl.col(n).cast(t, strict=False) if n in user.columns else pl.lit(None, dtype=t).alias(n)
+                    for n, t in schema.items()
+                )
+            )
+            extra += found.extra
+            extra_times.append(found.all_times())
+            base += user.height
+        if extra:
+            frames.append(pl.DataFrame(extra, schema=schema, strict=False))
+        rows = pl.concat(frames) if len(frames) > 1 else frames[0]
+        all_times = [t[: f.n] for t, (_, f) in zip(extra_times, parts, strict=True)]
+        all_times += [t[f.n :] for t, (_, f) in zip(extra_times, parts, strict=True)]
+        times = np.concatenate(all_times)
+        refs = [np.concatenate([m[step] for m in moved]) for step in range(len(self.names))]
         trigger = np.concatenate(triggers)
-        out = pl.concat(frames)
-        if len(frames) > 1:
-            by_time = np.argsort(trigger, kind="stable")
-            out, trigger = out[by_time], trigger[by_time]
+        if len(parts) > 1:
+            by_time = np.lexsort((np.concatenate(orders), trigger))
+            trigger, refs = trigger[by_time], [r[by_time] for r in refs]
+        events = rows.select(pl.struct(schema.names()).alias("e")).to_series()
+        first = pl.Series(refs[0])
+        columns = [rows.get_column(k).gather(first) for k in self.keys]
+        columns += [
+            pl.Series("match_start", times[refs[0]], dtype=pl.Int64).cast(self.ttype.dtype),
+            pl.Series("match_end", times[refs[-1]], dtype=pl.Int64).cast(self.ttype.dtype),
+        ]
+        lists = pl.List(events.dtype)
+        columns += [
+            events.gather(pl.Series(r)).reshape((-1, 1)).cast(lists).alias(name)
+            for r, name in zip(refs, self.names, strict=True)
+        ]
+        out = pl.DataFrame(columns)
         if self.measures:
             out = out.with_columns(**self.measures)
         wm = watermarks_before(trigger, None if pre is None else pre.to_numpy(), lo)
