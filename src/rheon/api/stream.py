@@ -29,6 +29,7 @@ from rheon.runtime.specs import (
     ChangesSpec,
     DedupSpec,
     FilterSpec,
+    MapBatchesSpec,
     ProcessSpec,
     ReduceSpec,
     RowSpec,
@@ -228,6 +229,76 @@ class Stream:
         ['to', 'be', 'or']
         """
         return self._python_step("flat_map", fn, name)
+
+    def map_batches(
+        self,
+        fn: Callable[[pl.DataFrame], pl.DataFrame],
+        *,
+        same_rows: bool = True,
+        schema: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Replace each batch of records by ``fn(batch)``: a Python function over a Polars
+        DataFrame, called once per batch instead of once per record.
+
+        For vectorized code that is not one Polars expression: a NumPy or scikit-learn model
+        over columns, a client call that takes many keys at once. The contract, checked on
+        every batch (a breach stops the run with an error naming this step):
+
+        * ``same_rows=True`` (the default): one output row per input row, in order; each keeps
+          its input row's place in event time. ``same_rows=False``: any rows (filter, explode,
+          per-batch aggregates); they take the earliest watermark of the batch.
+        * A stream with event time keeps its time column and type (with ``same_rows`` also its
+          values); set a new time with :meth:`with_time` after.
+        * ``schema=`` declares the output's columns and types (values are cast to them); without
+          it, steps after this one learn the columns when the flow runs.
+
+        If ``fn`` raises, it is run again on halves of the batch down to the records it fails
+        on alone: those go to the dead letters with the exception, the others go on.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rheon as rh
+        >>> def zscore(batch):
+        ...     v = batch["value"].to_numpy()
+        ...     return batch.with_columns(z=(v - 10.0) / 2.0)
+        >>> flow = rh.Flow("mb"); out = rh.io.Collect()
+        >>> readings = flow.source(rh.io.Records([{"value": 9.0, "ts": 0}, {"value": 14.0, "ts": 1}]), time="ts")
+        >>> readings.map_batches(zscore).sink(out)
+        >>> flow.run(); out.rows
+        [{'value': 9.0, 'ts': 0, 'z': -0.5}, {'value': 14.0, 'ts': 1, 'z': 2.0}]
+        """
+        if not callable(fn):
+            msg = f"map_batches: expected a function of a Polars DataFrame (got {fn!r})"
+            raise FlowError(msg)
+        op_name = self.flow.graph.name_for("map_batches", name)
+        where = f"map_batches '{op_name}'"
+        declared: pl.Schema | None = None
+        if schema is not None:
+            try:
+                declared = pl.Schema(schema)
+            except (TypeError, ValueError) as exc:
+                msg = f"{where}: schema must map column names to Polars types ({exc})"
+                raise FlowError(msg) from exc
+            if self.time is not None and self.time not in declared:
+                msg = f"{where}: the declared schema has no event-time column {self.time!r}; keep it"
+                raise FlowError(msg)
+            if self.time is not None and self.schema is not None and declared[self.time] != self.schema[self.time]:
+                msg = (
+                    f"{where}: the declared schema makes the event-time column {self.time!r} "
+                    f"{declared[self.time]}, not {self.schema[self.time]}; keep its type"
+                )
+                raise FlowError(msg)
+        node = Node(
+            op_name,
+            MapBatchesSpec(fn, same_rows, self.time, declared),
+            [self._edge()],
+            schema=declared,
+            time=self.time,
+            time_type=self.time_type,
+        )
+        return self._add(node)
 
     def with_columns(self, *exprs: pl.Expr, **named: Any) -> Stream:
         """Add or replace columns with Polars expressions (vectorized).

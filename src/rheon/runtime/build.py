@@ -14,6 +14,7 @@ from typing import Any
 from rheon.cep.operator import MatchOperator
 from rheon.io.base import BuildContext
 from rheon.operators.base import Operator
+from rheon.operators.batchfn import MapBatches
 from rheon.operators.changes import Changes
 from rheon.operators.dedup import REPEATS, Dedup
 from rheon.operators.eventtime import WithTime
@@ -31,6 +32,7 @@ from rheon.runtime.specs import (
     FilterSpec,
     JoinSpec,
     LookupJoinSpec,
+    MapBatchesSpec,
     MatchSpec,
     ProcessSpec,
     ReduceSpec,
@@ -84,6 +86,9 @@ def _with_time(node: Node, spec: WithTimeSpec, ctx: BuildContext) -> Operator:
 
 _BUILDERS: dict[type[Spec], Callable[[Node, Any, BuildContext], Operator]] = {
     FilterSpec: lambda node, spec, ctx: ExprFilter(node.name, spec.predicate),
+    MapBatchesSpec: lambda node, spec, ctx: MapBatches(
+        node.name, spec.fn, same_rows=spec.same_rows, time=spec.time, schema=spec.schema
+    ),
     WithColumnsSpec: lambda node, spec, ctx: WithColumns(node.name, list(spec.exprs)),
     SelectSpec: lambda node, spec, ctx: Select(node.name, list(spec.exprs)),
     WithTimeSpec: _with_time,

@@ -39,6 +39,7 @@ __all__ = [
     "FilterSpec",
     "JoinSpec",
     "LookupJoinSpec",
+    "MapBatchesSpec",
     "MatchSpec",
     "ProcessSpec",
     "ReduceSpec",
@@ -135,6 +136,22 @@ class RowSpec(Spec):
 
     def describe(self) -> str:
         return getattr(self.step.fn, "__qualname__", type(self.step.fn).__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class MapBatchesSpec(Spec):
+    """A Python function over a whole batch's records, as a DataFrame (``map_batches``)."""
+
+    KIND: ClassVar[str] = "map_batches"
+    fn: Callable[[pl.DataFrame], pl.DataFrame]
+    same_rows: bool
+    time: str | None
+    """The event-time column the function must keep (``None``: the stream has no event time)."""
+    schema: pl.Schema | None
+
+    def describe(self) -> str:
+        name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+        return f"{name}, {'same rows' if self.same_rows else 'rows may change'}"
 
 
 @dataclass(frozen=True, eq=False)

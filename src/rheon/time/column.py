@@ -13,6 +13,7 @@ from __future__ import annotations
 import polars as pl
 
 from rheon.core.batch import MAX_WM, MIN_WM
+from rheon.core.bisect import bisect_apply
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.core.eventtime import TimeType, time_type_of
 
@@ -195,31 +196,37 @@ class EventTimeColumn:
         return frame, values
 
     def _apply(self, frame: pl.DataFrame, offset: int) -> tuple[pl.Series, list[tuple[int, str]]]:
-        """Evaluate on ``frame``; if that fails, on each half, down to the records that fail alone."""
+        """Evaluate on ``frame``; if that fails, on each half, down to the records that fail alone
+        (:func:`~rheon.core.bisect.bisect_apply`)."""
         assert self.expr is not None
-        try:
-            out = frame.select(self.expr).to_series()
-        except (pl.exceptions.ColumnNotFoundError, pl.exceptions.SchemaError) as exc:
-            # About the batch's columns, not a value: every record has it, no need to look further.
-            reason = f"time expression {self._expr_text()} failed: {_first_line(exc)}"
-            return pl.Series(self.column, []), [(offset + i, reason) for i in range(frame.height)]
-        except _FAILED as exc:
-            if frame.height == 1:
-                reason = f"time expression {self._expr_text()} failed: {_first_line(exc)} ({self._inputs(frame.row(0, named=True))})"
-                return pl.Series(self.column, []), [(offset, reason)]
-            half = frame.height // 2
-            a, fa = self._apply(frame.slice(0, half), offset)
-            b, fb = self._apply(frame.slice(half), offset + half)
-            parts = [s for s in (a, b) if len(s)]
-            joined = pl.concat(parts) if len(parts) > 1 else (parts[0] if parts else a)
-            return joined, fa + fb
-        if out.len() != frame.height:
-            msg = (
-                f"{self.where}: the time expression {self._expr_text()} gave {out.len()} values for {frame.height} "
-                "records; it must compute one value from each record (no aggregations)"
-            )
-            raise FlowError(msg)
-        return out, []
+        # An unknown column or type is about the batch's columns, not a value: every record has it.
+        parts, failures = bisect_apply(
+            frame,
+            lambda part: part.select(self.expr).to_series(),
+            failed=_FAILED,
+            whole=(pl.exceptions.ColumnNotFoundError, pl.exceptions.SchemaError),
+        )
+        for part in parts:
+            if part.result.len() != part.stop - part.start:
+                msg = (
+                    f"{self.where}: the time expression {self._expr_text()} gave {part.result.len()} values for "
+                    f"{part.stop - part.start} records; it must compute one value from each record (no aggregations)"
+                )
+                raise FlowError(msg)
+        reasons: list[tuple[int, str]] = []
+        for f in failures:
+            if f.stop - f.start == 1 and not isinstance(
+                f.error, pl.exceptions.ColumnNotFoundError | pl.exceptions.SchemaError
+            ):
+                inputs = self._inputs(frame.row(f.start, named=True))
+                reason = f"time expression {self._expr_text()} failed: {_first_line(f.error)} ({inputs})"
+                reasons.append((offset + f.start, reason))
+            else:
+                reason = f"time expression {self._expr_text()} failed: {_first_line(f.error)}"
+                reasons += [(offset + i, reason) for i in range(f.start, f.stop)]
+        values = [p.result for p in parts]
+        joined = pl.concat(values) if len(values) > 1 else (values[0] if values else pl.Series(self.column, []))
+        return joined, reasons
 
     def _typed(
         self, frame: pl.DataFrame, values: pl.Series, rejected: list[Rejected]
