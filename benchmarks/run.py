@@ -2,11 +2,17 @@
 
     python benchmarks/run.py                      # all workloads, 10M events, median of 3 runs
     python benchmarks/run.py --only Q2,Q3 --events 1000000 --batch-size 100000 --repeat 1
+    python benchmarks/run.py --against-reference --only Q2 --keys 100000   # rheon / hand-written
 
 Each run of a workload is a fresh process: it loads the Parquet file into memory (not timed),
 runs the flow to completion (timed) and reports its peak resident memory. The median run (by
 events/s) is printed, with the slowest and fastest. Latency workloads (L*) run a paced Generator
 in real time and report end-to-end p50/p99 at the sink.
+
+``--against-reference`` runs rounds of rheon and then each hand-written job of
+``benchmarks/calibrate.py`` for the workload (Q1-Q4), the same way, and prints the ratios of the
+medians and of each round, with the 1-minute load average at each round's start and end and the
+cores other processes kept busy during each run: figures from one sitting, with the load beside them.
 """
 
 from __future__ import annotations
