@@ -26,6 +26,7 @@ from rheon import cep
 from rheon.cep import lockstep
 from rheon.cep import operator as cep_operator
 from rheon.cep.nfa import compile_pattern
+from tests.crash import Crash, crash_at_row
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SKIPS = ["skip_past_last_event", "skip_to_next", "no_skip", "skip_to_first:s1", "skip_to_last:s1", "skip_to_last:s0"]
@@ -139,23 +140,12 @@ def test_only_single_row_strict_patterns_with_a_python_condition_run_in_lock_ste
     assert not lockstep.eligible(compile_pattern(build(["any"]).not_next("x", lambda e, m: True)), "past_last")
 
 
-class Crash(BaseException):
-    """Stands in for the process dying."""
-
-
 def _checkpointed(rows: list[dict[str, Any]], out_dir: Path, ckpt: Path, crash_after: int | None) -> None:
     flow = rh.Flow("lockstep-recover")
     src = flow.source(rh.io.Records(rows, batch_size=50), time="ts", max_delay="3ms", name="tx")
     m = src.key_by("k").match(build(["any", "rising", "rising"]), name="rising")
     m.select("k", "match_start", "match_end").sink(rh.io.FileSink(out_dir / "matches"), name="out")
-    seen = [0]
-
-    def watch(row: dict[str, Any]) -> None:
-        seen[0] += 1
-        if crash_after is not None and seen[0] == crash_after:
-            raise Crash
-
-    src.sink(watch, name="watch")
+    src.sink(crash_at_row(crash_after), name="watch")
     with contextlib.suppress(Crash):
         flow.run(checkpoint_dir=ckpt, checkpoint_every="0s")
 

@@ -12,6 +12,7 @@ import pytest
 
 import rheon as rh
 from rheon import cep
+from tests.crash import Crash, crash_at_row
 
 
 def run(rows, pattern, *, key="card", batch_size=1000, max_delay="2s", **kw):
@@ -333,24 +334,13 @@ def test_pruned_expression_conditions_find_what_python_conditions_find(seed, ind
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
-class Crash(BaseException):
-    """Stands in for the process dying."""
-
-
 def _checkpointed(rows, out_dir: Path, ckpt: Path, crash_after: int | None) -> None:
     flow = rh.Flow("cep-recover")
     src = flow.source(rh.io.Records(rows, batch_size=7), time="ts", max_delay="3s", name="tx")
     m = src.key_by("user").match(BRUTE, name="brute")
     m.select("user", "match_start", "match_end").sink(rh.io.FileSink(out_dir / "matches"), name="out")
     m.timed_out().select("user", "match_start").sink(rh.io.FileSink(out_dir / "timed_out"), name="cut")
-    seen = [0]
-
-    def watch(row: dict) -> None:
-        seen[0] += 1
-        if crash_after is not None and seen[0] == crash_after:
-            raise Crash
-
-    src.sink(watch, name="watch")
+    src.sink(crash_at_row(crash_after), name="watch")
     with contextlib.suppress(Crash):
         flow.run(checkpoint_dir=ckpt, checkpoint_every="0s")
 

@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -21,6 +20,7 @@ import pytest
 import rheon as rh
 from rheon.io.mqtt import Mqtt, _client_id
 from rheon.testing import collect
+from tests.crash import Crash, committed
 from tests.proxy import TcpProxy
 from tests.services import free_port, reachable, unavailable
 
@@ -189,14 +189,6 @@ def test_event_time_windows_over_mqtt(broker, topic):
     ]
 
 
-class Crash(BaseException):
-    """Stands in for the process dying."""
-
-
-def _committed(directory: Path) -> list[int]:
-    return [i for part in sorted(directory.glob("part-*")) for i in pl.read_ndjson(part)["i"].to_list()]
-
-
 def test_at_least_once_across_a_crash(broker, topic, tmp_path):
     """Messages handed out after the last checkpoint are not acknowledged: the broker redelivers them."""
     client_id, out_dir, ckpt = _unique("rheon-crash"), tmp_path / "out", tmp_path / "ckpt"
@@ -223,7 +215,7 @@ def test_at_least_once_across_a_crash(broker, topic, tmp_path):
     with pytest.raises(Crash):
         first.run(checkpoint_dir=ckpt, checkpoint_every="100ms", duration="10s", on_start=lambda ex: publisher.start())
     publisher.join()
-    checkpointed = set(_committed(out_dir))
+    checkpointed = {r["i"] for r in committed(out_dir)}
     after_checkpoint = set(seen_first) - checkpointed
     assert checkpointed, "the crashed run took no checkpoint: the test proves nothing"
     assert after_checkpoint  # at least the batch that crashed
@@ -232,10 +224,10 @@ def test_at_least_once_across_a_crash(broker, topic, tmp_path):
     second, seen_second = build(have=checkpointed)
     second.run(checkpoint_dir=ckpt, checkpoint_every="100ms", duration="10s")
     assert after_checkpoint <= set(seen_second)  # redelivered, not lost
-    committed = _committed(out_dir)
-    assert sorted(set(committed)) == list(range(300))
+    written = [r["i"] for r in committed(out_dir)]
+    assert sorted(set(written)) == list(range(300))
     # Messages were acknowledged at checkpoints, so none that made it into one came back.
-    assert len(committed) == 300
+    assert len(written) == 300
     assert not checkpointed & set(seen_second)
 
 

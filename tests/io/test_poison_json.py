@@ -18,6 +18,7 @@ import pytest
 import rheon as rh
 from rheon.io._json import JsonDecoder, oversized
 from rheon.testing import collect
+from tests.crash import Crash
 from tests.io import test_mqtt
 from tests.io.kafka import conftest as kafka_conftest
 from tests.io.kafka.conftest import produce
@@ -126,10 +127,6 @@ def test_the_cheap_screen_finds_exactly_the_lines_over_the_caps():
 
 
 # -- through the sources ---------------------------------------------------------------------------
-
-
-class Crash(BaseException):
-    """Stands in for the process dying."""
 
 
 def _flow(src: rh.io.Source, stop_at: int | None = None, crash_at: int | None = None) -> tuple[rh.Flow, Any, Any]:

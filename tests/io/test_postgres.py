@@ -19,6 +19,7 @@ from rheon.io.base import BuildContext
 from rheon.io.postgres import Postgres, _PostgresLogic
 from rheon.runtime.prometheus import FlowCollector
 from rheon.testing import ManualClock, collect
+from tests.crash import Crash, crash_at_row
 from tests.proxy import TcpProxy
 from tests.services import free_port
 
@@ -30,10 +31,6 @@ except ImportError:  # pragma: no cover - reported by the fixture
     psycopg = None  # type: ignore[assignment]
 
 EVENTS = [{"card": f"c{i % 4}", "amount": (i * 7) % 11, "ts": i * 100} for i in range(400)]
-
-
-class Crash(BaseException):
-    """Stands in for the process dying."""
 
 
 @pytest.fixture
@@ -64,14 +61,7 @@ def windows_flow(
     src = flow.source(rh.io.Records(events, batch_size=batch_size), time="ts", name="tx")
     per_card = src.key_by("card").window(rh.tumbling("1s"), name="per_card").agg(n=rh.count(), total=rh.sum("amount"))
     per_card.sink(Postgres(table, dsn=dsn, key=key), name="out")
-    seen = [0]
-
-    def watch(row: dict) -> None:
-        seen[0] += 1
-        if seen[0] == crash_after:
-            raise Crash
-
-    src.sink(watch, name="watch")
+    src.sink(crash_at_row(crash_after), name="watch")
     return flow
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import rheon as rh
 from rheon.testing import ManualClock, collect
+from tests.crash import Crash
 
 
 def test_records_reads_a_lazy_iterable_in_batches(batch_size):
@@ -188,9 +189,6 @@ def test_records_odd_rows_are_dead_letters_and_the_flow_goes_on():
 def test_records_dead_letters_of_a_list_come_once_across_a_restart(tmp_path):
     rows = [{"v": 1}, {"v": "x"}, {"v": 2}, {"v": "y"}, {"v": 3}]
     seen: list[int] = []
-
-    class Crash(BaseException):
-        pass
 
     def crash_at_3(row: dict) -> None:
         seen.append(row["v"])

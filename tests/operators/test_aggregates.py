@@ -8,13 +8,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rheon as rh
 from rheon.testing import assert_rows_equal
+from tests.crash import Crash, committed, crash_at_row
 from tests.reference import reference, run_engine
 
 AGGS = {
@@ -163,19 +163,8 @@ def test_property_quantiles_and_filters_at_any_batching(rows, window, max_delay,
 # -- through a crash ----------------------------------------------------------------------------
 
 
-class Crash(BaseException):
-    """Stands in for a process dying."""
-
-
 def _flow(rows: list[dict], out: Path, crash_after: int | None = None) -> rh.Flow:
     flow = rh.Flow("aggregates")
-    seen = [0]
-
-    def watch(row: dict) -> None:
-        seen[0] += 1
-        if seen[0] == crash_after:
-            raise Crash
-
     src = flow.source(rh.io.Records(rows, batch_size=20), time="ts", max_delay="60ms")
     result = (
         src.key_by("k")
@@ -192,25 +181,21 @@ def _flow(rows: list[dict], out: Path, crash_after: int | None = None) -> rh.Flo
         )
     )
     result.sink(rh.io.FileSink(out), name="out")
-    result.sink(watch, name="watch")
+    result.sink(crash_at_row(crash_after), name="watch")
     return flow
-
-
-def _committed(out: Path) -> list[dict]:
-    return [row for f in sorted(out.glob("part-*")) for row in pl.read_ndjson(f).to_dicts()]
 
 
 @pytest.mark.parametrize("crash_after", [3, 70])
 def test_a_crash_and_restore_gives_the_uninterrupted_output(tmp_path, crash_after):
     rows = _events(500, seed=23)
     _flow(rows, tmp_path / "reference").run()
-    expected = _committed(tmp_path / "reference")
+    expected = committed(tmp_path / "reference")
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     with pytest.raises(Crash):
         _flow(rows, out, crash_after).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     _flow(rows, out).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     assert len(expected) > 100
-    assert _committed(out) == expected
+    assert committed(out) == expected
 
 
 def test_a_changed_where_is_refused_on_restore(tmp_path):

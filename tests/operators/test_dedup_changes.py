@@ -13,6 +13,7 @@ import pytest
 import rheon as rh
 from rheon.core.batch import WM_COL, Batch
 from rheon.operators.dedup import Dedup
+from tests.crash import Crash, committed_parts, crash_at_row
 from tests.operators import ordered_reference as ref
 
 
@@ -224,48 +225,32 @@ def test_changes_compares_nan_equal_to_nan_and_float_keys_keep_their_state():
 
 # -- through a crash ----------------------------------------------------------------------------
 
-
-class Crash(BaseException):
-    """Stands in for a process dying."""
+SINKS = ("dedup", "repeats", "late", "changes")  # _flow's file sinks, each writing to out / name
 
 
 def _flow(rows: list[dict], out: Path, crash_after: int | None = None, within: str = "400ms") -> rh.Flow:
     flow = rh.Flow("ordered")
-    seen = [0]
-
-    def watch(row: dict) -> None:
-        seen[0] += 1
-        if seen[0] == crash_after:
-            raise Crash
-
     src = flow.source(rh.io.Records(rows, batch_size=9), time="ts", max_delay="300ms", name="src")
     d = src.key_by("k").dedup(within=within, name="once")
     d.sink(rh.io.FileSink(out / "dedup"), name="dedup_out")
     d.repeats().sink(rh.io.FileSink(out / "repeats"), name="repeats_out")
     d.late().sink(rh.io.FileSink(out / "late"), name="late_out")
     src.key_by("k").changes("v", name="flips").sink(rh.io.FileSink(out / "changes"), name="changes_out")
-    src.sink(watch, name="watch")
+    src.sink(crash_at_row(crash_after), name="watch")
     return flow
-
-
-def _committed(out: Path) -> dict[str, list[dict]]:
-    return {
-        part: [row for f in sorted((out / part).glob("part-*")) for row in pl.read_ndjson(f).to_dicts()]
-        for part in ("dedup", "repeats", "late", "changes")
-    }
 
 
 @pytest.mark.parametrize("crash_after", [5, 130])
 def test_a_crash_and_restore_gives_the_uninterrupted_output(tmp_path, crash_after):
     rows = _events(300, seed=5, late_every=29)
     _flow(rows, tmp_path / "reference").run()
-    expected = _committed(tmp_path / "reference")
+    expected = committed_parts(tmp_path / "reference", *SINKS)
     assert all(len(v) > 5 for v in expected.values())
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     with pytest.raises(Crash):
         _flow(rows, out, crash_after).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     _flow(rows, out).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
-    assert _committed(out) == expected
+    assert committed_parts(out, *SINKS) == expected
 
 
 def test_a_changed_within_is_refused_on_restore(tmp_path):

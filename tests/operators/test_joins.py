@@ -14,6 +14,7 @@ import rheon as rh
 from rheon.core.batch import Batch
 from rheon.operators.join.interval import IntervalJoin
 from rheon.testing import collect
+from tests.crash import Crash, committed, committed_parts, crash_at_row
 
 
 def _sides(seed: int, n: int = 150, keys: int = 3, spread: int = 100, jitter: int = 50):
@@ -153,10 +154,6 @@ def test_records_behind_the_watermark_are_late_and_buffers_stay_bounded():
     assert [tag for tag, _ in outputs] == ["main", "late"]
 
 
-class Crash(BaseException):
-    pass
-
-
 def test_join_state_survives_a_crash(tmp_path):
     rnd = random.Random(9)
     rows = [
@@ -176,18 +173,11 @@ def test_join_state_survives_a_crash(tmp_path):
         a.key_by("k").join(b.key_by("k").latest(), how="left", name="tj").sink(
             rh.io.FileSink(tmp_path / "tj"), name="tj_out"
         )
-        n = [0]
-
-        def watch(row):
-            n[0] += 1
-            if n[0] == crash_after:
-                raise Crash
-
-        src.sink(watch, name="watch")
+        src.sink(crash_at_row(crash_after), name="watch")
         return flow
 
     build().run()
-    expected = {name: _read(tmp_path / name) for name in ("ij", "wj", "tj")}
+    expected = committed_parts(tmp_path, "ij", "wj", "tj")
     for name in expected:
         for f in (tmp_path / name).iterdir():
             f.unlink()
@@ -196,12 +186,8 @@ def test_join_state_survives_a_crash(tmp_path):
             build(crash_after).run(checkpoint_dir=tmp_path / "ckpt", checkpoint_every="0ms")
     build().run(checkpoint_dir=tmp_path / "ckpt", checkpoint_every="0ms")
     for name, rows_expected in expected.items():
-        assert _read(tmp_path / name) == rows_expected, name
+        assert committed(tmp_path / name) == rows_expected, name
         assert len(rows_expected) > 10
-
-
-def _read(folder):
-    return [r for p in sorted(folder.glob("part-*")) for r in pl.read_ndjson(p).to_dicts()]
 
 
 def test_join_mistakes_are_flow_errors():

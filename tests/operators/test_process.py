@@ -11,6 +11,7 @@ import pytest
 
 import rheon as rh
 from rheon.testing import ManualClock, ScriptedSource, collect
+from tests.crash import Crash, committed, crash_at_row
 
 
 class Sessionizer:
@@ -210,10 +211,6 @@ def test_function_or_object_and_clear_errors():
         keyed.stream.side_output("x")
 
 
-class Crash(BaseException):
-    pass
-
-
 def test_state_and_timers_survive_a_crash(tmp_path):
     rows = _rows(7, n=400)
     expected = reference(rows, 200)
@@ -227,23 +224,12 @@ def test_state_and_timers_survive_a_crash(tmp_path):
         )
         res.sink(rh.io.FileSink(tmp_path / "out"), name="out")
         res.side_output("every5").sink(rh.io.FileSink(tmp_path / "side"), name="side")
-        count = [0]
-
-        def watch(row):
-            count[0] += 1
-            if count[0] == crash_after:
-                raise Crash
-
-        res.sink(watch, name="watch")
+        res.sink(crash_at_row(crash_after), name="watch")
         return flow
 
     for crash_after in (3, 40):
         with contextlib.suppress(Crash):
             build(crash_after).run(checkpoint_dir=tmp_path / "ckpt", checkpoint_every="0ms")
     build().run(checkpoint_dir=tmp_path / "ckpt", checkpoint_every="0ms")
-
-    def read(name):
-        return [r for p in sorted((tmp_path / name).glob("part-*")) for r in pl.read_ndjson(p).to_dicts()]
-
-    assert read("out") == expected[0]
-    assert read("side") == expected[1]
+    assert committed(tmp_path / "out") == expected[0]
+    assert committed(tmp_path / "side") == expected[1]

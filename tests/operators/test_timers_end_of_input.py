@@ -17,6 +17,7 @@ import pytest
 import rheon as rh
 from rheon.operators.process import END_WATERMARK
 from rheon.testing import ManualClock, ScriptedSource, collect
+from tests.crash import Crash, committed, crash_at_row
 
 TIMEOUT = 5_000
 DELAY = 500
@@ -209,10 +210,6 @@ def test_a_processing_time_timer_sees_the_current_watermark():
     assert out.rows == [{"k": "a", "due": 5_000, "watermark": 3_000, "input_ended": False}]
 
 
-class Crash(BaseException):
-    pass
-
-
 def test_end_of_input_timers_after_a_crash_and_restore(tmp_path):
     rows = _replay(5, n=400)
     expected = reference(rows)
@@ -226,14 +223,7 @@ def test_end_of_input_timers_after_a_crash_and_restore(tmp_path):
             .process(Heartbeat(), name="beat")
         )
         alerts.sink(rh.io.FileSink(tmp_path / "out"), name="out")
-        count = [0]
-
-        def watch(row):
-            count[0] += 1
-            if count[0] == crash_after:
-                raise Crash
-
-        alerts.sink(watch, name="watch")
+        alerts.sink(crash_at_row(crash_after), name="watch")
         return flow
 
     # Crash early, then just after the first end-of-input alert (before the last checkpoint).
@@ -244,5 +234,4 @@ def test_end_of_input_timers_after_a_crash_and_restore(tmp_path):
     build().run(checkpoint_dir=tmp_path / "ckpt", checkpoint_every="0ms")
     build().run(checkpoint_dir=tmp_path / "ckpt", checkpoint_every="0ms")  # finished: nothing fires again
 
-    got = [r for p in sorted((tmp_path / "out").glob("part-*")) for r in pl.read_ndjson(p).to_dicts()]
-    assert got == expected
+    assert committed(tmp_path / "out") == expected

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 import rheon as rh
+from tests.crash import Crash, committed_parts, crash_at_row
 from tests.operators import ordered_reference as ref
 
 # -- per window, on a stream of window rows ----------------------------------------------------
@@ -186,48 +187,32 @@ def test_running_top_n_has_no_event_time_and_a_rank_column():
 
 # -- through a crash ----------------------------------------------------------------------------
 
-
-class Crash(BaseException):
-    """Stands in for a process dying."""
+SINKS = ("windows", "running")  # _flow's file sinks, each writing to out / name
 
 
 def _flow(rows: list[dict], out: Path, crash_after: int | None = None, n: int = 2) -> rh.Flow:
     flow = rh.Flow("tops")
-    seen = [0]
-
-    def watch(row: dict) -> None:
-        seen[0] += 1
-        if seen[0] == crash_after:
-            raise Crash
-
     src = flow.source(rh.io.Records(rows, batch_size=11), time="ts", max_delay="200ms", name="src")
     counts = src.key_by("page").window(rh.tumbling("500ms"), allowed_lateness="2s", name="counts").agg(n=rh.count())
     counts.top_n(n, by="n", name="best").sink(rh.io.FileSink(out / "windows"), name="windows_out")
     src.with_columns(v=rh.col("ts") % 997).key_by("page").top_n(n, by="v", name="running").sink(
         rh.io.FileSink(out / "running"), name="running_out"
     )
-    src.sink(watch, name="watch")
+    src.sink(crash_at_row(crash_after), name="watch")
     return flow
-
-
-def _committed(out: Path) -> dict[str, list[dict]]:
-    return {
-        part: [row for f in sorted((out / part).glob("part-*")) for row in pl.read_ndjson(f).to_dicts()]
-        for part in ("windows", "running")
-    }
 
 
 @pytest.mark.parametrize("crash_after", [60, 200])
 def test_a_crash_and_restore_gives_the_uninterrupted_output(tmp_path, crash_after):
     rows = _views(400, 6)
     _flow(rows, tmp_path / "reference").run()
-    expected = _committed(tmp_path / "reference")
+    expected = committed_parts(tmp_path / "reference", *SINKS)
     assert {k: len(v) > 50 for k, v in expected.items()} == {"windows": True, "running": True}
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     with pytest.raises(Crash):
         _flow(rows, out, crash_after).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     _flow(rows, out).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
-    assert _committed(out) == expected
+    assert committed_parts(out, *SINKS) == expected
 
 
 def test_a_changed_n_is_refused_on_restore(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 
 import rheon as rh
 from rheon.testing import assert_rows_equal
+from tests.crash import Crash, committed, crash_at_row
 from tests.reference import reference
 
 WINDOWS = [("tumbling", 100, 100), ("sliding", 100, 20), ("session", 25, 0)]
@@ -147,19 +148,8 @@ def test_results_that_do_not_fit_one_type_ask_for_dtype():
         _engine(rows, ("tumbling", 1000, 1000), 1000, odd=rh.agg_fn(lambda vs: "x" if len(vs) > 1 else 1, "v"))
 
 
-class Crash(BaseException):
-    """Stands in for a process dying."""
-
-
 def _flow(rows, out: Path, crash_after: int | None = None, scale: float = 2.0) -> rh.Flow:
     flow = rh.Flow("user-crash")
-    seen = [0]
-
-    def watch(row: dict) -> None:
-        seen[0] += 1
-        if seen[0] == crash_after:
-            raise Crash
-
     src = flow.source(rh.io.Records(rows, batch_size=15), time="ts", max_delay="60ms")
     result = (
         src.key_by("k")
@@ -167,24 +157,20 @@ def _flow(rows, out: Path, crash_after: int | None = None, scale: float = 2.0) -
         .agg(wm=WeightedMean("v", "w"), span=Span("v", scale=scale), median=rh.agg_fn(statistics.median, "v"))
     )
     result.sink(rh.io.FileSink(out), name="out")
-    result.sink(watch, name="watch")
+    result.sink(crash_at_row(crash_after), name="watch")
     return flow
-
-
-def _committed(out: Path) -> list[dict]:
-    return [row for f in sorted(out.glob("part-*")) for row in pl.read_ndjson(f).to_dicts()]
 
 
 def test_a_crash_and_restore_gives_the_uninterrupted_output(tmp_path):
     rows = _events(300, seed=8)
     _flow(rows, tmp_path / "reference").run()
-    expected = _committed(tmp_path / "reference")
+    expected = committed(tmp_path / "reference")
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     with pytest.raises(Crash):
         _flow(rows, out, crash_after=40).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     _flow(rows, out).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     assert len(expected) > 50
-    assert _committed(out) == expected
+    assert committed(out) == expected
 
 
 def test_a_changed_setting_is_refused_on_restore(tmp_path):

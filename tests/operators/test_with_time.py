@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 import rheon as rh
+from tests.crash import Crash, committed_parts, crash_at_row
 from tests.reference import reference
 
 EPOCH = datetime(2024, 3, 1, tzinfo=UTC)
@@ -254,20 +255,11 @@ def test_with_columns_cannot_change_the_time_column_type_and_points_to_with_time
 
 # -- restarts ----------------------------------------------------------------------------------
 
-
-class Crash(BaseException):
-    """Stands in for a process dying."""
+SINKS = ("own", "own_late", "follow", "follow_late")  # _flow's file sinks, each writing to out / name
 
 
 def _flow(rows: list[dict], out: Path, crash_after: int | None = None) -> rh.Flow:
     flow = rh.Flow("retimed")
-    seen = [0]
-
-    def watch(row: dict) -> None:
-        seen[0] += 1
-        if seen[0] == crash_after:
-            raise Crash
-
     raw = flow.source(rh.io.Records(rows, batch_size=9), name="raw")
     own = raw.with_time(PARSE, max_delay="250ms", name="own")
     timed = flow.source(rh.io.Records(rows, batch_size=9), time="at", max_delay="200ms", name="timed")
@@ -278,28 +270,21 @@ def _flow(rows: list[dict], out: Path, crash_after: int | None = None) -> rh.Flo
         result = stream.key_by("k").window(rh.tumbling("500ms")).agg(n=rh.count(), total=rh.sum("v"))
         result.sink(rh.io.FileSink(out / label), name=f"{label}_out")
         result.late().sink(rh.io.FileSink(out / f"{label}_late"), name=f"{label}_late_out")
-    raw.sink(watch, name="watch")
+    raw.sink(crash_at_row(crash_after), name="watch")
     return flow
-
-
-def _committed(out: Path) -> dict[str, list[dict]]:
-    return {
-        part: [row for f in sorted((out / part).glob("part-*")) for row in pl.read_ndjson(f).to_dicts()]
-        for part in ("own", "own_late", "follow", "follow_late")
-    }
 
 
 @pytest.mark.parametrize("crash_after", [4, 150])
 def test_a_crash_and_restore_gives_the_uninterrupted_output(tmp_path, crash_after):
     rows = _events(300, seed=11, late_every=29)
     _flow(rows, tmp_path / "reference").run()
-    expected = _committed(tmp_path / "reference")
+    expected = committed_parts(tmp_path / "reference", *SINKS)
     assert all(len(v) > 3 for v in expected.values())
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     with pytest.raises(Crash):
         _flow(rows, out, crash_after).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     _flow(rows, out).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
-    assert _committed(out) == expected
+    assert committed_parts(out, *SINKS) == expected
 
 
 def test_a_time_expression_reading_a_field_the_records_lack_dead_letters_them_all(tmp_path):

@@ -18,14 +18,12 @@ from hypothesis import strategies as st
 import rheon as rh
 from rheon.core.errors import CheckpointError
 from rheon.state.checkpoints import CheckpointStore
+from tests.crash import Crash, crash_at_row
+from tests.crash import committed as committed_rows
 
 EVENTS = [
     {"k": i % 5, "v": (i * 37) % 11, "ts": i * 40 + (i * 53) % 300} for i in range(600)
 ]  # out of order by up to 300 ms
-
-
-class Crash(BaseException):
-    """Stands in for a process dying at a chosen moment."""
 
 
 def build(
@@ -308,27 +306,19 @@ def test_file_sources_resume_mid_file_after_a_crash(tmp_path, fmt):
     def flow_for(out: Path, crash_after: int | None = None) -> rh.Flow:
         flow = rh.Flow("files")
         tx = flow.source(source(src_dir / f"*.{fmt}", batch_size=40), time="ts", max_delay="200ms", name="tx")
-        seen = [0]
-
-        def watch(row: dict) -> None:
-            seen[0] += 1
-            if seen[0] == crash_after:
-                raise Crash
-
         tx.key_by("k").window(rh.tumbling("1s")).agg(n=rh.count(), total=rh.sum("v")).sink(rh.io.FileSink(out))
-        tx.sink(watch)
+        tx.sink(crash_at_row(crash_after))
         return flow
 
     flow_for(tmp_path / "ref").run()
-    expected = [r for f in sorted((tmp_path / "ref").glob("part-*")) for r in pl.read_ndjson(f).to_dicts()]
+    expected = committed_rows(tmp_path / "ref")
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     for crash_after in (130, 300):  # records seen by this run before it dies
         with pytest.raises(Crash):
             flow_for(out, crash_after).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
     flow_for(out).run(checkpoint_dir=ckpt, checkpoint_every="0ms")
-    got = [r for f in sorted(out.glob("part-*")) for r in pl.read_ndjson(f).to_dicts()]
     assert len(expected) > 10
-    assert got == expected
+    assert committed_rows(out) == expected
 
 
 # -- damaged checkpoints and failed writes --------------------------------------------------------

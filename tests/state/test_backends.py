@@ -6,13 +6,13 @@ import contextlib
 import random
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 import rheon as rh
 from rheon.state.backends import MemoryBackend, RocksDBBackend, make_backend
 from rheon.state.checkpoints import CheckpointStore
 from rheon.state.shared import SharedFiles
+from tests.crash import Crash, committed_parts, crash_at_row
 
 BACKENDS = ["memory", "rocksdb"]
 
@@ -84,10 +84,6 @@ def test_unknown_backend_is_a_flow_error():
         rh.Flow("x", state_backend="redis")
 
 
-class Crash(BaseException):
-    pass
-
-
 def test_rocksdb_flow_survives_crashes_like_memory(tmp_path):
     rnd = random.Random(4)
     rows = [{"k": rnd.randrange(30), "v": rnd.randrange(10), "ts": i * 10} for i in range(1_500)]
@@ -107,14 +103,7 @@ def test_rocksdb_flow_survives_crashes_like_memory(tmp_path):
         src.key_by("k").reduce(lambda a, r: {**r, "v": a["v"] + r["v"]}, name="sum").sink(
             rh.io.FileSink(out / "reduce"), name="r_out"
         )
-        seen = [0]
-
-        def watch(row):
-            seen[0] += 1
-            if seen[0] == crash_after:
-                raise Crash
-
-        src.sink(watch, name="watch")
+        src.sink(crash_at_row(crash_after), name="watch")
         return flow
 
     results = {}
@@ -124,16 +113,10 @@ def test_rocksdb_flow_survives_crashes_like_memory(tmp_path):
             with contextlib.suppress(Crash):
                 build(kind, out, crash_after).run(checkpoint_dir=tmp_path / f"ckpt-{kind}", checkpoint_every="0ms")
         build(kind, out).run(checkpoint_dir=tmp_path / f"ckpt-{kind}", checkpoint_every="0ms")
-        results[kind] = {
-            name: [r for p in sorted((out / name).glob("part-*")) for r in pl.read_ndjson(p).to_dicts()]
-            for name in ("process", "reduce")
-        }
+        results[kind] = committed_parts(out, "process", "reduce")
     reference_out = tmp_path / "reference"
     build("memory", reference_out).run()
-    reference = {
-        name: [r for p in sorted((reference_out / name).glob("part-*")) for r in pl.read_ndjson(p).to_dicts()]
-        for name in ("process", "reduce")
-    }
+    reference = committed_parts(reference_out, "process", "reduce")
     assert results["memory"] == reference
     assert results["rocksdb"] == reference
     assert len(reference["process"]) > 50

@@ -15,6 +15,7 @@ import rheon as rh
 from rheon.core.metrics import SinkHealth
 from rheon.io.base import BuildContext
 from rheon.testing import collect
+from tests.crash import Crash, crash_at_row
 from tests.io.kafka.conftest import confluent_kafka, produce, read_all
 
 
@@ -192,10 +193,6 @@ def test_the_kafka_clients_request_retries_count_as_the_sinks_retries(kafka_brok
         logic.close()
 
 
-class Crash(BaseException):
-    pass
-
-
 def _pipeline(
     brokers: str, source_topic: str, sink_topic: str, *, crash_after: int | None = None, crash_in_commit: bool = False
 ) -> rh.Flow:
@@ -205,14 +202,7 @@ def _pipeline(
     )
     totals = src.key_by("card").reduce(lambda a, r: {**r, "amount": a["amount"] + r["amount"]}, name="totals")
     totals.sink(rh.io.KafkaSink(sink_topic, brokers=brokers, key="card"), name="out")
-    seen = [0]
-
-    def watch(row: dict) -> None:
-        seen[0] += 1
-        if crash_after is not None and seen[0] == crash_after:
-            raise Crash
-
-    src.sink(watch, name="watch")
+    src.sink(crash_at_row(crash_after), name="watch")
     if crash_in_commit:
         import rheon.io.kafka.sink as sink_module
 
