@@ -98,10 +98,9 @@ KINDS = st.sampled_from(["any", "expr", "rising", "raising", "parity"])
     after_match=st.sampled_from(SKIPS),
     batch_size=st.sampled_from([1, 3, 7, 1000]),
     min_keys=st.sampled_from([1, 2, 10**9]),
-    chunk=st.sampled_from([1, 5, 32_768]),
 )
 def test_lock_step_gives_what_the_row_matcher_gives(
-    rows: list[dict[str, Any]], kinds: list[str], after_match: str, batch_size: int, min_keys: int, chunk: int
+    rows: list[dict[str, Any]], kinds: list[str], after_match: str, batch_size: int, min_keys: int
 ) -> None:
     if after_match.partition(":")[2] not in ("", *NAMES[: len(kinds)]):
         after_match = "skip_past_last_event"
@@ -109,7 +108,6 @@ def test_lock_step_gives_what_the_row_matcher_gives(
     expected = run(rows, kinds, after_match, batch_size, fast=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(lockstep, "MIN_KEYS", min_keys)
-        mp.setattr(cep_operator, "LOCKSTEP_ROWS", chunk)  # keys split over runs of at least this many rows
         got = run(rows, kinds, after_match, batch_size, fast=True)
     assert got[0] == expected[0], "matches"
     assert got[1] == expected[1], "dead letters"
@@ -125,9 +123,6 @@ def test_a_rising_three_over_many_keys_spans_batches_like_the_row_matcher() -> N
         got = run(rows, kinds, after_match, 613, fast=True)
         assert expected[0]
         assert got == expected
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cep_operator, "LOCKSTEP_ROWS", 64)  # about ten runs of whole keys per batch
-            assert run(rows, kinds, after_match, 613, fast=True) == expected
 
 
 def test_only_single_row_strict_patterns_with_a_python_condition_run_in_lock_step() -> None:

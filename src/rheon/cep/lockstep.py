@@ -124,8 +124,6 @@ class Plan:
         gstart = np.flatnonzero(first)
         glen = np.diff(np.append(gstart, n))
         by_length = np.argsort(-glen, kind="stable")  # longest first: the keys at q are a prefix
-        self.by_length = by_length
-        """Key ``g`` is the ``by_length[g]``-th key in batch order."""
         self.keys, self.lengths = gstart[by_length], glen[by_length]
         longest = int(self.lengths.max(initial=0))
         # keys with a q-th row: how many are longer than q

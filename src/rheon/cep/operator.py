@@ -10,7 +10,6 @@ start a match, and the rows right after them, reach the matcher.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any
@@ -49,10 +48,6 @@ _LIVE = "__cep_live"  # the key has open attempts from earlier rows
 _USEFUL = "__cep_useful"  # a start row whose attempt can outlive the next row
 _IDX = "__cep_idx"  # a row's position in the released rows
 _NO_KEY = object()
-
-LOCKSTEP_ROWS = 32_768
-"""Released rows matched in lock step at a time (whole keys): the rows' dicts of one chunk stay
-in the CPU caches while the conditions read them, and their memory is reused by the next."""
 
 
 def _any_of(names: list[str], flags: tuple[int, ...] | None) -> pl.Expr:
@@ -293,11 +288,8 @@ class MatchOperator(Operator):
         rows = rows[narrow.get_column(_IDX)]
         user = rows.drop(_T, _START, *names)
         key_of = key_getter(self.keys, user.schema)
-        if self.lockstep is not None:
-            done = self._lockstep(narrow, names, first, user, key_of)
-            if done == narrow.height:
-                return
-            narrow, user = narrow[done:], user[done:]
+        if self.lockstep is not None and self._lockstep(narrow, names, first, user, key_of):
+            return
         times = narrow.get_column(_T).to_list()
         starts = narrow.get_column(_START).to_list()
         flag_rows: list[tuple[bool, ...]] = (
@@ -345,43 +337,33 @@ class MatchOperator(Operator):
         first: np.ndarray,
         user: pl.DataFrame,
         key_of: Any,
-    ) -> int:
+    ) -> bool:
         """Run the released rows (all of them, in :meth:`_order`'s order, ``first`` marking each
-        key's first row) in lock step, a chunk of whole keys at a time (:data:`LOCKSTEP_ROWS`);
-        return how many rows that took: fewer than all if a key's state is not one it reads
-        (the rest then go through the row matcher)."""
+        key's first row) in lock step; ``False`` if a key's state is not one it reads (the rows
+        then go through the row matcher)."""
         assert self.lockstep is not None
-        n = narrow.height
-        heads = np.flatnonzero(first)
-        live_heads = self._is_live(narrow[heads]) if self.live else np.zeros(len(heads), dtype=bool)
-        at_key = np.searchsorted(heads, np.arange(LOCKSTEP_ROWS, n, LOCKSTEP_ROWS))  # the next key's first row
-        cuts = np.unique(heads[at_key[at_key < len(heads)]])
-        bounds: list[int] = [0, *cuts.tolist(), n]
-        load = self._load
-        for a, b in itertools.pairwise(bounds):
-            plan = Plan(first[a:b])
-            at = pl.Series(plan.order + a)
-            part, rows = narrow[at], user[at]
-            records, _ = frame_to_rows(rows)
-            k0 = int(np.searchsorted(heads, a))
-            found = self.lockstep.run(
-                plan,
-                records,
-                part.get_column(_T).to_numpy(),
-                part.get_column(_START).to_numpy(),
-                [part.get_column(c).to_numpy() for c in names],
-                live_heads[k0 : k0 + len(plan.keys)][plan.by_length],
-                key_of,
-                load,
-                self._keep,
-                self._on_error,
-            )
-            if found is None:
-                return a
-            if len(found):
-                found.offset = a
-                self._found.append((rows, found))
-        return n
+        plan = Plan(first)
+        at = pl.Series(plan.order)
+        narrow, user = narrow[at], user[at]
+        records, _ = frame_to_rows(user)
+        live = self._is_live(narrow[: len(plan.keys)]) if self.live else np.zeros(len(plan.keys), dtype=bool)
+        found = self.lockstep.run(
+            plan,
+            records,
+            narrow.get_column(_T).to_numpy(),
+            narrow.get_column(_START).to_numpy(),
+            [narrow.get_column(n).to_numpy() for n in names],
+            live,
+            key_of,
+            self._load,
+            self._keep,
+            self._on_error,
+        )
+        if found is None:
+            return False
+        if len(found):
+            self._found.append((user, found))
+        return True
 
     def _load(self, key: Any) -> KeyState:
         state: KeyState = self.keyed.cells(key)[_STATE]
