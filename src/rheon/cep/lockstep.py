@@ -20,7 +20,7 @@ matcher keeps them, so batches, checkpoints and the two paths mix freely.
 
 from __future__ import annotations
 
-import functools
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,12 +101,6 @@ class Found:
         return sum(len(t) for t in self.trigger)
 
 
-@functools.cache
-def _depths_table(L: int) -> list[tuple[int, ...]]:
-    """For each bit set of open depths ``1 .. L-1`` (bit ``d - 1``), the depths, deepest first."""
-    return [tuple(d for d in range(L - 1, 0, -1) if b >> (d - 1) & 1) for b in range(1 << (L - 1))]
-
-
 class Plan:
     """Where a batch's rows go in lock step: keys longest first (``keys[g]``: the batch position
     of key ``g``'s first row, ``lengths[g]``: its number of rows), and ``order``, the batch
@@ -166,7 +160,7 @@ class LockStep:
         flags: Sequence[np.ndarray],
         live: np.ndarray,
         key_of: Callable[[Row], Any],
-        load: Callable[[Any], KeyState],
+        load: Callable[[list[Any]], list[KeyState]],
         keep: Callable[[Any, KeyState], None],
         on_error: Callable[[str, Row, Exception], None],
     ) -> Found | None:
@@ -219,32 +213,40 @@ class _Run:
 
     # -- state in and out ------------------------------------------------------------------------
 
-    def load(self, which: np.ndarray, load: Callable[[Any], KeyState]) -> bool:
+    def load(self, which: np.ndarray, load: Callable[[list[Any]], list[KeyState]]) -> bool:
         """Read the states of keys ``which``: open attempts into ``alive``, the rows they took
         into ``ctx``; ``False`` if one holds what this path does not read."""
-        L, found, records = self.L, self.found, self.records
+        L, found, records, key_of, states = self.L, self.found, self.records, self.key_of, self.states
+        groups = which.tolist()
+        keys = [key_of(records[g]) for g in groups]  # key g's first row is at position g
+        loaded = load(keys)
+        states.update(zip(groups, zip(keys, loaded, strict=True), strict=True))
+        self.base[which] = [ks.seq for ks in loaded]
+        # packed states (as save() leaves them), read in bulk: a bit per open depth, the rows back
+        packed = [ks.packed for ks in loaded]
+        pg = which
+        if None in packed:
+            pg = np.asarray([g for g, p in zip(groups, packed, strict=True) if p is not None], dtype=np.int64)
+            packed = [p for p in packed if p is not None]
+        if packed:
+            bits, rows, times = zip(*packed, strict=True)
+            self.alive[pg, 1:L] = (np.asarray(bits, dtype=np.int64)[:, None] >> np.arange(L - 1)) & 1 == 1
+            depth = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+            at = len(found.extra)
+            found.extra.extend(itertools.chain.from_iterable(rows))
+            found.extra_times.extend(itertools.chain.from_iterable(times))
+            owner = np.repeat(pg, depth)
+            back = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(depth) - depth, depth) + 1
+            self.ctx[owner, back] = found.n + at + np.arange(len(owner), dtype=np.int64)
+        if len(packed) == len(groups):
+            return True
+        # states the row matcher left (after a restore, or keys it finished a batch with)
         at_g: list[int] = []
         at_d: list[int] = []
         ctx_g: list[int] = []
         ctx_j: list[int] = []
-        seqs: list[int] = []
-        extra, extra_times = found.extra, found.extra_times
-        for g in which.tolist():
-            key = self.key_of(records[g])  # key g's first row is at position g
-            ks = load(key)
-            self.states[g] = (key, ks)
-            seqs.append(ks.seq)
-            if ks.packed is not None:  # as save() left it: read without building attempts
-                depths, rows, times = ks.packed
-                for d in depths:
-                    at_g.append(g)
-                    at_d.append(d)
-                deepest = depths[0]
-                for j in range(1, deepest + 1):
-                    ctx_g.append(g)
-                    ctx_j.append(j)
-                extra.extend(rows[:deepest])
-                extra_times.extend(times[:deepest])
+        for g, ks in zip(groups, loaded, strict=True):
+            if ks.packed is not None:
                 continue
             oldest: Path = None
             deepest = 0
@@ -274,13 +276,12 @@ class _Run:
         if len(set(zip(at_g, at_d, strict=True))) < len(at_g):
             return False  # two open attempts of one key at one depth
         self.alive[at_g, at_d] = True
-        self.ctx[ctx_g, ctx_j] = found.n + np.arange(len(ctx_g), dtype=np.int64)
-        self.base[which] = seqs
+        self.ctx[ctx_g, ctx_j] = len(found.extra) - len(ctx_g) + found.n + np.arange(len(ctx_g), dtype=np.int64)
         return True
 
     def save(self) -> None:
         """Write the open attempts of keys ``[handed:]`` back to their states, packed
-        (:class:`~rheon.cep.nfa.KeyState`): their depths and the rows they took."""
+        (:class:`~rheon.cep.nfa.KeyState`): a bit per open depth, and the rows they took."""
         plan, handed, L = self.plan, self.handed, self.L
         part = np.arange(handed, len(plan.keys))
         alive = self.alive[handed:, 1:L]
@@ -297,20 +298,22 @@ class _Run:
             return
         g_arr = part[pending]
         # the depths open at each key (a bit per depth) and the rows as far back as the deepest
-        bits = alive[pending].astype(np.int64) @ (1 << np.arange(L - 1, dtype=np.int64))
-        deepest = int(np.max(np.flatnonzero(alive[pending].any(axis=0)))) + 1
+        open_depths = alive[pending]
+        bits = open_depths.astype(np.int64) @ (1 << np.arange(L - 1, dtype=np.int64))
+        deepest = (L - 1) - np.argmax(open_depths[:, ::-1], axis=1)
+        most = int(deepest.max())
         q = plan.lengths[g_arr]
-        backs = [self.ref(g_arr, q, j) for j in range(1, deepest + 1)]
+        backs = [self.ref(g_arr, q, j) for j in range(1, most + 1)]
         rows = self.records + self.found.extra if self.found.extra else self.records
         times = self.found.all_times()
-        row_cols = [[rows[r] for r in b.tolist()] for b in backs]
-        time_cols = [times[np.maximum(b, 0)].tolist() for b in backs]
-        depths_of = _depths_table(L)
+        row_tuples = list(zip(*([dict(rows[r]) for r in b.tolist()] for b in backs), strict=True))
+        time_tuples = list(zip(*(times[np.maximum(b, 0)].tolist() for b in backs), strict=True))
         key_of, keep, records = self.key_of, self.keep, self.records
-        for i, (g, b) in enumerate(zip(g_arr.tolist(), bits.tolist(), strict=True)):
-            depths = depths_of[b]
-            n = depths[0]
-            packed = (depths, tuple(c[i] for c in row_cols[:n]), tuple(c[i] for c in time_cols[:n]))
+        short = (deepest < most).tolist()
+        for g, b, n, cut, rt, tt in zip(
+            g_arr.tolist(), bits.tolist(), deepest.tolist(), short, row_tuples, time_tuples, strict=True
+        ):
+            packed = (b, rt[:n], tt[:n]) if cut else (b, rt, tt)
             had = states.get(g)
             if had is not None:  # loaded, so already kept (and marked changed): update in place
                 ks = had[1]

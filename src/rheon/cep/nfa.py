@@ -230,11 +230,12 @@ class KeyState:
     """One key's matching state: rows seen and open attempts (in order of their first row).
 
     The lock-step path (:mod:`rheon.cep.lockstep`) keeps a key's open attempts ``packed``
-    instead: ``(depths, rows, times)``, the depths of its open attempts (deepest first) and its
-    last rows, ``rows[j - 1]`` the one ``j`` rows back (as many as the deepest attempt took).
-    Anything else reads :attr:`attempts` after :meth:`unpack`; checkpoints hold attempts only.
+    instead: ``(bits, rows, times)``, bit ``d - 1`` set for an open attempt that has taken ``d``
+    rows, and the key's last rows, ``rows[j - 1]`` the one ``j`` rows back (as many as the
+    deepest attempt took). Anything else reads :attr:`attempts` after :meth:`unpack`;
+    checkpoints hold attempts only.
 
-    >>> ks = KeyState(); ks.seq = 5; ks.packed = ((2, 1), ({"x": 4}, {"x": 3}), (40, 30))
+    >>> ks = KeyState(); ks.seq = 5; ks.packed = (0b11, ({"x": 4}, {"x": 3}), (40, 30))
     >>> ks.unpack(); [(a.start, a.start_t, a.threads[0][1]) for a in ks.attempts], ks.packed
     ([(4, 30, 2), (5, 40, 1)], None)
     """
@@ -244,7 +245,7 @@ class KeyState:
     def __init__(self) -> None:
         self.seq = 0
         self.attempts: list[Attempt] = []
-        self.packed: tuple[tuple[int, ...], tuple[Row, ...], tuple[int, ...]] | None = None
+        self.packed: tuple[int, tuple[Row, ...], tuple[int, ...]] | None = None
 
     def __getstate__(self) -> tuple[int, list[Attempt]]:
         return (self.seq, self._unpacked() if self.packed is not None else self.attempts)
@@ -265,9 +266,11 @@ class KeyState:
 
     def _unpacked(self) -> list[Attempt]:
         assert self.packed is not None
-        depths, rows, times = self.packed
+        bits, rows, times = self.packed
         out: list[Attempt] = []
-        for d in depths:
+        for d in range(len(rows), 0, -1):  # the oldest (deepest) first
+            if not bits >> (d - 1) & 1:
+                continue
             start = self.seq - d + 1
             path: Path = None
             for t in range(d):

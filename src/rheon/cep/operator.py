@@ -365,9 +365,9 @@ class MatchOperator(Operator):
             self._found.append((user, found))
         return True
 
-    def _load(self, key: Any) -> KeyState:
-        state: KeyState = self.keyed.cells(key)[_STATE]
-        return state
+    def _load(self, keys: list[Any]) -> list[KeyState]:
+        """The states of ``keys`` (each has one)."""
+        return [cells[_STATE] for cells in self.keyed.cells_of(keys)]
 
     def _order(self, rows: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """The positions of ``rows`` in (key, time, arrival) order, and which of them starts a

@@ -57,6 +57,12 @@ class KeyedStateBackend(ABC):
     def cells(self, key: Any) -> dict[str, Any]:
         """The mutable state dict of ``key`` (empty if new); the key is marked changed."""
 
+    def cells_of(self, keys: list[Any]) -> list[dict[str, Any]]:
+        """:meth:`cells` of each of ``keys``, in one call (for operators that read many keys of a
+        batch at once)."""
+        cells = self.cells
+        return [cells(key) for key in keys]
+
     @abstractmethod
     def end_batch(self) -> None:
         """A batch is done: drop keys whose state is empty, write back what is cached."""
@@ -116,6 +122,14 @@ class MemoryBackend(KeyedStateBackend):
         found = self.data.get(key)
         if found is None:
             found = self.data[key] = {}
+        return found
+
+    def cells_of(self, keys: list[Any]) -> list[dict[str, Any]]:
+        self.changed.update(keys)
+        data = self.data
+        found = list(map(data.get, keys))
+        if None in found:
+            found = [data.setdefault(key, {}) if f is None else f for key, f in zip(keys, found, strict=True)]
         return found
 
     def end_batch(self) -> None:
