@@ -127,10 +127,10 @@ class MemoryBackend(KeyedStateBackend):
     def cells_of(self, keys: list[Any]) -> list[dict[str, Any]]:
         self.changed.update(keys)
         data = self.data
-        found = list(map(data.get, keys))
+        found: list[dict[str, Any] | None] = list(map(data.get, keys))
         if None in found:
-            found = [data.setdefault(key, {}) if f is None else f for key, f in zip(keys, found, strict=True)]
-        return found
+            return [data.setdefault(key, {}) if f is None else f for key, f in zip(keys, found, strict=True)]
+        return found  # type: ignore[return-value]  # no None in it
 
     def end_batch(self) -> None:
         data = self.data
