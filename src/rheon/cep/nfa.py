@@ -280,7 +280,8 @@ class KeyState:
 
     def next_expiry(self, within: int) -> int | None:
         """When ``within`` ends the oldest open attempt (``None`` if none is open)."""
-        self.unpack()
+        if self.packed is not None:
+            self.unpack()
         for attempt in self.attempts:
             if attempt.threads and not attempt.expired:
                 return attempt.start_t + within
@@ -596,7 +597,8 @@ class Matcher:
     def timeout(self, key: Any, ks: KeyState, at: int) -> None:
         """The watermark reached ``at``: attempts that started at or before ``at - within`` end."""
         assert self.within is not None
-        ks.unpack()
+        if ks.packed is not None:
+            ks.unpack()
         limit = at - self.within
         for attempt in ks.attempts:
             if attempt.threads and not attempt.expired and attempt.start_t <= limit:
@@ -610,7 +612,8 @@ class Matcher:
 
     def finish(self, key: Any, ks: KeyState) -> None:
         """The input ended: no row will come (attempts still open did not time out)."""
-        ks.unpack()
+        if ks.packed is not None:
+            ks.unpack()
         for attempt in ks.attempts:
             if attempt.threads:
                 self._end(attempt, timed_out=False)

@@ -310,7 +310,8 @@ class MatchOperator(Operator):
                 last_key = key
                 ks = cells(key)[_STATE] if key in live else None
                 if ks is not None:
-                    ks.unpack()
+                    if ks.packed is not None:
+                        ks.unpack()
                     touched.append((key, ks))
             if ks is None:
                 if not can_start:
@@ -472,7 +473,7 @@ class MatchOperator(Operator):
 
     def _keep(self, key: Any, ks: KeyState) -> None:
         live = self.live
-        if ks:
+        if ks.attempts or ks.packed is not None:
             if key not in live:
                 self.keyed.cells(key)[_STATE] = ks
                 live.add(key)
