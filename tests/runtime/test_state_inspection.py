@@ -125,3 +125,30 @@ def test_rheon_inspect_lists_operators_and_shows_one(tmp_path):
 def test_inspect_of_an_empty_directory_says_there_is_no_checkpoint(tmp_path):
     with pytest.raises(rh.FlowError, match="no checkpoint in"):
         rh.inspect(tmp_path)
+
+
+def test_a_lock_step_pattern_shows_its_open_attempts_per_key():
+    # begin("a").next("b", rising) with no_skip: every row starts an attempt, so after each key's
+    # last row one is open at depth 1, holding that row; the state is one row per key with it.
+    from rheon import cep
+
+    flow = rh.Flow("rising")
+    src = rh.io.Generator(lambda i: {"card": f"c{i % 3}", "v": i}, rate=5_000, timestamp="ts")
+    rising = cep.begin("a").next("b", lambda e, m: e["v"] > m["a"][-1]["v"])
+    flow.source(src, time="ts", max_delay="1ms").key_by("card").match(rising, after_match="no_skip", name="rises").sink(
+        rh.io.Collect()
+    )
+    runner = threading.Thread(target=flow.run, kwargs={"handle_signals": False})
+    runner.start()
+    try:
+        _wait_for(lambda: _records_in(flow) > 300, "records")
+        _wait_for(lambda: flow.state("rises").height == 3, "a row per key")
+        state = flow.state("rises")
+        assert sorted(state.get_column("card").to_list()) == ["c0", "c1", "c2"]
+        assert (state.get_column("open") & 1 == 1).all()
+        assert (state.get_column("back_1_v") % 3 == state.get_column("card").str.slice(1).cast(pl.Int64)).all()
+        assert (state.get_column("seq") > 0).all()
+    finally:
+        flow.stop()
+        runner.join(TIMEOUT_S)
+    assert not runner.is_alive()

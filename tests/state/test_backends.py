@@ -217,25 +217,3 @@ def test_switching_state_backend_between_runs_resumes_the_state(tmp_path, before
     second.run(checkpoint_dir=tmp_path)
     assert 0 < len(head.rows) < len(reference.rows)
     assert head.rows + tail.rows == reference.rows
-
-
-@pytest.mark.parametrize("kind", BACKENDS)
-def test_cells_of_many_keys_is_cells_of_each_and_their_changes_are_checkpointed(tmp_path, kind):
-    backend = make_backend(kind, tmp_path / "work")
-    files = SharedFiles(tmp_path / "shared", "op")
-    backend.cells("a")["n"] = 1
-    backend.end_batch()
-    backend.snapshot(files)
-    got = backend.cells_of(["a", "b", "a"])
-    assert got[0] is got[2]
-    assert got[0] == {"n": 1}
-    assert got[1] == {}
-    got[0]["n"] = 2  # changed through cells_of: in the next (incremental) checkpoint
-    got[1]["n"] = 3
-    backend.end_batch()
-    saved = backend.snapshot(files)
-    restored = make_backend(kind, tmp_path / "work2")
-    restored.restore(saved, files)
-    assert restored.cells_of(["a", "b", "c"]) == [{"n": 2}, {"n": 3}, {}]
-    backend.close()
-    restored.close()

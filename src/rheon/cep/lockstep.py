@@ -14,13 +14,17 @@ positions, not dicts, for the operator to gather from the batch.
 
 Keys with many more rows than the others would make the positions many and the keys per
 position few: once fewer than :data:`MIN_KEYS` keys are left, the rest of their rows go through
-the row matcher. Open attempts are kept in each key's :class:`~rheon.cep.nfa.KeyState` as the row
-matcher keeps them, so batches, checkpoints and the two paths mix freely.
+the row matcher, from :class:`~rheon.cep.nfa.KeyState` objects made for them.
+
+Between batches a key's open attempts are columns, not Python objects (:class:`Carried` in,
+:class:`Left` out): a bit per open depth and the rows they took, which the operator keeps as one
+frame joined on the key. Per-key objects read and written every batch cost a third of the time,
+and the rows they held, left scattered in memory the batch had freed, made the conditions' dict
+reads twice as slow by the tenth batch.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +33,7 @@ import numpy as np
 
 from rheon.cep.nfa import STRICT, WAIT, Attempt, KeyState, Matcher, Path, Program, Row
 
-__all__ = ["MIN_KEYS", "Found", "LockStep", "eligible"]
+__all__ = ["MIN_KEYS", "Carried", "Found", "Left", "LockStep", "eligible"]
 
 MIN_KEYS = 48
 """Below this many keys at a position, the keys left go on row by row (a position costs a few
@@ -158,29 +162,58 @@ class LockStep:
         times: np.ndarray,
         starts: np.ndarray,
         flags: Sequence[np.ndarray],
-        live: np.ndarray,
-        key_of: Callable[[Row], Any],
-        load: Callable[[list[Any]], list[KeyState]],
-        keep: Callable[[Any, KeyState], None],
+        carried: Carried,
         on_error: Callable[[str, Row, Exception], None],
-    ) -> Found | None:
-        """Match the batch's rows, all given in ``plan.order`` (``live``: the key has state).
-        ``None`` if a key's state is not one this path reads (the caller then runs the rows
-        through the row matcher); else the matches, whose rows are positions in that order."""
-        run = _Run(self, plan, records, times, starts, flags, key_of, keep)
-        if not run.load(np.flatnonzero(live[: len(plan.keys)]), load):
-            return None
+    ) -> tuple[Found, Left]:
+        """Match the batch's rows, all given in ``plan.order``, from the open attempts the keys
+        bring (``carried``): the matches, whose rows are positions in that order (or in
+        ``found.extra``), and the attempts the keys leave open."""
+        run = _Run(self, plan, records, times, starts, flags)
+        run.load(carried)
         run.rows = records + run.found.extra if run.found.extra else records  # what a reference reads
         for q, c in enumerate(plan.counts.tolist()):
             if c < MIN_KEYS and q:
                 run.tail(q, c)
                 break
             run.position(q, c)
-        run.save()
+        left = run.save()
         run.errors.sort(key=lambda e: (e[0], e[1]))
         for _, _, where, row, exc in run.errors:
             on_error(where, row, exc)
-        return run.found
+        return run.found, left
+
+
+@dataclass
+class Carried:
+    """The open attempts the keys of a batch bring in (``g``: a key, by :class:`Plan`'s order):
+    ``seq[g]`` rows seen, ``bits[g]`` bit ``d - 1`` set for an open attempt of ``d`` rows, and
+    the rows they took: ``rows[i]`` (at ``times[i]``) is the row ``back[i]`` rows before key
+    ``owner[i]``'s first row in the batch."""
+
+    seq: np.ndarray
+    bits: np.ndarray
+    rows: list[Row]
+    times: np.ndarray
+    owner: np.ndarray
+    back: np.ndarray
+
+    @staticmethod
+    def none(keys: int) -> Carried:
+        """No key brings anything."""
+        empty = np.empty(0, dtype=np.int64)
+        return Carried(np.zeros(keys, np.int64), np.zeros(keys, np.int64), [], empty, empty, empty)
+
+
+@dataclass
+class Left:
+    """The open attempts keys leave after a batch: key ``keys[i]`` (by :class:`Plan`'s order)
+    has seen ``seq[i]`` rows, has ``bits[i]`` open, and ``refs[j - 1][i]`` is the row ``j``
+    rows back (a row reference as in :class:`Found`; ``-1`` past the deepest attempt)."""
+
+    keys: np.ndarray
+    seq: np.ndarray
+    bits: np.ndarray
+    refs: list[np.ndarray]
 
 
 class _Run:
@@ -196,132 +229,73 @@ class _Run:
         times: np.ndarray,
         starts: np.ndarray,
         flags: Sequence[np.ndarray],
-        key_of: Callable[[Row], Any],
-        keep: Callable[[Any, KeyState], None],
     ) -> None:
         self.step, self.plan, self.L = step, plan, step.L
         self.records, self.rows, self.times, self.starts, self.flags = records, records, times, starts, flags
-        self.key_of, self.keep = key_of, keep
         G = len(plan.keys)
         self.alive = np.zeros((G, self.L + 1), dtype=bool)
         self.ctx = np.full((G, self.L), -1, dtype=np.int64)
         self.base = np.zeros(G, dtype=np.int64)  # the key's seq before the batch
-        self.states: dict[int, tuple[Any, KeyState]] = {}
-        self.handed = 0  # keys [0:handed) went on row by row (and are saved)
+        self.handed = 0  # keys [0:handed) went on row by row
+        self.tailed: dict[int, KeyState] = {}  # their states after it
         self.found = Found(len(records), times)
         self.errors: list[tuple[int, int, str, Row, Exception]] = []
 
     # -- state in and out ------------------------------------------------------------------------
 
-    def load(self, which: np.ndarray, load: Callable[[list[Any]], list[KeyState]]) -> bool:
-        """Read the states of keys ``which``: open attempts into ``alive``, the rows they took
-        into ``ctx``; ``False`` if one holds what this path does not read."""
-        L, found, records, key_of, states = self.L, self.found, self.records, self.key_of, self.states
-        groups = which.tolist()
-        keys = [key_of(records[g]) for g in groups]  # key g's first row is at position g
-        loaded = load(keys)
-        states.update(zip(groups, zip(keys, loaded, strict=True), strict=True))
-        self.base[which] = [ks.seq for ks in loaded]
-        # packed states (as save() leaves them), read in bulk: a bit per open depth, the rows back
-        packed = [ks.packed for ks in loaded]
-        pg = which
-        if None in packed:
-            pg = np.asarray([g for g, p in zip(groups, packed, strict=True) if p is not None], dtype=np.int64)
-            packed = [p for p in packed if p is not None]
-        if packed:
-            bits, rows, times = zip(*packed, strict=True)
-            self.alive[pg, 1:L] = (np.asarray(bits, dtype=np.int64)[:, None] >> np.arange(L - 1)) & 1 == 1
-            depth = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-            at = len(found.extra)
-            found.extra.extend(itertools.chain.from_iterable(rows))
-            found.extra_times.extend(itertools.chain.from_iterable(times))
-            owner = np.repeat(pg, depth)
-            back = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(depth) - depth, depth) + 1
-            self.ctx[owner, back] = found.n + at + np.arange(len(owner), dtype=np.int64)
-        if len(packed) == len(groups):
-            return True
-        # states the row matcher left (after a restore, or keys it finished a batch with)
-        at_g: list[int] = []
-        at_d: list[int] = []
-        ctx_g: list[int] = []
-        ctx_j: list[int] = []
-        for g, ks in zip(groups, loaded, strict=True):
-            if ks.packed is not None:
-                continue
-            oldest: Path = None
-            deepest = 0
-            for attempt in ks.attempts:
-                threads = attempt.threads
-                if not threads:
-                    if attempt.result is not None:
-                        return False
-                    continue  # resolved without a match behind an open one: nothing left to do
-                if len(threads) != 1 or attempt.expired:
-                    return False
-                state, d = threads[0][0], threads[0][1]
-                if state != WAIT or not 0 < d < L or attempt.start != ks.seq - d + 1:
-                    return False
-                at_g.append(g)
-                at_d.append(d)
-                if d > deepest:
-                    deepest, oldest = d, threads[0][5]
-            path = oldest
-            for j in range(1, deepest + 1):
-                assert path is not None
-                ctx_g.append(g)
-                ctx_j.append(j)
-                found.extra.append(path[4])
-                found.extra_times.append(path[3])
-                path = path[0]
-        if len(set(zip(at_g, at_d, strict=True))) < len(at_g):
-            return False  # two open attempts of one key at one depth
-        self.alive[at_g, at_d] = True
-        self.ctx[ctx_g, ctx_j] = len(found.extra) - len(ctx_g) + found.n + np.arange(len(ctx_g), dtype=np.int64)
-        return True
+    def load(self, carried: Carried) -> None:
+        """The open attempts the keys bring: into ``alive``, the rows they took into ``ctx``."""
+        L, found = self.L, self.found
+        self.base[:] = carried.seq
+        self.alive[:, 1:L] = (carried.bits[:, None] >> np.arange(L - 1, dtype=np.int64)) & 1 == 1
+        found.extra.extend(carried.rows)
+        found.extra_times.extend(carried.times.tolist())
+        self.ctx[carried.owner, carried.back] = found.n + np.arange(len(carried.rows), dtype=np.int64)
 
-    def save(self) -> None:
-        """Write the open attempts of keys ``[handed:]`` back to their states, packed
-        (:class:`~rheon.cep.nfa.KeyState`): a bit per open depth, and the rows they took."""
+    def save(self) -> Left:
+        """The open attempts the keys leave: of keys ``[handed:]`` from ``alive``, of the keys
+        the row matcher finished from their states."""
         plan, handed, L = self.plan, self.handed, self.L
-        part = np.arange(handed, len(plan.keys))
         alive = self.alive[handed:, 1:L]
-        open_at: np.ndarray = np.asarray(alive.any(axis=1))
-        pending = np.flatnonzero(open_at)
-        seqs = (self.base + plan.lengths).tolist()
-        states = self.states
-        emptied = [g for g in states if g >= handed and not open_at[g - handed]]
-        for g in emptied:
-            key, ks = states[g]
-            ks.seq, ks.attempts, ks.packed = seqs[g], [], None
-            self.keep(key, ks)
-        if not pending.size:
-            return
-        g_arr = part[pending]
-        # the depths open at each key (a bit per depth) and the rows as far back as the deepest
-        open_depths = alive[pending]
-        bits = open_depths.astype(np.int64) @ (1 << np.arange(L - 1, dtype=np.int64))
-        deepest = (L - 1) - np.argmax(open_depths[:, ::-1], axis=1)
-        most = int(deepest.max())
+        pending = np.flatnonzero(alive.any(axis=1))
+        g_arr = pending + handed
+        bits = alive[pending].astype(np.int64) @ (1 << np.arange(L - 1, dtype=np.int64))
         q = plan.lengths[g_arr]
-        backs = [self.ref(g_arr, q, j) for j in range(1, most + 1)]
-        rows = self.records + self.found.extra if self.found.extra else self.records
-        times = self.found.all_times()
-        row_tuples = list(zip(*([dict(rows[r]) for r in b.tolist()] for b in backs), strict=True))
-        time_tuples = list(zip(*(times[np.maximum(b, 0)].tolist() for b in backs), strict=True))
-        key_of, keep, records = self.key_of, self.keep, self.records
-        short = (deepest < most).tolist()
-        for g, b, n, cut, rt, tt in zip(
-            g_arr.tolist(), bits.tolist(), deepest.tolist(), short, row_tuples, time_tuples, strict=True
-        ):
-            packed = (b, rt[:n], tt[:n]) if cut else (b, rt, tt)
-            had = states.get(g)
-            if had is not None:  # loaded, so already kept (and marked changed): update in place
-                ks = had[1]
-                ks.seq, ks.attempts, ks.packed = seqs[g], [], packed
-                continue
-            ks = KeyState()
-            ks.seq, ks.packed = seqs[g], packed
-            keep(key_of(records[g]), ks)
+        deepest = (L - 1) - np.argmax(alive[pending][:, ::-1], axis=1) if L > 1 else np.zeros(0, dtype=np.int64)
+        refs = [np.where(deepest >= j, self.ref(g_arr, q, j), -1) for j in range(1, L)]
+        seq = self.base[g_arr] + q
+        if self.tailed:
+            found = self.found
+            t_keys: list[int] = []
+            t_seq: list[int] = []
+            t_bits: list[int] = []
+            t_refs: list[list[int]] = [[] for _ in range(L - 1)]
+            for g, ks in self.tailed.items():
+                b = 0
+                path: Path = None
+                for attempt in ks.attempts:
+                    if attempt.threads:
+                        d = attempt.threads[0][1]
+                        b |= 1 << (d - 1)
+                        if path is None:  # the oldest is the deepest
+                            path = attempt.threads[0][5]
+                if not b:
+                    continue
+                t_keys.append(g)
+                t_seq.append(ks.seq)
+                t_bits.append(b)
+                for j in range(1, L):
+                    if path is not None:
+                        t_refs[j - 1].append(found.add_row(path[4], path[3]))
+                        path = path[0]
+                    else:
+                        t_refs[j - 1].append(-1)
+            if t_keys:
+                g_arr = np.concatenate([np.asarray(t_keys, dtype=np.int64), g_arr])
+                seq = np.concatenate([np.asarray(t_seq, dtype=np.int64), seq])
+                bits = np.concatenate([np.asarray(t_bits, dtype=np.int64), bits])
+                refs = [np.concatenate([np.asarray(t, dtype=np.int64), r]) for t, r in zip(t_refs, refs, strict=True)]
+        return Left(g_arr, seq, bits, refs)
 
     def attempts(self, groups: np.ndarray, q: np.ndarray) -> dict[int, list[Attempt]]:
         """The open attempts of keys ``groups`` before their positions ``q``, as the row matcher
@@ -474,17 +448,16 @@ class _Run:
         matcher.on_match, matcher.on_error = on_match, on_error
         try:
             for g in range(c):
-                key, ks = self.states[g] if g in self.states else (self.key_of(records[g]), KeyState())
+                ks = KeyState()
                 ks.attempts = opened.get(g, [])
-                ks.packed = None
                 ks.seq = int(self.base[g]) + q
                 for r in [offsets[p] + g for p in range(q, int(plan.lengths[g]))]:
                     at[0], at[1] = int(order[r]), 0
                     t = int(times[r])
                     matcher.now = t
                     fl = tuple(bool(f[r]) for f in self.flags)
-                    matcher._row_strict_singles(key, ks, records[r], t, fl, bool(self.starts[r]))
-                self.keep(key, ks)
+                    matcher._row_strict_singles(g, ks, records[r], t, fl, bool(self.starts[r]))
+                self.tailed[g] = ks
         finally:
             matcher.on_match, matcher.on_error = saved
         self.handed = c

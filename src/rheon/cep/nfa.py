@@ -227,61 +227,22 @@ class Attempt:
 
 
 class KeyState:
-    """One key's matching state: rows seen and open attempts (in order of their first row).
+    """One key's matching state: rows seen and open attempts (in order of their first row)."""
 
-    The lock-step path (:mod:`rheon.cep.lockstep`) keeps a key's open attempts ``packed``
-    instead: ``(bits, rows, times)``, bit ``d - 1`` set for an open attempt that has taken ``d``
-    rows, and the key's last rows, ``rows[j - 1]`` the one ``j`` rows back (as many as the
-    deepest attempt took). Anything else reads :attr:`attempts` after :meth:`unpack`;
-    checkpoints hold attempts only.
-
-    >>> ks = KeyState(); ks.seq = 5; ks.packed = (0b11, ({"x": 4}, {"x": 3}), (40, 30))
-    >>> ks.unpack(); [(a.start, a.start_t, a.threads[0][1]) for a in ks.attempts], ks.packed
-    ([(4, 30, 2), (5, 40, 1)], None)
-    """
-
-    __slots__ = ("attempts", "packed", "seq")
+    __slots__ = ("attempts", "seq")
 
     def __init__(self) -> None:
         self.seq = 0
         self.attempts: list[Attempt] = []
-        self.packed: tuple[int, tuple[Row, ...], tuple[int, ...]] | None = None
 
     def __getstate__(self) -> tuple[int, list[Attempt]]:
-        return (self.seq, self._unpacked() if self.packed is not None else self.attempts)
+        return (self.seq, self.attempts)
 
     def __setstate__(self, state: tuple[int, list[Attempt]]) -> None:
         self.seq, self.attempts = state
-        self.packed = None
-
-    def __bool__(self) -> bool:
-        """Whether an attempt is open or pending."""
-        return bool(self.attempts) or self.packed is not None
-
-    def unpack(self) -> None:
-        """Turn a ``packed`` state into :attr:`attempts` (nothing to do if it is not packed)."""
-        if self.packed is not None:
-            self.attempts = self._unpacked()
-            self.packed = None
-
-    def _unpacked(self) -> list[Attempt]:
-        assert self.packed is not None
-        bits, rows, times = self.packed
-        out: list[Attempt] = []
-        for d in range(len(rows), 0, -1):  # the oldest (deepest) first
-            if not bits >> (d - 1) & 1:
-                continue
-            start = self.seq - d + 1
-            path: Path = None
-            for t in range(d):
-                path = (path, t, start + t, times[d - t - 1], rows[d - t - 1])
-            out.append(Attempt(start, times[d - 1], [(WAIT, d, 0, (), (), path)]))
-        return out
 
     def next_expiry(self, within: int) -> int | None:
         """When ``within`` ends the oldest open attempt (``None`` if none is open)."""
-        if self.packed is not None:
-            self.unpack()
         for attempt in self.attempts:
             if attempt.threads and not attempt.expired:
                 return attempt.start_t + within
@@ -597,8 +558,6 @@ class Matcher:
     def timeout(self, key: Any, ks: KeyState, at: int) -> None:
         """The watermark reached ``at``: attempts that started at or before ``at - within`` end."""
         assert self.within is not None
-        if ks.packed is not None:
-            ks.unpack()
         limit = at - self.within
         for attempt in ks.attempts:
             if attempt.threads and not attempt.expired and attempt.start_t <= limit:
@@ -612,8 +571,6 @@ class Matcher:
 
     def finish(self, key: Any, ks: KeyState) -> None:
         """The input ended: no row will come (attempts still open did not time out)."""
-        if ks.packed is not None:
-            ks.unpack()
         for attempt in ks.attempts:
             if attempt.threads:
                 self._end(attempt, timed_out=False)

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from typing_extensions import override
 
-from rheon.cep.lockstep import Found, LockStep, Plan, eligible
+from rheon.cep.lockstep import Carried, Found, Left, LockStep, Plan, eligible
 from rheon.cep.nfa import Attempt, KeyState, Matcher, Path, compile_pattern
 from rheon.cep.pattern import Pattern
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
@@ -26,6 +26,7 @@ from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import dead_letter_frame, payload_of, payloads_of
 from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
+from rheon.core.metrics import StateSize
 from rheon.operators._keys import key_getter
 from rheon.operators._rows import frame_to_rows, no_gc
 from rheon.operators.base import DEAD, LATE, MAIN, Operator, Output, State
@@ -48,6 +49,11 @@ _LIVE = "__cep_live"  # the key has open attempts from earlier rows
 _USEFUL = "__cep_useful"  # a start row whose attempt can outlive the next row
 _IDX = "__cep_idx"  # a row's position in the released rows
 _NO_KEY = object()
+_G = "__cep_g"  # a key's place in the lock-step plan
+_SEQ = "__cep_seq"  # carry: rows the key has seen
+_BITS = "__cep_bits"  # carry: a bit per open attempt's depth
+_CT = "__cep_t"  # carry: time of the row j back (column per j)
+_CR = "__cep_r"  # carry: that row's fields (a column per j and field)
 
 
 def _any_of(names: list[str], flags: tuple[int, ...] | None) -> pl.Expr:
@@ -134,6 +140,11 @@ class MatchOperator(Operator):
         self.keyed = KeyedService(backend)
         self.input = ColumnTypes(None, where=self.label, passthrough=(WM_COL,))
         self.live: set[Any] = set()
+        self.carry: pl.DataFrame | None = None
+        """Lock-step patterns: the open attempts of each key that has some, as a row: the key, the
+        rows it has seen, a bit per open depth, and the rows those attempts took (their times and
+        fields), at most ``steps - 1`` per key. Row matcher patterns keep a ``KeyState`` per key in
+        the keyed state instead."""
         self.buffer: pl.DataFrame | None = None
         self.wm = MIN_WM
         self.frontier = MIN_WM
@@ -287,9 +298,10 @@ class MatchOperator(Operator):
             return
         rows = rows[narrow.get_column(_IDX)]
         user = rows.drop(_T, _START, *names)
-        key_of = key_getter(self.keys, user.schema)
-        if self.lockstep is not None and self._lockstep(narrow, names, first, user, key_of):
+        if self.lockstep is not None:
+            self._lockstep(narrow, names, first, user)
             return
+        key_of = key_getter(self.keys, user.schema)
         times = narrow.get_column(_T).to_list()
         starts = narrow.get_column(_START).to_list()
         flag_rows: list[tuple[bool, ...]] = (
@@ -310,8 +322,6 @@ class MatchOperator(Operator):
                 last_key = key
                 ks = cells(key)[_STATE] if key in live else None
                 if ks is not None:
-                    if ks.packed is not None:
-                        ks.unpack()
                     touched.append((key, ks))
             if ks is None:
                 if not can_start:
@@ -331,44 +341,87 @@ class MatchOperator(Operator):
                 if due is not None:
                     register(due, key)
 
-    def _lockstep(
-        self,
-        narrow: pl.DataFrame,
-        names: list[str],
-        first: np.ndarray,
-        user: pl.DataFrame,
-        key_of: Any,
-    ) -> bool:
+    def _lockstep(self, narrow: pl.DataFrame, names: list[str], first: np.ndarray, user: pl.DataFrame) -> None:
         """Run the released rows (all of them, in :meth:`_order`'s order, ``first`` marking each
-        key's first row) in lock step; ``False`` if a key's state is not one it reads (the rows
-        then go through the row matcher)."""
+        key's first row) in lock step, the keys' open attempts read from and written back to
+        :attr:`carry`."""
         assert self.lockstep is not None
         plan = Plan(first)
         at = pl.Series(plan.order)
         narrow, user = narrow[at], user[at]
         records, _ = frame_to_rows(user)
-        live = self._is_live(narrow[: len(plan.keys)]) if self.live else np.zeros(len(plan.keys), dtype=bool)
-        found = self.lockstep.run(
+        heads = narrow.select(self.keys).head(len(plan.keys))  # key g's first row is at position g
+        carried, carried_frame = self._carried(heads)
+        found, left = self.lockstep.run(
             plan,
             records,
             narrow.get_column(_T).to_numpy(),
             narrow.get_column(_START).to_numpy(),
             [narrow.get_column(n).to_numpy() for n in names],
-            live,
-            key_of,
-            self._load,
-            self._keep,
+            carried,
             self._on_error,
         )
-        if found is None:
-            return False
+        self._carry_on(heads, user, found, left, carried_frame)
         if len(found):
             self._found.append((user, found))
-        return True
 
-    def _load(self, keys: list[Any]) -> list[KeyState]:
-        """The states of ``keys`` (each has one)."""
-        return [cells[_STATE] for cells in self.keyed.cells_of(keys)]
+    def _carried(self, heads: pl.DataFrame) -> tuple[Carried, pl.DataFrame | None]:
+        """What the keys of ``heads`` bring from :attr:`carry`: their open attempts, with the
+        rows those took as dicts (and as a frame, in the same order)."""
+        assert self.lockstep is not None
+        carry = self.carry
+        if carry is None or not carry.height:
+            return Carried.none(heads.height), None
+        joined = heads.with_row_index(_G).join(carry, on=self.keys, how="inner", nulls_equal=True)
+        g = joined.get_column(_G).cast(pl.Int64).to_numpy()
+        seq = np.zeros(heads.height, dtype=np.int64)
+        bits = np.zeros(heads.height, dtype=np.int64)
+        seq[g] = joined.get_column(_SEQ).to_numpy()
+        bits[g] = joined.get_column(_BITS).to_numpy()
+        frames: list[pl.DataFrame] = []
+        owners: list[np.ndarray] = []
+        backs: list[np.ndarray] = []
+        times: list[np.ndarray] = []
+        for j in range(1, self.lockstep.L):
+            when = joined.get_column(f"{_CT}{j}")
+            has = when.is_not_null()
+            prefix = f"{_CR}{j}_"
+            part = joined.filter(has)
+            frames.append(part.select(pl.col(c).alias(c[len(prefix) :]) for c in carry.columns if c.startswith(prefix)))
+            owners.append(g[has.to_numpy()])
+            backs.append(np.full(part.height, j, dtype=np.int64))
+            times.append(when.filter(has).to_numpy())
+        frame = pl.concat(frames, how="diagonal_relaxed")
+        rows, _ = frame_to_rows(frame)
+        return Carried(seq, bits, rows, np.concatenate(times), np.concatenate(owners), np.concatenate(backs)), frame
+
+    def _carry_on(
+        self, heads: pl.DataFrame, user: pl.DataFrame, found: Found, left: Left, carried: pl.DataFrame | None
+    ) -> None:
+        """:attr:`carry` after a batch: the keys of ``heads`` replaced by what they leave open."""
+        parts = [user]
+        if carried is not None:
+            parts.append(carried)
+        tail_rows = found.extra[carried.height if carried is not None else 0 :]
+        if tail_rows:  # rows the row matcher took, for the keys it finished
+            parts.append(pl.DataFrame(tail_rows, schema=user.schema, strict=False))
+        rows = pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else user
+        all_times = found.all_times()
+        columns: list[pl.Series] = [
+            pl.Series(_SEQ, left.seq, dtype=pl.Int64),
+            pl.Series(_BITS, left.bits, dtype=pl.Int64),
+        ]
+        for j, ref in enumerate(left.refs, 1):
+            taken = ref >= 0
+            index = pl.Series(np.where(taken, ref, 0)).set(pl.Series(~taken), None)
+            when = pl.Series(f"{_CT}{j}", all_times[np.where(taken, ref, 0)], dtype=pl.Int64)
+            columns.append(when.set(pl.Series(~taken), None))
+            columns += [c.alias(f"{_CR}{j}_{c.name}") for c in rows.select(pl.all().gather(index)).get_columns()]
+        new = pl.concat([heads[pl.Series(left.keys)], pl.DataFrame(columns)], how="horizontal")
+        if self.carry is not None and self.carry.height:
+            kept = self.carry.join(heads, on=self.keys, how="anti", nulls_equal=True)
+            new = pl.concat([kept, new], how="diagonal_relaxed")
+        self.carry = new
 
     def _order(self, rows: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """The positions of ``rows`` in (key, time, arrival) order, and which of them starts a
@@ -473,7 +526,7 @@ class MatchOperator(Operator):
 
     def _keep(self, key: Any, ks: KeyState) -> None:
         live = self.live
-        if ks.attempts or ks.packed is not None:
+        if ks.attempts:
             if key not in live:
                 self.keyed.cells(key)[_STATE] = ks
                 live.add(key)
@@ -500,6 +553,7 @@ class MatchOperator(Operator):
         """End of input: every row has been released; close what is still open."""
         self.finished = True
         self.matcher.now = MAX_WM
+        self.carry = None  # single-row steps, no within: an attempt still open ends without a match
         for key in list(self.live):
             ks = self.keyed.cells(key)[_STATE]
             self.matcher.finish(key, ks)
@@ -647,6 +701,27 @@ class MatchOperator(Operator):
         lists = lists.fill_null(pl.lit([], dtype=lists.dtype))
         return [lists.gather_every(steps, offset=i).alias(name) for i, name in enumerate(self.names)]
 
+    @override
+    def state_table(self) -> pl.DataFrame | None:
+        """A lock-step pattern's open attempts: one row per key that has some (``seq``: rows the
+        key has seen, ``open``: a bit per open attempt's depth, then the time and fields of each
+        row they took, ``j`` rows back); else the keyed state."""
+        if self.lockstep is None:
+            return super().state_table()
+        if self.carry is None:
+            return pl.DataFrame()
+        names = {
+            c: c.replace(_CT, "t_back_").replace(_CR, "back_") for c in self.carry.columns if c.startswith(_CR[:-1])
+        }
+        return self.carry.rename({**names, _SEQ: "seq", _BITS: "open"})
+
+    @override
+    def state_size(self) -> StateSize | None:
+        if self.lockstep is None:
+            return super().state_size()
+        carry = self.carry
+        return StateSize(0, 0) if carry is None else StateSize(carry.height, int(carry.estimated_size()))
+
     # -- checkpoints ---------------------------------------------------------------------------
 
     @override
@@ -657,6 +732,7 @@ class MatchOperator(Operator):
             "time": self.time_col,
             "pattern": repr(self.pattern),
             "after_match": self.after_match,
+            "state": "columns" if self.lockstep is not None else "per key",
         }
 
     @override
@@ -666,6 +742,8 @@ class MatchOperator(Operator):
     @override
     def snapshot(self, files: SharedFiles) -> State:
         frames = {"buffer": self.buffer} if self.buffer is not None and self.buffer.height else {}
+        if self.carry is not None and self.carry.height:
+            frames["carry"] = self.carry
         live: dict[int, list[Any]] = {}
         for key in self.live:
             live.setdefault(key_group(key), []).append(key)
@@ -684,6 +762,7 @@ class MatchOperator(Operator):
         self.keyed.restore(objects, files)
         self.live = {key for part in objects["live"].values() for key in part}
         self.buffer = frames.get("buffer")
+        self.carry = frames.get("carry")
         self.wm = objects["wm"]
         self.frontier = objects["frontier"]
         self.finished = objects["finished"]

@@ -57,12 +57,6 @@ class KeyedStateBackend(ABC):
     def cells(self, key: Any) -> dict[str, Any]:
         """The mutable state dict of ``key`` (empty if new); the key is marked changed."""
 
-    def cells_of(self, keys: list[Any]) -> list[dict[str, Any]]:
-        """:meth:`cells` of each of ``keys``, in one call (for operators that read many keys of a
-        batch at once)."""
-        cells = self.cells
-        return [cells(key) for key in keys]
-
     @abstractmethod
     def end_batch(self) -> None:
         """A batch is done: drop keys whose state is empty, write back what is cached."""
@@ -123,14 +117,6 @@ class MemoryBackend(KeyedStateBackend):
         if found is None:
             found = self.data[key] = {}
         return found
-
-    def cells_of(self, keys: list[Any]) -> list[dict[str, Any]]:
-        self.changed.update(keys)
-        data = self.data
-        found: list[dict[str, Any] | None] = list(map(data.get, keys))
-        if None in found:
-            return [data.setdefault(key, {}) if f is None else f for key, f in zip(keys, found, strict=True)]
-        return found  # type: ignore[return-value]  # no None in it
 
     def end_batch(self) -> None:
         data = self.data

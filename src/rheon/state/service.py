@@ -155,15 +155,6 @@ class KeyedService:
         """The mutable state dict of ``key`` (see :meth:`KeyedStateBackend.cells`)."""
         return self.backend.cells(key)
 
-    def cells_of(self, keys: list[Any]) -> list[dict[str, Any]]:
-        """:meth:`cells` of each of ``keys`` (see :meth:`KeyedStateBackend.cells_of`).
-
-        >>> service = KeyedService(); service.cells("a")["n"] = 1
-        >>> service.cells_of(["a", "b"])
-        [{'n': 1}, {}]
-        """
-        return self.backend.cells_of(keys)
-
     def end_batch(self) -> None:
         """A batch is done: let the backend drop empty keys and write back what it caches."""
         self.backend.end_batch()
