@@ -250,3 +250,19 @@ def run_engine(
     result.late().sink(late)
     flow.run()
     return out.rows, late.rows
+
+
+COUNT_AND_SUM = {"n": ("count", None), "total": ("sum", "v")}
+"""``reference(..., aggs=COUNT_AND_SUM)`` for :func:`count_and_sum_per_500ms`."""
+
+
+def count_and_sum_per_500ms(stream: Any) -> tuple[Any, Any]:
+    """The engine's side of ``reference(rows, keys=["k"], time="ts", window=("tumbling", 500, 500),
+    aggs=COUNT_AND_SUM, ...)`` on ``stream``: collectors of its results and of its late records."""
+    import rheon as rh
+
+    out, late = rh.io.Collect(), rh.io.Collect()
+    result = stream.key_by("k").window(rh.tumbling("500ms")).agg(n=rh.count(), total=rh.sum("v"))
+    result.sink(out)
+    result.late().sink(late)
+    return out, late

@@ -9,9 +9,7 @@ import pytest
 
 import rheon as rh
 from tests.doc_pages import ROOT, run_examples
-from tests.reference import reference
-
-AGGS = {"n": ("count", None), "total": ("sum", "v")}
+from tests.reference import COUNT_AND_SUM, count_and_sum_per_500ms, reference
 
 
 def _events(n: int, seed: int) -> list[dict]:
@@ -26,18 +24,10 @@ def _events(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def _windowed(stream: rh.Stream) -> tuple[rh.io.Collect, rh.io.Collect]:
-    out, late = rh.io.Collect(), rh.io.Collect()
-    result = stream.key_by("k").window(rh.tumbling("500ms")).agg(n=rh.count(), total=rh.sum("v"))
-    result.sink(out)
-    result.late().sink(late)
-    return out, late
-
-
 def _run(rows: list[dict], batch_size: int, step, *, on_dead: rh.io.Collect | None = None):
     flow = rh.Flow("mb")
     source = flow.source(rh.io.Records(rows, batch_size=batch_size), time="ts", max_delay="1s")
-    out, late = _windowed(step(source))
+    out, late = count_and_sum_per_500ms(step(source))
     if on_dead is not None:
         flow.dead_letters().sink(on_dead)
     flow.run()
@@ -53,7 +43,7 @@ def test_same_rows_keep_their_place_in_event_time(batch_size: int) -> None:
     rows = _events(600, seed=1)
     doubled = [{**r, "v": r["v"] * 2} for r in rows]
     expected, expected_late = reference(
-        doubled, keys=["k"], time="ts", window=("tumbling", 500, 500), aggs=AGGS, max_delay=1000
+        doubled, keys=["k"], time="ts", window=("tumbling", 500, 500), aggs=COUNT_AND_SUM, max_delay=1000
     )
     got, late = _run(rows, batch_size, lambda s: s.map_batches(_doubled))
     assert expected_late, "the data must have late records for this test to mean something"
@@ -100,7 +90,9 @@ def test_rows_that_break_the_function_go_to_the_dead_letters_and_the_rest_go_on(
     assert all("ValueError: negative reading" in d["reason"] for d in dead.rows)
     assert all('"v": -1' in d["payload"] or '"v":-1' in d["payload"] for d in dead.rows)
     good = [r for r in rows if r["v"] >= 0]
-    expected, _ = reference(good, keys=["k"], time="ts", window=("tumbling", 500, 500), aggs=AGGS, max_delay=1000)
+    expected, _ = reference(
+        good, keys=["k"], time="ts", window=("tumbling", 500, 500), aggs=COUNT_AND_SUM, max_delay=1000
+    )
     assert sorted(got, key=str) == sorted(expected, key=str)
     assert calls[0] < 100  # found by halving, not record by record
 

@@ -11,11 +11,10 @@ import pytest
 
 import rheon as rh
 from tests.crash import Crash, committed_parts, crash_at_row
-from tests.reference import reference
+from tests.reference import COUNT_AND_SUM, count_and_sum_per_500ms, reference
 
 EPOCH = datetime(2024, 3, 1, tzinfo=UTC)
 EPOCH_MS = int(EPOCH.timestamp() * 1000)
-AGGS = {"n": ("count", None), "total": ("sum", "v")}
 
 
 def _events(n: int, seed: int, *, spread: int = 400, late_every: int = 0) -> list[dict]:
@@ -42,18 +41,10 @@ def _windows(rows: list[dict]) -> list[dict]:
     return [{**r, "window_start": _ms(r["window_start"]), "window_end": _ms(r["window_end"])} for r in rows]
 
 
-def _agg(stream: rh.Stream) -> tuple[rh.io.Collect, rh.io.Collect]:
-    out, late = rh.io.Collect(), rh.io.Collect()
-    result = stream.key_by("k").window(rh.tumbling("500ms")).agg(n=rh.count(), total=rh.sum("v"))
-    result.sink(out)
-    result.late().sink(late)
-    return out, late
-
-
 def _expected(rows: list[dict], max_delay: int, **kw) -> tuple[list[dict], list[dict]]:
     timed = [{**r, "ts": r["t0"]} for r in rows]
     out, late = reference(
-        timed, keys=["k"], time="ts", window=("tumbling", 500, 500), aggs=AGGS, max_delay=max_delay, **kw
+        timed, keys=["k"], time="ts", window=("tumbling", 500, 500), aggs=COUNT_AND_SUM, max_delay=max_delay, **kw
     )
     return out, [r["v"] for r in late]
 
@@ -72,7 +63,7 @@ def test_a_source_time_expression_parses_text_and_windows_by_it(seed, batch_size
     assert src.time == "when"
     assert src.schema is not None
     assert src.schema["when"] == pl.Datetime("ms")
-    out, late = _agg(src)
+    out, late = count_and_sum_per_500ms(src)
     flow.run()
     expected, expected_late = _expected(rows, 300)
     assert expected_late, "the input must have late rows for this test to mean anything"
@@ -170,7 +161,7 @@ def test_with_time_on_a_stream_without_event_time_equals_declaring_it_at_the_sou
     rows = _events(300, seed, late_every=19)
     flow = rh.Flow("own")
     src = flow.source(rh.io.Records(rows, batch_size=batch_size))
-    out, late = _agg(src.with_time(PARSE, max_delay="250ms"))
+    out, late = count_and_sum_per_500ms(src.with_time(PARSE, max_delay="250ms"))
     flow.run()
     expected, expected_late = _expected(rows, 250)
     assert expected_late
@@ -186,11 +177,17 @@ def test_with_time_on_a_timed_stream_carries_its_watermark_max_delay_lower(seed,
     rows = [{**r, "t2": max(r["t0"] + rnd.randrange(-150, 151), 0)} for r in _events(300, seed, late_every=17)]
     flow = rh.Flow("follow")
     src = flow.source(rh.io.Records(rows, batch_size=batch_size), time="t0", max_delay="200ms")
-    out, late = _agg(src.with_time(rh.col("t2").alias("ts"), max_delay="150ms"))
+    out, late = count_and_sum_per_500ms(src.with_time(rh.col("t2").alias("ts"), max_delay="150ms"))
     flow.run()
     timed = [{**r, "ts": r["t2"]} for r in rows]
     expected, expected_late = reference(
-        timed, keys=["k"], time="ts", window=("tumbling", 500, 500), aggs=AGGS, max_delay=350, watermark_time="t0"
+        timed,
+        keys=["k"],
+        time="ts",
+        window=("tumbling", 500, 500),
+        aggs=COUNT_AND_SUM,
+        max_delay=350,
+        watermark_time="t0",
     )
     assert expected_late
     assert out.rows == expected
@@ -202,7 +199,7 @@ def test_with_time_carries_the_watermark_across_time_units():
     rows = _events(200, 10, late_every=13)
     flow = rh.Flow("units")
     src = flow.source(rh.io.Records(rows, batch_size=5), time="at", max_delay="300ms")
-    out, late = _agg(src.with_time(rh.col("when").str.to_datetime(time_unit="us").alias("ts")))
+    out, late = count_and_sum_per_500ms(src.with_time(rh.col("when").str.to_datetime(time_unit="us").alias("ts")))
     flow.run()
     expected, expected_late = _expected(rows, 300)
     assert expected_late
