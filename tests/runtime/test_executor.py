@@ -380,3 +380,63 @@ def test_unparseable_event_times_are_dead_letters_and_the_flow_goes_on(batch_siz
     assert len(bad.rows) == 2
     assert all(b["reason"].startswith("unparseable event time in column 'ts' (expected Int64") for b in bad.rows)
     assert {b["payload"] for b in bad.rows} == {'{"ts": "yesterday"}', '{"ts": "soon"}'}
+
+
+class _Pushed(rh.io.Source):
+    """Rows handed in by the test's thread, which wakes the flow (``BuildContext.wake``) when it
+    does, as a message client would; counts how often the flow polled it."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.polls = 0
+        self.logic: _PushedLogic | None = None
+
+    def build(self, ctx):
+        self.logic = _PushedLogic(self, ctx.wake)
+        return self.logic
+
+
+class _PushedLogic(rh.io.SourceLogic):
+    wakes_loop = True
+
+    def __init__(self, source: _Pushed, wake: threading.Event) -> None:
+        self.source, self.wake = source, wake
+
+    def push(self, row: dict) -> None:
+        self.source.rows.append(row)
+        self.wake.set()
+
+    def next_batch(self):
+        self.source.polls += 1
+        rows, self.source.rows = self.source.rows, []
+        return pl.DataFrame(rows) if rows else None
+
+    def done(self) -> bool:
+        return False
+
+
+def test_a_source_that_wakes_the_loop_is_not_polled_while_idle_and_its_data_goes_through():
+    source = _Pushed()
+    flow = rh.Flow("woken")
+    out = rh.io.Collect()
+    flow.source(source).sink(out)
+    runner = threading.Thread(target=flow.run, kwargs={"handle_signals": False})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while source.logic is None or source.polls == 0:
+            assert time.monotonic() < deadline, "the flow did not start"
+            time.sleep(0.01)
+        before, started = source.polls, time.monotonic()
+        time.sleep(0.5)  # idle on purpose: count the polls meanwhile (a 2 ms poll would be ~250)
+        idle_polls, idle_s = source.polls - before, time.monotonic() - started
+        assert idle_polls <= 5 + idle_s / 0.05 * 1.5  # a sleep of up to 50 ms between polls
+        source.logic.push({"x": 1})
+        while len(out) < 1:
+            assert time.monotonic() < deadline, "the pushed row did not arrive"
+            time.sleep(0.01)
+    finally:
+        flow.stop()
+        runner.join(60)
+    assert not runner.is_alive()
+    assert out.rows == [{"x": 1}]

@@ -302,7 +302,7 @@ class Flow:
             ui_token=ui_token,
         )
         self._executor = executor
-        restore = _install_signal_handlers(self._stop) if handle_signals else None
+        restore = _install_signal_handlers(self._stop, executor.wake_event) if handle_signals else None
         try:
             executor.run(on_start)
         finally:
@@ -379,6 +379,9 @@ class Flow:
         False
         """
         self._stop.set()
+        executor = self._executor
+        if executor is not None:
+            executor.wake_event.set()  # end the loop's sleep now
 
     def metrics(self) -> RunStats | None:
         """Metrics of the current (or last) run, or ``None`` before the first run.
@@ -398,7 +401,7 @@ class Flow:
         return self._executor.stats() if self._executor is not None else None
 
 
-def _install_signal_handlers(stop: threading.Event) -> Callable[[], None] | None:
+def _install_signal_handlers(stop: threading.Event, wake: threading.Event) -> Callable[[], None] | None:
     """SIGINT/SIGTERM stop the flow cleanly; a second Ctrl-C interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -408,6 +411,7 @@ def _install_signal_handlers(stop: threading.Event) -> Callable[[], None] | None
             raise KeyboardInterrupt
         log.info("stop_requested signal=%s", signal.Signals(signum).name)
         stop.set()
+        wake.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 

@@ -46,6 +46,9 @@ class BuildContext:
     event_time: str | None = None
     """A source's event-time column, if the flow names one: a message source may then keep each
     payload as received in ``RAW_COL``, for the dead letters of records whose time is bad."""
+    wake: threading.Event = field(default_factory=threading.Event)
+    """Set it, from any thread, when data has arrived: the run loop, if asleep, reads the sources
+    at once. A source that does declares ``wakes_loop = True`` (:class:`SourceLogic`)."""
 
 
 class SourceLogic(ABC):
@@ -85,6 +88,12 @@ class SourceLogic(ABC):
         Must not block for long: a source that waits should return ``None`` and report how
         long to wait through :meth:`wait_hint_s`.
         """
+
+    wakes_loop: bool = False
+    """Whether the source sets ``BuildContext.wake`` when data arrives (a client thread that
+    receives messages, a server that accepts requests). The run loop then sleeps until woken
+    (or a timer is due) instead of polling it every couple of milliseconds when it has no
+    :meth:`wait_hint_s`: less latency, and no CPU spent polling an idle source."""
 
     @abstractmethod
     def done(self) -> bool:

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 _RECEIVE_MAXIMUM = 65_535  # QoS 1 messages the broker may send us unacknowledged (the MQTT 5 maximum)
 _RECONNECT_DELAY_S = (1, 30)  # paho's backoff: 1 s, doubling up to 30 s
 _PUT_TIMEOUT_S = 0.1  # how often a blocked network thread checks whether the source is closing
-_WAIT_HINT_S = 0.005
 _ACK_BARRIER = "rheon/ack-barrier"  # a filter unsubscribed at close, never subscribed
 _CLOSE_WAIT_S = 2.0
 
@@ -223,6 +222,8 @@ class _Message(NamedTuple):
 
 
 class _MqttLogic(KeepsDeadLetters, SourceLogic):
+    wakes_loop = True  # paho's thread wakes the flow for each message (see _on_message)
+
     def __init__(self, cfg: Mqtt, ctx: BuildContext) -> None:
         self.mqtt = mqtt = _paho()
         self.cfg = cfg
@@ -233,6 +234,7 @@ class _MqttLogic(KeepsDeadLetters, SourceLogic):
         self.client_id = cfg.client_id or _client_id(ctx.flow, ctx.operator)
         self.tag = f"source={self.where} client_id={self.client_id}"  # for log lines
         self.checkpointing = ctx.checkpointing
+        self.wake = ctx.wake
         self.closing = threading.Event()
         # One producer (paho's thread) and one consumer: deque appends and pops are atomic, so
         # only a full buffer needs the `room` event.
@@ -328,6 +330,7 @@ class _MqttLogic(KeepsDeadLetters, SourceLogic):
                 return  # never acknowledged: redelivered to the next session
             self.room.wait(_PUT_TIMEOUT_S)
         buffer.append(_Message(m.payload, topic, m.qos, m.retain, m.mid, self.connection, self.clock.now_ns()))
+        self.wake.set()
 
     # -- the flow's thread ---------------------------------------------------------------------
 
@@ -382,7 +385,7 @@ class _MqttLogic(KeepsDeadLetters, SourceLogic):
 
     @override
     def wait_hint_s(self) -> float | None:
-        return self._lingering() or _WAIT_HINT_S
+        return self._lingering() or None  # else asleep until a message wakes the flow
 
     @override
     def snapshot(self) -> Any:

@@ -190,6 +190,9 @@ class Executor:
         self.error_rates: list[ErrorRate] = []
         self.max_error_rate = max_error_rate
         self.stop_event = stop
+        self.wake_event = threading.Event()
+        """Set by sources when data arrives (``BuildContext.wake``) and by :meth:`wake`: the loop's
+        sleep ends at once."""
         self.duration_ms = duration_ms
         self.drain = drain
         self.metrics = MetricsRegistry(plan.graph.name)
@@ -223,6 +226,7 @@ class Executor:
             operator=node.name,
             clock=self.clock,
             stop=self.stop_event,
+            wake=self.wake_event,
             state_backend=self.state_backend,
             state_dir=state_dir,
             checkpointing=self.checkpoint_settings is not None,
@@ -593,6 +597,7 @@ class Executor:
         ended = "failed"
         try:
             while True:
+                self.wake_event.clear()  # data that arrives from here on wakes the sleep below
                 progressed = False
                 waits: list[float] = []
                 for task in self.sources:
@@ -616,7 +621,9 @@ class Executor:
                     else:
                         self._check_idle(task, now)
                         hint = task.logic.wait_hint_s()
-                        waits.append(_UNKNOWN_WAIT_S if hint is None else hint)
+                        if hint is None:
+                            hint = _MAX_SLEEP_S if task.logic.wakes_loop else _UNKNOWN_WAIT_S
+                        waits.append(hint)
                 if all(t.ended for t in self.sources):
                     self._end_dead_letters()
                     ended = "input_ended"
@@ -647,7 +654,8 @@ class Executor:
                         wait = min(wait, coordinator.seconds_until_due(self.clock.now_ns()))
                     if self.ticking:
                         wait = min(wait, _TICK_S)
-                    self.clock.sleep(min(wait, _MAX_SLEEP_S), self.stop_event)
+                    if not self.stop_event.is_set():
+                        self.clock.sleep(min(wait, _MAX_SLEEP_S), self.wake_event)
             # The run ended normally (input exhausted, or stopped between batches): make the
             # output final. With checkpoints, a last checkpoint lets a restart resume exactly here.
             if coordinator is not None:

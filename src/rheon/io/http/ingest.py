@@ -361,10 +361,13 @@ class _Chunk:
 
 
 class _HttpIngestLogic(SourceLogic):
+    wakes_loop = True  # an accepted request wakes the flow (see _enqueue)
+
     def __init__(self, cfg: HttpIngest, ctx: BuildContext) -> None:
         applications, uvicorn = _server_modules()
         self.cfg = cfg
         self.clock = ctx.clock
+        self.wake = ctx.wake
         self.where = f"source '{ctx.operator}'"
         self.lock = threading.Lock()
         self.queue: deque[_Chunk] = deque()
@@ -528,6 +531,7 @@ class _HttpIngestLogic(SourceLogic):
                     self.queue.append(_Chunk(frame, self.clock.now_ns()))
                     self.buffered += n
                     self.counts["accepted"] += n
+                self.wake.set()
             except BaseException:
                 self.decoder.seen.clear()
                 self.decoder.seen.update(learnt)
