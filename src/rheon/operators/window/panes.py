@@ -178,6 +178,11 @@ class PaneWindowOperator(WindowOperator):
             fired = self._fire(pre_i, seg.get_column(WM_COL))
             if fired is not None:
                 pieces.append(fired)
+            if not lateness:
+                # Its windows that ended by pre_i have fired without it; it only joins the rest,
+                # with the next segment (one flush per firing, not one per such record).
+                start = i
+                continue
             updated = self._touch(work.slice(i, 1), pre_i)
             if updated is not None:
                 pieces.append(updated)
