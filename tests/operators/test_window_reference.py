@@ -150,3 +150,23 @@ def test_float_sums_are_bit_identical_at_any_batch_size(window):
         assert got == outputs[0]
     assert_rows_equal(outputs[0][0], expected[0], rel_tol=1e-15)
     assert outputs[0][1] == expected[1]
+
+
+@pytest.mark.parametrize("keys", [[], ["k"], ["k", "u"]], ids=["global", "key", "two-keys"])
+def test_sessions_with_null_keys_and_times_too_far_apart_to_pack(keys, batch_size):
+    """Sessions are found by laying each key's intervals end to end on one Int64 line; keys with
+    nulls are ranked instead of packed, and times 2**61 ms apart do not fit on one line at all
+    (each key then takes a running maximum of its own): all three give the reference's rows."""
+    rnd = random.Random(11)
+    rows = []
+    for i in range(300):
+        far = (2**61) if i % 2 else 0
+        k = rnd.choice([0, 1, None])
+        rows.append({"k": k, "u": rnd.choice("ab"), "ts": far + i * 4 + rnd.randint(-30, 30) + 40, "v": i})
+    aggs = {"n": ("count", None), "total": ("sum", "v")}
+    delay = 2**61 + 1_000
+    expected = reference(rows, keys=keys, time="ts", window=("session", 25, 0), aggs=aggs, max_delay=delay)
+    got = run_engine(rows, keys=keys, window=("session", 25, 0), aggs=aggs, max_delay=delay, batch_size=batch_size)
+    assert got == expected
+    assert len(expected[0]) > 10
+    assert any(r.get("k", 0) is None for r in expected[0]) == bool(keys)
