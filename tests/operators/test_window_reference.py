@@ -170,3 +170,60 @@ def test_sessions_with_null_keys_and_times_too_far_apart_to_pack(keys, batch_siz
     assert got == expected
     assert len(expected[0]) > 10
     assert any(r.get("k", 0) is None for r in expected[0]) == bool(keys)
+
+
+ADDITIVE = {
+    "n": ("count", None),
+    "nv": ("count", "v"),
+    "total": ("sum", "v"),
+    "fsum": ("sum", "f"),
+    "favg": ("mean", "f"),
+}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(event, max_size=80),
+    shape=st.tuples(st.integers(1, 20), st.integers(2, 6)),
+    max_delay=st.integers(0, 50),
+    lateness=st.sampled_from([0, 0, 25]),
+    batch=st.integers(1, 25),
+)
+def test_property_sliding_windows_by_running_sums(rows, shape, max_delay, lateness, batch):
+    """Sliding windows whose aggregations all merge by addition are merged as differences of
+    running sums over the panes, keys laid end to end (string keys ranked): the reference's
+    rows at any batching."""
+    window = ("sliding", shape[0] * shape[1], shape[0])
+    kw = {"keys": ["k", "u"], "window": window, "aggs": ADDITIVE, "max_delay": max_delay, "lateness": lateness}
+    expected = reference(rows, time="ts", **kw)
+    outputs = [run_engine(rows, batch_size=b, **kw) for b in (batch, len(rows) or 1)]
+    assert outputs[0] == outputs[1]
+    assert_rows_equal(outputs[0][0], expected[0], rel_tol=1e-15)
+    assert outputs[0][1] == expected[1]
+
+
+def test_sliding_windows_take_the_running_sums_unless_sparse_in_time(monkeypatch):
+    """The running-sum merge is taken for dense data and declined (falling back to copying panes
+    into windows) when a key's panes are far apart in time; both give the reference's rows."""
+    from rheon.operators.window.panes import PaneWindowOperator
+
+    taken: list[bool] = []
+    running = PaneWindowOperator._running_windows
+
+    def spy(self, panes, lo, hi):
+        out = running(self, panes, lo, hi)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(PaneWindowOperator, "_running_windows", spy)
+    dense = _events(400, seed=5, nulls=False)
+    sparse = [{**r, "ts": r["ts"] + (i % 5) * 1_000_000} for i, r in enumerate(_events(60, seed=6, nulls=False))]
+    for rows, used in ((dense, True), (sparse, False)):
+        taken.clear()
+        kw = {"keys": ["k"], "window": ("sliding", 100, 20), "aggs": COUNT_AND_SUM_INT, "max_delay": 2_000_000}
+        assert run_engine(rows, batch_size=1000, **kw) == reference(rows, time="ts", **kw)
+        assert any(taken) is used
+        assert taken
+
+
+COUNT_AND_SUM_INT = {"n": ("count", None), "total": ("sum", "v")}

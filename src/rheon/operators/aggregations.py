@@ -105,6 +105,18 @@ class Aggregation(ABC):
         grouped result to the partial columns (``None``: :meth:`merges` as they are)."""
         return self.merges(p), None
 
+    def running(self, partials: pl.DataFrame, p: str) -> tuple[list[str], Post | None] | None:
+        """How to merge runs of consecutive rows of ``partials`` by running sums: the partial
+        columns that merge by addition alone (a run's merge is then the difference of their
+        running sums at its two ends) and a step completing the other partial columns from
+        them; ``None`` (the default) when merging takes more than exact addition (a minimum,
+        distinct values, float sums).
+
+        >>> Count(None).running(pl.DataFrame({"p": [3, 4]}), "p")
+        (['p'], None)
+        """
+        return None
+
     @abstractmethod
     def partials(self, p: str) -> list[pl.Expr]:
         """Aggregations over raw records; output columns are named ``p`` + suffix."""
@@ -202,6 +214,10 @@ class Count(Aggregation):
         return [pl.col(p).sum()]
 
     @override
+    def running(self, partials: pl.DataFrame, p: str) -> tuple[list[str], Post | None] | None:
+        return [p], None
+
+    @override
     def final(self, p: str) -> pl.Expr:
         return pl.col(p)
 
@@ -253,6 +269,12 @@ class Sum(Aggregation):
     @override
     def merges(self, p: str) -> list[pl.Expr]:
         return [pl.col(p + "_s").sum(), pl.col(p + "_n").sum()]
+
+    @override
+    def running(self, partials: pl.DataFrame, p: str) -> tuple[list[str], Post | None] | None:
+        if not partials.schema[p + "_s"].is_integer():
+            return None
+        return [p + "_s", p + "_n"], None  # integers: running sums wrap around as the sums do
 
     @override
     def final(self, p: str) -> pl.Expr:
@@ -389,6 +411,10 @@ class _ExactFloat(Aggregation):
     @override
     def merge(self, partials: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]:
         return exactsum.merge_plan(partials, p)
+
+    @override
+    def running(self, partials: pl.DataFrame, p: str) -> tuple[list[str], Post | None] | None:
+        return exactsum.running_plan(partials, p)
 
     @override
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:

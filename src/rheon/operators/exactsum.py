@@ -46,7 +46,7 @@ import polars as pl
 
 from rheon.operators.dense import DenseGroups
 
-__all__ = ["dense", "final", "finish", "merge_plan", "merges", "partials", "plan", "prepare"]
+__all__ = ["dense", "final", "finish", "merge_plan", "merges", "partials", "plan", "prepare", "running_plan"]
 
 W = 44  # bin width in binades: q < 2**(53 + W) leaves 2**(127 - 97) = 2**30 values of headroom
 SHIFT = 15  # bin edges at 2**-26 and 2**18 (≈1.5e-8 and 262144): one bin for everyday values
@@ -259,11 +259,9 @@ def merge_plan(frame: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]
     """Aggregations merging partial rows (and a completing step), like :func:`plan`: when every
     row's values lie in one and the same bin, only the total, the count and the float sum need
     adding up."""
-    his = frame.get_column(p + "_hi")
-    low, high = frame.get_column(p + "_lo").min(), his.max()
-    if not isinstance(low, int) or low != high or his.null_count() or not frame.get_column(p + "_x").is_finite().all():
+    bin_ = _single_bin(frame, p)
+    if bin_ is None:
         return merges(p), None
-    bin_ = low
     x = pl.col(p + "_x")
 
     def one_bin(part: pl.DataFrame) -> pl.DataFrame:
@@ -275,6 +273,32 @@ def merge_plan(frame: pl.DataFrame, p: str) -> tuple[list[pl.Expr], Post | None]
         )
 
     return [pl.col(p + "_q").sum(), pl.col(p + "_n").sum(), x.sum()], one_bin
+
+
+def running_plan(frame: pl.DataFrame, p: str) -> tuple[list[str], Post] | None:
+    """The partial columns that merge by addition alone, and a step completing the others from
+    them, when every row's values lie in one and the same bin (as :func:`merge_plan`); ``None``
+    otherwise. Runs of such rows can then be merged as differences of running sums (exact:
+    Int128 integers and counts).
+
+    >>> frame = prepare(pl.DataFrame({"k": [0, 0, 1], "v": [0.1, 0.2, 0.3]}), "v", "p")
+    >>> running_plan(frame.group_by("k").agg(partials("v", "p")), "p")[0]
+    ['p_q', 'p_n']
+    """
+    bin_ = _single_bin(frame, p)
+    if bin_ is None:
+        return None
+    return [p + "_q", p + "_n"], _one_bin(p, bin_, zeros=False)
+
+
+def _single_bin(frame: pl.DataFrame, p: str) -> int | None:
+    """The one bin all partial rows' non-zero values lie in, if there is one and no row has
+    only zeros, an infinity or a NaN."""
+    his = frame.get_column(p + "_hi")
+    low, high = frame.get_column(p + "_lo").min(), his.max()
+    if not isinstance(low, int) or low != high or his.null_count() or not frame.get_column(p + "_x").is_finite().all():
+        return None
+    return low
 
 
 def _power_of_two(exponent: pl.Expr) -> pl.Expr:

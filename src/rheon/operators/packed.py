@@ -27,11 +27,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from rheon.operators.dense import integer_bounds, strides_of
 
-__all__ = ["PACKED", "Packing"]
+__all__ = ["PACKED", "Packing", "argsort", "key_lines"]
 
 PACKED = "__packed"
 _LIMIT = 1 << 62  # stay clear of the sign bit and of overflow in intermediate products
@@ -94,3 +95,47 @@ class Packing:
                 self.columns, self.dtypes, self.minimums, self.strides, self.ranges, strict=True
             )
         ]
+
+
+def key_lines(frame: pl.DataFrame, keys: Sequence[str], width: int) -> np.ndarray | None:
+    """A number per distinct key times ``width``, for each row of ``frame``: adding a value in
+    ``[0, width)`` lays every key's values end to end on one Int64 line, key after key, so one
+    sort, running maximum or binary search serves all keys at once. ``None`` when the line
+    would not fit in 62 bits.
+
+    Integer keys are packed (their lexicographic order kept); others, and keys with nulls, are
+    ranked.
+
+    >>> frame = pl.DataFrame({"k": ["b", "a", "b"]})
+    >>> key_lines(frame, ["k"], 100).tolist(), key_lines(frame, [], 100).tolist()
+    ([200, 100, 200], [0, 0, 0])
+    """
+    if not keys:
+        return np.zeros(frame.height, dtype=np.int64)
+    limit = _LIMIT // width
+    packing = Packing.of(frame, keys)
+    if packing is not None and packing.strides[0] * packing.ranges[0] < limit:
+        number = packing.expr()
+    elif frame.height < limit:
+        number = pl.struct(*keys).rank("dense").cast(pl.Int64)
+    else:
+        return None
+    return frame.select(number * width).to_series().to_numpy()
+
+
+def argsort(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order that sorts ``values`` (non-negative Int64, stably) and the sorted values.
+
+    When the values and their positions fit in 63 bits together, both come from one sort of
+    ``value << bits | position``: a plain sort is about twice as fast as an argsort.
+
+    >>> order, ordered = argsort(np.array([30, 10, 20, 10]))
+    >>> order.tolist(), ordered.tolist()
+    ([1, 3, 2, 0], [10, 10, 20, 30])
+    """
+    bits = max(len(values) - 1, 1).bit_length()
+    if len(values) == 0 or int(values.max()) >= 1 << (63 - bits):
+        order = np.argsort(values, kind="stable")
+        return order, values[order]
+    packed = np.sort((values << bits) | np.arange(len(values), dtype=np.int64))
+    return packed & ((1 << bits) - 1), packed >> bits

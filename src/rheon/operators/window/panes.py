@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from rheon.core.batch import WM_COL
 from rheon.core.metrics import StateSize
+from rheon.operators.packed import argsort, key_lines
 from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 
@@ -101,6 +102,10 @@ class PaneWindowOperator(WindowOperator):
             if starts is not None:
                 wins = wins.filter(pl.col(WS).is_in(starts))
             return wins.drop(PANE)
+        if starts is None:
+            running = self._running_windows(panes, lo, hi)
+            if running is not None:
+                return running
         wins = panes.with_columns(pl.int_ranges(0, g.windows_per_pane).alias("__k")).explode("__k")
         wins = wins.with_columns((g.last_start(pl.col(PANE)) - pl.col("__k") * g.every).alias(WS))
         wins = wins.with_columns((pl.col(WS) + g.size).alias(WE))
@@ -108,6 +113,62 @@ class PaneWindowOperator(WindowOperator):
         if starts is not None:
             wins = wins.filter(pl.col(WS).is_in(starts))
         return self.merge_frame(wins, [*self.keys, WS, WE])
+
+    def _running_windows(self, panes: pl.DataFrame, lo: int, hi: int) -> pl.DataFrame | None:
+        """Merged partials of the sliding windows ending in ``(lo, hi]``, from running sums over
+        the panes sorted by key and time: a window's merge is the difference of the running sums
+        at its last and first pane. ``None`` when an aggregation merges by more than addition
+        (see :meth:`~rheon.operators.aggregations.Aggregation.running`) or when the windows to
+        look at are many more than the panes hold.
+
+        Every key is a candidate for every window end in the range that some pane could reach;
+        candidates with no pane are dropped. This replaces copying each pane into each of its
+        windows and grouping the copies, which took most of a sliding window's time.
+        """
+        g = self.geo
+        assert g is not None
+        plans = [agg.running(panes, self.prefix[field]) for field, agg in self.aggs.items()]
+        if any(plan is None for plan in plans):
+            return None
+        pane = panes.get_column(PANE).to_numpy()
+        first_end = self._next_end(max(lo, int(pane.min())))
+        last_end = min(hi, int(pane.max()) + g.size)
+        ends = np.arange(first_end, last_end + 1, g.every, dtype=np.int64)
+        base = first_end - g.size
+        inside = pane >= base
+        if not inside.all():  # panes before every window in the range
+            panes, pane = panes.filter(pl.Series(inside)), pane[inside]
+        if len(ends) == 0 or panes.height == 0:
+            return panes.head(0).select(*self.keys, pl.col(PANE).alias(WS), pl.col(PANE).alias(WE), *self.partial_cols)
+        lines = key_lines(panes, self.keys, last_end - base + 1)
+        if lines is None:
+            return None
+        order, on_line = argsort(lines + (pane - base))
+        sorted_keys = lines[order]
+        key_first = np.flatnonzero(np.append(True, sorted_keys[1:] != sorted_keys[:-1]))
+        if len(key_first) * len(ends) > 2 * panes.height * g.windows_per_pane + 1024:
+            return None  # sparse in time: most (key, end) pairs would be empty
+        key_line = sorted_keys[key_first][:, None]
+        first = np.searchsorted(on_line, (key_line + (ends - g.size - base)).ravel())
+        after = np.searchsorted(on_line, (key_line + (ends - base)).ravel())
+        held = after > first
+        first, after = first[held], after[held]
+        window_end = np.tile(ends, len(key_first))[held]
+        ordered = panes[order]
+        columns = [*(ordered.get_column(k).gather(first) for k in self.keys)]
+        columns += [pl.Series(WS, window_end - g.size), pl.Series(WE, window_end)]
+        posts = []
+        for names, post in plans:  # type: ignore[misc]
+            for name in names:
+                values = ordered.get_column(name)
+                sums = pl.concat([pl.Series([0], dtype=values.dtype), values.fill_null(0).cum_sum().cast(values.dtype)])
+                columns.append((sums.gather(after) - sums.gather(first)).alias(name))
+            if post is not None:
+                posts.append(post)
+        out = pl.DataFrame(columns)
+        for post in posts:
+            out = post(out)
+        return out.select(*self.keys, WS, WE, *self.partial_cols)
 
     def _next_end(self, after: int) -> int:
         """The first window end (of any key) after ``after``: ends fall on one residue of ``every``."""

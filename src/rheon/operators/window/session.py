@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, WM_COL
 from rheon.core.metrics import StateSize
-from rheon.operators.packed import Packing
+from rheon.operators.packed import argsort, key_lines
 from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import Session
 
@@ -114,7 +114,7 @@ class SessionWindowOperator(WindowOperator):
         are records (intervals ``gap`` long), the others known sessions."""
         base = int(starts.min())
         width = int(ends.max()) - base + 1
-        lines = self._key_lines(spans, width)
+        lines = key_lines(spans, self.keys, width)
         if lines is None:  # too wide to lay end to end: a running maximum per key
             order = spans.select(pl.arg_sort_by([*self.keys, WS])).to_series()
             ordered = spans[order].with_columns(pl.col(WE).cum_max().over(self.keys).alias("__reach"))
@@ -128,7 +128,7 @@ class SessionWindowOperator(WindowOperator):
             return order.to_numpy(), first, reach.to_numpy()[last]
         # Keys laid end to end on one line, so that one running maximum serves them all: key k's
         # intervals lie in [k * width, (k + 1) * width), past every earlier key's.
-        order, on_line = _argsort(lines + (starts - base))
+        order, on_line = argsort(lines + (starts - base))
         reach = on_line + self.gap
         if len(order) > records:  # known sessions: longer than a record's interval
             moved = np.flatnonzero(order >= records)
@@ -140,22 +140,6 @@ class SessionWindowOperator(WindowOperator):
         first = np.flatnonzero(opens)
         last = np.append(first[1:] - 1, len(order) - 1)
         return order, first, reach[last] - lines[order[first]] + base
-
-    def _key_lines(self, spans: pl.DataFrame, width: int) -> np.ndarray | None:
-        """A number per key times ``width`` for each row of ``spans``, or ``None`` when that
-        would overflow 62 bits. Integer keys are packed (:mod:`rheon.operators.packed`); others
-        are ranked."""
-        if not self.keys:
-            return np.zeros(spans.height, dtype=np.int64)
-        limit = (1 << 62) // width
-        packing = Packing.of(spans, self.keys)
-        if packing is not None and packing.strides[0] * packing.ranges[0] < limit:
-            number = packing.expr()
-        elif spans.height < limit:
-            number = pl.struct(self.keys).rank("dense").cast(pl.Int64)
-        else:
-            return None
-        return spans.select(number * width).to_series().to_numpy()
 
     def _split_state(self) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
         if self.sessions is None or self.sessions.height == 0:
@@ -281,21 +265,3 @@ class SessionWindowOperator(WindowOperator):
         if not done:
             return None
         return self.finals(merged.drop(FIRED).with_columns(pl.lit(pre_i, pl.Int64).alias(WM_COL)))
-
-
-def _argsort(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The order that sorts ``values`` (non-negative Int64) and the sorted values.
-
-    When the values and their positions fit in 63 bits together, both come from one sort of
-    ``value << bits | position``: a plain sort is about twice as fast as an argsort.
-
-    >>> order, ordered = _argsort(np.array([30, 10, 20, 10]))
-    >>> order.tolist(), ordered.tolist()
-    ([1, 3, 2, 0], [10, 10, 20, 30])
-    """
-    bits = max(len(values) - 1, 1).bit_length()
-    if len(values) == 0 or int(values.max()) >= 1 << (63 - bits):
-        order = np.argsort(values, kind="stable")
-        return order, values[order]
-    packed = np.sort((values << bits) | np.arange(len(values), dtype=np.int64))
-    return packed & ((1 << bits) - 1), packed >> bits
