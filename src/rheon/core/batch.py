@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
+from rheon.core.frames import pick
+
 __all__ = ["MAX_WM", "MIN_WM", "RAW_COL", "SPLIT_COL", "WM_COL", "Batch", "user_columns"]
 
 WM_COL = "__rheon_wm"
@@ -78,5 +80,7 @@ def user_columns(frame: pl.DataFrame) -> pl.DataFrame:
     >>> user_columns(pl.DataFrame({"a": [1], WM_COL: [0]})).columns
     ['a']
     """
-    hidden = [c for c in (WM_COL, RAW_COL) if c in frame.columns]
-    return frame.drop(hidden) if hidden else frame
+    names = frame.columns
+    if WM_COL not in names and RAW_COL not in names:
+        return frame
+    return pick(frame, [c for c in names if c not in (WM_COL, RAW_COL)])

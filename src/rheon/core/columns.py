@@ -22,6 +22,8 @@ from typing import Any
 
 import polars as pl
 
+from rheon.core.frames import pick
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ColumnTypes"]
@@ -164,7 +166,7 @@ class ColumnTypes:
             if name not in self.types and dtype is not None and not _has_null(dtype) and name not in self.untyped:
                 self.types[name] = dtype
         if all((c in self.types and schema.get(c) == self.types[c]) or c in self.untyped for c in self.columns):
-            return frame.select(*self.columns, *extra), None, []
+            return pick(frame, [*self.columns, *extra]), None, []
         exprs: list[pl.Expr] = []
         bad = pl.Series([False] * frame.height)
         reasons: list[str | None] = [None] * frame.height

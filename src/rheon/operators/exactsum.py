@@ -317,12 +317,22 @@ def finish(frame: pl.DataFrame, p: str) -> pl.DataFrame:
     Groups whose values all lie in one bin (the common case) need one rounding, not the three
     steps of :func:`final`; a frame of only such groups takes that shorter way.
     """
-    hi, x = pl.col(p + "_hi"), pl.col(p + "_x")
-    # One bin, or no bin at all (only zeros or nulls: then the float sum is exact).
-    his, finite = frame.get_column(p + "_hi"), frame.get_column(p + "_x").is_finite().fill_null(value=True)
-    if ((his.is_null() | (frame.get_column(p + "_lo") == his)) & finite).all():
-        total = _times_power_of_two(pl.col(p + "_q").cast(pl.Float64), hi.cast(pl.Int64) * W - SHIFT - 1075)
-        return frame.with_columns(pl.when(hi.is_null()).then(x).otherwise(total).alias(p + "_sum"))
+    xs = frame.get_column(p + "_x")
+    # One bin, or no bin at all (only zeros or nulls: then the float sum is exact). NumPy, not
+    # a query: this runs each time windows fire, often on a few rows.
+    x = xs.to_numpy()
+    his = frame.get_column(p + "_hi")
+    hi = his.to_numpy()  # floats with NaN for nulls, if there are nulls
+    no_bin = np.isnan(hi) if his.null_count() else None
+    same = frame.get_column(p + "_lo").to_numpy() == hi
+    if not xs.null_count() and np.isfinite(x).all() and (same | no_bin if no_bin is not None else same).all():
+        exponent = (np.where(no_bin, 0, hi) if no_bin is not None else hi).astype(np.int64) * W - SHIFT - 1075
+        half = exponent // 2  # two factors, as _times_power_of_two: 2**exponent alone may not be a normal float
+        q = frame.get_column(p + "_q").cast(pl.Float64).to_numpy()
+        total = q * np.ldexp(1.0, half) * np.ldexp(1.0, exponent - half)
+        if no_bin is not None:
+            total = np.where(no_bin, x, total)
+        return frame.hstack([pl.Series(p + "_sum", total, dtype=pl.Float64)])
     return frame.with_columns(final(p).alias(p + "_sum"))
 
 

@@ -13,6 +13,7 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 from typing_extensions import override
 
@@ -21,6 +22,7 @@ from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import payloads_of
 from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
+from rheon.core.frames import pick
 from rheon.operators.aggregations import Aggregation
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
 from rheon.operators.dense import DenseGroups, Workspace
@@ -185,10 +187,10 @@ class WindowOperator(Operator):
             parts.append(done[0])
             if done[1] is not None:
                 posts.append(done[1])
-        out = pl.concat(parts, how="horizontal")
+        out = pl.DataFrame([column for part in parts for column in part.iter_columns()])
         for post in posts:
             out = post(out)
-        return out.select(*group, *self.partial_cols)
+        return pick(out, [*group, *self.partial_cols])
 
     def _grouped(
         self,
@@ -211,7 +213,7 @@ class WindowOperator(Operator):
             out = post(out)
         if not posts:
             return out
-        return out.select(*group, *(e.meta.output_name() for e in first), *self.partial_cols)
+        return pick(out, [*group, *(e.meta.output_name() for e in first), *self.partial_cols])
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -299,8 +301,8 @@ class WindowOperator(Operator):
         if bad is not None:
             outputs.append(self.dead(reasons, payloads_of(frame.filter(bad)), batch))
             frame = frame.filter(~bad)
-        nulls = work.get_column(self.time_col).is_null()
-        if nulls.any():
+        if work.get_column(self.time_col).null_count():
+            nulls = work.get_column(self.time_col).is_null()
             reason = f"record has no event time (column '{self.time_col}' is null)"
             outputs.append(self.dead(reason, payloads_of(frame.filter(nulls)), batch))
             frame, work = frame.filter(~nulls), work.filter(~nulls)
@@ -389,9 +391,12 @@ class WindowOperator(Operator):
         windows = windows.sort(by if packing is None else packing.expr())
         if pre is None or len(pre) == 0:
             return windows.with_columns(pl.lit(lo, pl.Int64).alias(WM_COL))
-        positions = pre.search_sorted(windows.get_column(WE), side="left")
-        before = pre.shift(1, fill_value=lo).append(pre.tail(1))
-        return windows.with_columns(before.gather(positions).alias(WM_COL))
+        # NumPy: three small steps without a query each (they add up on small batches).
+        marks = pre.to_numpy()
+        before = np.empty(len(marks) + 1, dtype=np.int64)
+        before[0], before[1:-1], before[-1] = lo, marks[:-1], marks[-1]
+        positions = np.searchsorted(marks, windows.get_column(WE).to_numpy(), side="left")
+        return windows.hstack([pl.Series(WM_COL, before[positions], dtype=pl.Int64)])
 
     @override
     def process(self, port: int, batch: Batch) -> list[Output]:

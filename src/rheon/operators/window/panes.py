@@ -12,6 +12,7 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import WM_COL
+from rheon.core.frames import keep, pick, stack
 from rheon.core.metrics import StateSize
 from rheon.operators.packed import argsort, key_lines
 from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
@@ -86,22 +87,27 @@ class PaneWindowOperator(WindowOperator):
             self.panes = part
             return
         # Only panes the state already has need merging; the rest (most of a big batch) are new.
-        newest = state.get_column(PANE).max()
-        old = part.filter(pl.col(PANE) <= newest)
-        fresh = part.filter(pl.col(PANE) > newest)
-        merged = self.merge_frame(pl.concat([state, old], how="vertical_relaxed"), group)
-        self.panes = pl.concat([merged, fresh], how="vertical_relaxed")
+        old = part.get_column(PANE) <= state.get_column(PANE).max()
+        if not old.any():
+            self.panes = stack([state, part])
+            return
+        merged = self.merge_frame(stack([state, keep(part, old)]), group)
+        self.panes = stack([merged, keep(part, ~old)])
 
     def _windows(self, panes: pl.DataFrame, lo: int, hi: int, starts: list[int] | None = None) -> pl.DataFrame:
         """Merged partials of the windows ending in ``(lo, hi]`` (restricted to ``starts``)."""
         g = self.geo
         assert g is not None
         if g.pane == g.size:
-            wins = panes.with_columns(pl.col(PANE).alias(WS), (pl.col(PANE) + g.size).alias(WE))
-            wins = wins.filter((pl.col(WE) > lo) & (pl.col(WE) <= hi))
+            start = panes.get_column(PANE).to_numpy()
+            held = (start + g.size > lo) & (start + g.size <= hi)
             if starts is not None:
-                wins = wins.filter(pl.col(WS).is_in(starts))
-            return wins.drop(PANE)
+                held &= np.isin(start, starts)
+            wins = keep(pick(panes, [*self.keys, PANE, *self.partial_cols]), held)
+            begin = wins.get_column(PANE)
+            ends = pl.Series(WE, begin.to_numpy() + g.size, dtype=pl.Int64)
+            keys, values = [wins.get_column(k) for k in self.keys], [wins.get_column(c) for c in self.partial_cols]
+            return pl.DataFrame([*keys, begin.alias(WS), ends, *values])
         if starts is None:
             running = self._running_windows(panes, lo, hi)
             if running is not None:
@@ -191,14 +197,15 @@ class PaneWindowOperator(WindowOperator):
         panes = self.panes
         if g is None or panes is None or panes.height == 0:
             return None
-        near = panes.filter((pl.col(PANE) < hi) & (pl.col(PANE) >= lo - g.size))
+        near = panes.filter((pl.col(PANE) < hi) & (pl.col(PANE) >= lo - g.size)) if g.pane < g.size else panes
         out = None
         if near.height:
             wins = self._windows(near, lo, hi)
             if wins.height:
                 out = self.fired(wins, pre, lo)
-        keep_until = g.last_start(pl.col(PANE)) + g.size + self.ticks_lateness
-        self.panes = panes.filter(keep_until > hi)
+        pane = panes.get_column(PANE).to_numpy()
+        last_start = (pane - g.offset) // g.every * g.every + g.offset  # (as g.last_start)
+        self.panes = keep(panes, last_start + g.size + self.ticks_lateness > hi)
         return out
 
     # -- records ---------------------------------------------------------------------------
