@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import polars as pl
 from typing_extensions import override
 
 from rheon.core.errors import FlowError
+from rheon.io._json import int_range
 from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
 from rheon.io.records import RowDecoder
 from rheon.time.clock import Clock
@@ -68,11 +69,61 @@ class Generator(Source):
         return f"Generator(rate={self.rate:g}/s, limit={self.limit})"
 
 
+class _SettledRows:
+    """The generator's fast way to a frame, for a batch whose rows the :class:`RowDecoder` would
+    take as they are: every row a dict with exactly the fields seen so far, every value of the
+    exact Python type of its column (``int`` in range, ``float``, ``str``, ``bool``) or ``None``.
+    It then builds the frame the decoder would (the same ``from_dicts`` call) without the
+    decoder's per-value checks, which cost ~8 µs per row: most of the source's time at 50k
+    events/s. Anything else (a new field, another type, another column type) returns ``None``
+    and the decoder decides.
+    """
+
+    def __init__(self, seen: Mapping[str, pl.DataType]) -> None:
+        self.schema = pl.Schema(seen)
+        self.names = set(seen)
+        self.columns: list[tuple[str, type, tuple[int, int] | None]] | None = None
+        columns: list[tuple[str, type, tuple[int, int] | None]] = []
+        for name, dtype in seen.items():
+            bounds = int_range(dtype)
+            if bounds is not None:
+                columns.append((name, int, bounds))
+            elif dtype.is_float():
+                columns.append((name, float, None))
+            elif dtype == pl.String:
+                columns.append((name, str, None))
+            elif dtype == pl.Boolean:
+                columns.append((name, bool, None))
+            else:
+                return  # no exact-type test for it: the decoder checks every batch
+        self.columns = columns
+
+    def frame(self, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame | None:
+        """The batch as a frame, or ``None`` when the decoder must look at it."""
+        if self.columns is None or not rows:
+            return None
+        names = self.names
+        if not all(type(row) is dict and row.keys() == names for row in rows):
+            return None
+        for name, kind, bounds in self.columns:
+            values = [row[name] for row in rows]
+            types = set(map(type, values))
+            if types != {kind}:
+                types.discard(type(None))
+                if types - {kind}:
+                    return None
+                values = [v for v in values if v is not None]
+            if bounds is not None and values and not (bounds[0] <= min(values) and max(values) < bounds[1]):
+                return None
+        return pl.from_dicts(rows, schema=self.schema, strict=True)
+
+
 class _GeneratorLogic(KeepsDeadLetters, SourceLogic):
     def __init__(self, config: Generator, clock: Clock) -> None:
         self.cfg = config
         self.clock = clock
         self.decode = RowDecoder()  # a field keeps its first type; a row that does not fit is a dead letter
+        self.settled = _SettledRows({})
         self.dead: list[tuple[str, str]] = []
         self.start_ns: int | None = None
         self.next_i = 0
@@ -92,20 +143,34 @@ class _GeneratorLogic(KeepsDeadLetters, SourceLogic):
         end = min(due, self.next_i + self.cfg.max_batch)
         if end <= self.next_i:
             return None
-        rows: list[Mapping[str, Any]] = []
-        ts_col = self.cfg.timestamp
-        for i in range(self.next_i, end):
-            row = self.cfg.fn(i)
-            if row is None:
-                continue
-            if ts_col is not None and ts_col not in row:
-                row = {**row, ts_col: self._scheduled_ns(i) // 1_000_000}
-            rows.append(row)
+        rows = self._rows(self.next_i, end)
         self.last_ingest_ns = self._scheduled_ns(self.next_i)
         self.next_i = end
-        frame, _, bad = self.decode(rows)
-        self.dead += [(f"Generator: {reason}", payload) for _, reason, payload in bad]
+        frame = self.settled.frame(rows)
+        if frame is None:
+            known = len(self.decode.seen)
+            frame, _, bad = self.decode(rows)
+            self.dead += [(f"Generator: {reason}", payload) for _, reason, payload in bad]
+            if len(self.decode.seen) != known:
+                self.settled = _SettledRows(self.decode.seen)
         return frame
+
+    def _rows(self, start: int, end: int) -> list[Mapping[str, Any]]:
+        """``fn(i)`` for ``start <= i < end``, stamped with their scheduled time if asked, without the ``None``s."""
+        fn, ts_col = self.cfg.fn, self.cfg.timestamp
+        if ts_col is None:
+            return [row for row in map(fn, range(start, end)) if row is not None]
+        assert self.start_ns is not None
+        start_ns, rate = self.start_ns, self.cfg.rate
+        rows: list[Mapping[str, Any]] = []
+        for i in range(start, end):
+            row = fn(i)
+            if row is None:
+                continue
+            if ts_col not in row:
+                row = {**row, ts_col: (start_ns + int(i * 1e9 / rate)) // 1_000_000}  # as _scheduled_ns
+            rows.append(row)
+        return rows
 
     @override
     def snapshot(self) -> Any:
