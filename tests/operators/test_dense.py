@@ -76,7 +76,8 @@ def test_dense_groups_decline_what_they_cannot_count():
     ints = pl.DataFrame({"k": [1, 2, None]})
     assert DenseGroups.of(ints, ["k"]) is None  # nulls
     assert DenseGroups.of(pl.DataFrame({"k": ["a", "b"]}), ["k"]) is None  # not integers
-    assert DenseGroups.of(pl.DataFrame({"k": [0, 10**12]}), ["k"]) is None  # a sparse grid
+    wide = pl.DataFrame({"k": [0, 10**12], "j": [0, 10**12]})
+    assert DenseGroups.of(wide, ["k", "j"]) is None  # a grid beyond 62 bits
     huge = pl.DataFrame({"k": pl.Series([0, 2**64 - 1], dtype=pl.UInt64)})
     assert DenseGroups.of(huge, ["k"]) is None  # beyond Int64
     above = pl.DataFrame({"k": pl.Series([2**63, 2**63 + 1], dtype=pl.UInt64)})
@@ -362,3 +363,22 @@ def test_min_and_max_of_signed_zeros_do_not_depend_on_batching():
             assert zeros
             signs |= {math.copysign(1, v) for v in zeros}
     assert signs == {1.0}
+
+
+def test_a_sparse_grid_is_numbered_by_sorting_and_groups_like_polars():
+    """Many keys with a record or two each: the grid (a million slots for 3,000 records) is too
+    sparse to count over, so the slots that have records are numbered in order; counts, sums,
+    extremes and the group columns are Polars' group-by's."""
+    rng = np.random.default_rng(3)
+    frame = pl.DataFrame({"k": rng.integers(0, 1_000_000, 3_000), "p": rng.integers(0, 4, 3_000) * 10})
+    frame = frame.with_columns(v=pl.Series(rng.integers(-50, 50, 3_000)))
+    groups = DenseGroups.of(frame, ["k", "p"], steps={"p": 10})
+    assert groups is not None
+    assert groups.grid is not None  # the sparse way
+    got = groups.columns().with_columns(
+        n=pl.Series(groups.counts),
+        total=pl.Series(groups.sums(frame.get_column("v").to_numpy().astype(np.float64))).cast(pl.Int64),
+        lo=pl.Series(groups.extremes(frame.get_column("v").to_numpy(), smallest=True)),
+    )
+    expected = frame.group_by("k", "p").agg(n=pl.len().cast(pl.Int64), total=pl.col("v").sum(), lo=pl.col("v").min())
+    assert got.rows() == expected.sort("k", "p").rows()

@@ -24,6 +24,9 @@ import polars as pl
 
 __all__ = ["keep", "pick", "stack"]
 
+_BIG = 65_536  # rows beyond which a query's parallelism is worth its fixed cost
+_CHUNKS = 16
+
 
 def pick(frame: pl.DataFrame, names: Sequence[str]) -> pl.DataFrame:
     """The columns ``names`` of ``frame``, in that order (``frame.select(names)``).
@@ -46,8 +49,8 @@ def keep(frame: pl.DataFrame, mask: pl.Series | np.ndarray) -> pl.DataFrame:
     """
     if isinstance(mask, np.ndarray):
         mask = pl.Series(mask, dtype=pl.Boolean)
-    if not frame.width:
-        return frame.filter(mask)
+    if not frame.width or frame.height > _BIG:
+        return frame.filter(mask)  # (a big frame: the query filters its columns in parallel)
     return pl.DataFrame([column.filter(mask) for column in frame.iter_columns()])
 
 
@@ -66,5 +69,6 @@ def stack(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
         out = first.clone()
         for f in frames[1:]:
             out.vstack(f, in_place=True)
-        return out
+        # Each stack adds chunks; state stacked batch after batch would end up in thousands.
+        return out.rechunk() if out.n_chunks() > _CHUNKS else out
     return pl.concat(frames, how="vertical_relaxed")

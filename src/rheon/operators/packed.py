@@ -32,7 +32,7 @@ import polars as pl
 
 from rheon.operators.dense import integer_bounds, strides_of
 
-__all__ = ["PACKED", "Packing", "argsort", "key_lines"]
+__all__ = ["PACKED", "Packing", "key_lines"]
 
 PACKED = "__packed"
 _LIMIT = 1 << 62  # stay clear of the sign bit and of overflow in intermediate products
@@ -121,21 +121,3 @@ def key_lines(frame: pl.DataFrame, keys: Sequence[str], width: int) -> np.ndarra
     else:
         return None
     return frame.select(number * width).to_series().to_numpy()
-
-
-def argsort(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The order that sorts ``values`` (non-negative Int64, stably) and the sorted values.
-
-    When the values and their positions fit in 63 bits together, both come from one sort of
-    ``value << bits | position``: a plain sort is about twice as fast as an argsort.
-
-    >>> order, ordered = argsort(np.array([30, 10, 20, 10]))
-    >>> order.tolist(), ordered.tolist()
-    ([1, 3, 2, 0], [10, 10, 20, 30])
-    """
-    bits = max(len(values) - 1, 1).bit_length()
-    if len(values) == 0 or int(values.max()) >= 1 << (63 - bits):
-        order = np.argsort(values, kind="stable")
-        return order, values[order]
-    packed = np.sort((values << bits) | np.arange(len(values), dtype=np.int64))
-    return packed & ((1 << bits) - 1), packed >> bits

@@ -14,7 +14,8 @@ from typing_extensions import override
 from rheon.core.batch import WM_COL
 from rheon.core.frames import keep, pick, stack
 from rheon.core.metrics import StateSize
-from rheon.operators.packed import argsort, key_lines
+from rheon.operators.dense import argsort
+from rheon.operators.packed import key_lines
 from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 

@@ -18,7 +18,8 @@ from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, WM_COL
 from rheon.core.metrics import StateSize
-from rheon.operators.packed import argsort, key_lines
+from rheon.operators.dense import argsort
+from rheon.operators.packed import key_lines
 from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import Session
 
