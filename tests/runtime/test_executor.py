@@ -158,6 +158,61 @@ def test_at_low_rates_a_batch_is_whatever_is_available():
     assert stats.latency_p99_ms is not None  # measured per record at the sink
 
 
+class _CountedGenerator(rh.io.Generator):
+    """A Generator that counts how often the flow reads it."""
+
+    def build(self, ctx):
+        logic = super().build(ctx)
+        self.reads = 0
+        read = logic.next_batch
+
+        def counted():
+            self.reads += 1
+            return read()
+
+        logic.next_batch = counted
+        return logic
+
+
+def _batches_read(source: rh.io.Source, clock: ManualClock) -> list[tuple[int, list[int]]]:
+    """Per batch: how long (ms) its oldest event had been due when the sink had it, and its events."""
+    batches: list[tuple[int, list[int]]] = []
+
+    def write(frame: pl.DataFrame) -> None:
+        batches.append((clock.now_ns() // 1_000_000 - frame["ts"].min(), frame["i"].to_list()))
+
+    flow = rh.Flow("paced")
+    flow.source(source, time="ts").sink(rh.io.Callback(write, batch=True))
+    flow.run(clock=clock)
+    return batches
+
+
+def test_a_busy_source_with_a_batch_interval_is_read_once_per_interval():
+    """At 1,000 events/s a source read at most once per 10 ms hands out 10 events a batch, none
+    waiting longer than the interval, and is not polled in between (the loop sleeps until the
+    interval has passed)."""
+    clock = ManualClock(start_ms=0)
+    source = _CountedGenerator(lambda i: {"i": i}, rate=1000, limit=100, timestamp="ts", min_batch_interval="10ms")
+    batches = _batches_read(source, clock)
+    assert [events for _, events in batches] == [[0]] + [list(range(i, i + 10)) for i in range(1, 91, 10)] + [
+        list(range(91, 100))
+    ]
+    assert max(waited for waited, _ in batches) == 9  # event 1 was due at 1 ms and read at 10 ms
+    assert source.reads <= len(batches) + 2
+
+
+def test_a_batch_interval_does_not_delay_an_event_after_a_quiet_spell():
+    """Events further apart than the interval each go through alone, the moment they are due."""
+    clock = ManualClock(start_ms=0)
+    source = rh.io.Generator(lambda i: {"i": i}, rate=10, limit=5, timestamp="ts", min_batch_interval="10ms")
+    assert _batches_read(source, clock) == [(0, [i]) for i in range(5)]
+
+
+def test_batch_interval_must_be_a_duration():
+    with pytest.raises(rh.FlowError, match="Generator: min_batch_interval: cannot read duration 'soon'"):
+        rh.io.Generator(lambda i: {}, rate=10, min_batch_interval="soon")
+
+
 def test_generator_limit_makes_it_bounded():
     flow = rh.Flow("bounded")
     out = collect(flow.source(rh.io.Generator(lambda i: {"i": i} if i % 2 else None, rate=1e6, limit=10)))

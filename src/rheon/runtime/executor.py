@@ -67,6 +67,8 @@ class _SourceTask:
     time_col: EventTimeColumn | None = None
     """The event-time column: its type once known, and the records that cannot have one."""
     last_data_ns: int = 0
+    next_read_ns: int = 0
+    """Not read again before this (``SourceLogic.min_batch_interval_ns`` after a read that gave data)."""
     idle: bool = False
     ended: bool = False
     splits: SplitWatermarks | None = None
@@ -603,6 +605,10 @@ class Executor:
                 for task in self.sources:
                     if task.ended:
                         continue
+                    read_ns = self.clock.now_ns()
+                    if read_ns < task.next_read_ns:  # read again once its batch interval has passed
+                        waits.append((task.next_read_ns - read_ns) / 1e9)
+                        continue
                     frame = task.logic.next_batch()
                     self._source_dead(task)
                     now = self.clock.now_ns()
@@ -611,6 +617,7 @@ class Executor:
                         if frame.height:
                             task.last_data_ns = now
                             task.idle = False
+                            task.next_read_ns = read_ns + task.logic.min_batch_interval_ns
                         # A busy partition must not keep a quiet one counting: check the
                         # partitions on every batch, not only when the whole source is quiet.
                         self._check_idle_splits(task, now)
