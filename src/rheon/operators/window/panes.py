@@ -220,14 +220,23 @@ class PaneWindowOperator(WindowOperator):
         lateness = self.ticks_lateness
         # Column arithmetic in NumPy: a handful of C loops, no query planning per batch (the
         # per-batch cost that dominates at low rates, where a batch is one or a few records).
-        t = ticks.to_numpy()
-        pane = (t - g.offset) // g.pane * g.pane + g.offset
-        first_end = (pane - g.size - g.offset) // g.every * g.every + g.offset + g.every + g.size
+        # In place where it can be: each fresh array of a big batch costs its page faults.
+        pane = np.subtract(ticks.to_numpy(), g.offset, dtype=np.int64)
+        np.floor_divide(pane, g.pane, out=pane)
+        np.multiply(pane, g.pane, out=pane)
+        np.add(pane, g.offset, out=pane)
         wm = pre.to_numpy()
+        if g.every == g.size:  # tumbling: a record's only window ends at its pane's end
+            first_end = np.add(pane, g.size, out=self.space.array("first_end", len(pane), np.int64))
+        else:
+            first_end = np.subtract(pane, g.size + g.offset, out=self.space.array("first_end", len(pane), np.int64))
+            np.floor_divide(first_end, g.every, out=first_end)
+            np.multiply(first_end, g.every, out=first_end)
+            np.add(first_end, g.offset + g.every + g.size, out=first_end)
         work = work.hstack([pl.Series(PANE, pane, dtype=pl.Int64)])
         late = None
         special_idx: list[int] = []
-        if (first_end <= wm).any():
+        if np.less_equal(first_end, wm, out=self.space.array("touched", len(pane), np.bool_)).any():
             last_end = (pane - g.offset) // g.every * g.every + g.offset + g.size
             late_mask = last_end + lateness <= wm
             touched = first_end <= wm
