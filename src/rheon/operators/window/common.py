@@ -389,14 +389,18 @@ class WindowOperator(Operator):
         by = [WE, *self.tiebreak, *self.keys]
         packing = Packing.of(windows, by) if windows.height >= PACK_SORT_MIN_ROWS else None
         windows = windows.sort(by if packing is None else packing.expr())
-        if pre is None or len(pre) == 0:
+        if pre is None or len(pre) == 0 or windows.height == 0:
             return windows.with_columns(pl.lit(lo, pl.Int64).alias(WM_COL))
-        # NumPy: three small steps without a query each (they add up on small batches).
+        # NumPy, without a query (they add up on small batches). The ends are sorted and many
+        # windows share one, so only the distinct ends are looked up.
         marks = pre.to_numpy()
-        before = np.empty(len(marks) + 1, dtype=np.int64)
-        before[0], before[1:-1], before[-1] = lo, marks[:-1], marks[-1]
-        positions = np.searchsorted(marks, windows.get_column(WE).to_numpy(), side="left")
-        return windows.hstack([pl.Series(WM_COL, before[positions], dtype=pl.Int64)])
+        ends = windows.get_column(WE).to_numpy()
+        first = np.flatnonzero(np.append(True, ends[1:] != ends[:-1]))
+        found = np.searchsorted(marks, ends[first], side="left")
+        positions = np.repeat(found, np.diff(np.append(first, len(ends))))
+        before = marks[positions - 1]  # the watermark before position p: marks[p - 1], or lo at 0
+        before[positions == 0] = lo
+        return windows.hstack([pl.Series(WM_COL, before, dtype=pl.Int64)])
 
     @override
     def process(self, port: int, batch: Batch) -> list[Output]:
