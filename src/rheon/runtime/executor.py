@@ -32,6 +32,7 @@ from rheon.io.show import Show
 from rheon.operators.base import DEAD, LATE, MAIN, Operator
 from rheon.operators.rowfn import RowFnChain
 from rheon.operators.sink import SinkOperator
+from rheon.operators.stateless import ExprChain, ExprOperator
 from rheon.runtime.build import build_operator
 from rheon.runtime.checkpointing import CheckpointCoordinator, CheckpointSettings
 from rheon.runtime.graph import Node
@@ -239,6 +240,9 @@ class Executor:
         head = group.head
         if isinstance(head.spec, RowSpec):
             return RowFnChain([n.spec.step for n in group.nodes if isinstance(n.spec, RowSpec)])
+        if len(group.nodes) > 1:  # expression steps (plan.FUSED)
+            steps = [build_operator(n, self._ctx(n)) for n in group.nodes]
+            return ExprChain([step for step in steps if isinstance(step, ExprOperator)])
         if isinstance(head.spec, SinkSpec):
             logic = head.spec.sink.build(self._ctx(head))
             return SinkOperator(head.name, logic, len(head.inputs), self.clock, stats.latency)

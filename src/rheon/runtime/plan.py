@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 
 from rheon.core.errors import FlowError
 from rheon.runtime.graph import Graph, Node
-from rheon.runtime.specs import RowSpec
+from rheon.runtime.specs import FilterSpec, RowSpec, SelectSpec, WithColumnsSpec
 
 __all__ = ["OpGroup", "Plan", "make_plan"]
 
 
 @dataclass(eq=False)
 class OpGroup:
-    """Nodes that run as one operator (several only when Python steps are fused)."""
+    """Nodes that run as one operator (several when Python steps or expression steps are fused)."""
 
     nodes: list[Node]
     index: int = 0
@@ -58,12 +58,19 @@ class Plan:
         return "\n".join(lines)
 
 
+FUSED: tuple[tuple[type, ...], ...] = ((RowSpec,), (FilterSpec, WithColumnsSpec, SelectSpec))
+"""Kinds of steps that fuse with their parent of the same kind: Python row functions (one
+conversion to dicts and back for the chain) and expression steps (one Polars query)."""
+
+
 def _fusable(node: Node, graph_consumers: dict[int, list[tuple[Node, int, str]]]) -> bool:
-    if not isinstance(node.spec, RowSpec) or len(node.inputs) != 1:
+    if len(node.inputs) != 1:
         return False
     edge = node.inputs[0]
     parent = edge.node
-    return edge.tag == "main" and isinstance(parent.spec, RowSpec) and len(graph_consumers[parent.id]) == 1
+    if edge.tag != "main" or len(graph_consumers[parent.id]) != 1:
+        return False
+    return any(isinstance(node.spec, kinds) and isinstance(parent.spec, kinds) for kinds in FUSED)
 
 
 def make_plan(graph: Graph) -> Plan:
