@@ -327,8 +327,10 @@ def finish(frame: pl.DataFrame, p: str) -> pl.DataFrame:
     same = frame.get_column(p + "_lo").to_numpy() == hi
     if not xs.null_count() and np.isfinite(x).all() and (same | no_bin if no_bin is not None else same).all():
         exponent = (np.where(no_bin, 0, hi) if no_bin is not None else hi).astype(np.int64) * W - SHIFT - 1075
-        half = exponent // 2  # two factors, as _times_power_of_two: 2**exponent alone may not be a normal float
         q = frame.get_column(p + "_q").cast(pl.Float64).to_numpy()
+        if len(exponent) and exponent.min() == exponent.max():  # one bin for every group: scalars
+            exponent = exponent[:1]
+        half = exponent // 2  # two factors, as _times_power_of_two: 2**exponent alone may not be a normal float
         total = q * np.ldexp(1.0, half) * np.ldexp(1.0, exponent - half)
         if no_bin is not None:
             total = np.where(no_bin, x, total)
