@@ -58,10 +58,11 @@ class WatermarkTracker:
         pre = np.empty(len(values), dtype=np.int64)
         if len(values):
             pre[0] = self.max_ts
-            np.maximum.accumulate(values[:-1], out=pre[1:])
-            np.maximum(pre, self.max_ts, out=pre)
+            pre[1:] = values[:-1]
+            np.maximum.accumulate(pre, out=pre)
             np.subtract(pre, self.max_delay, out=pre)
-            np.clip(pre, MIN_WM, MAX_WM, out=pre)
+            if pre[0] < MIN_WM or pre[-1] > MAX_WM:  # non-decreasing: its ends are its bounds
+                np.clip(pre, MIN_WM, MAX_WM, out=pre)
         self.observe(ticks)
         return pl.Series("wm", pre, dtype=pl.Int64)
 
