@@ -144,7 +144,7 @@ class PaneWindowOperator(WindowOperator):
         base = first_end - g.size
         inside = pane >= base
         if not inside.all():  # panes before every window in the range
-            panes, pane = panes.filter(pl.Series(inside)), pane[inside]
+            panes, pane = keep(panes, inside), pane[inside]
         if len(ends) == 0 or panes.height == 0:
             return panes.head(0).select(*self.keys, pl.col(PANE).alias(WS), pl.col(PANE).alias(WE), *self.partial_cols)
         lines = key_lines(panes, self.keys, last_end - base + 1)
@@ -161,7 +161,8 @@ class PaneWindowOperator(WindowOperator):
         held = after > first
         first, after = first[held], after[held]
         window_end = np.tile(ends, len(key_first))[held]
-        ordered = panes[order]
+        added = [name for names, _ in plans for name in names]  # type: ignore[misc]
+        ordered = pick(panes, [*self.keys, *added])[order]
         columns = [*(ordered.get_column(k).gather(first) for k in self.keys)]
         columns += [pl.Series(WS, window_end - g.size), pl.Series(WE, window_end)]
         posts = []
@@ -175,7 +176,7 @@ class PaneWindowOperator(WindowOperator):
         out = pl.DataFrame(columns)
         for post in posts:
             out = post(out)
-        return out.select(*self.keys, WS, WE, *self.partial_cols)
+        return pick(out, [*self.keys, WS, WE, *self.partial_cols])
 
     def _next_end(self, after: int) -> int:
         """The first window end (of any key) after ``after``: ends fall on one residue of ``every``."""
