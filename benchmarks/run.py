@@ -7,7 +7,8 @@
 Each run of a workload is a fresh process: it loads the Parquet file into memory (not timed),
 runs the flow to completion (timed) and reports its peak resident memory. The median run (by
 events/s) is printed, with the slowest and fastest. Latency workloads (L*) run a paced Generator
-in real time and report end-to-end p50/p99 at the sink.
+in real time and report end-to-end p50/p99 at the sink and the cores the process used (its CPU
+time over the wall time); the run with the median p99 is printed, then every run's figures.
 
 ``--against-reference`` runs rounds of rheon and then each hand-written job of
 ``benchmarks/calibrate.py`` for the workload (Q1-Q4), the same way, and prints the ratios of the
@@ -31,7 +32,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -116,10 +117,24 @@ def _tumbling(s: rh.Stream) -> rh.Stream:
     return s.key_by("key").window(rh.tumbling("1s")).agg(n=rh.count(), total=rh.sum("value"))
 
 
-LATENCY: dict[str, tuple[str, int, Build]] = {
-    "L1": ("filter + with_columns at 1,000 events/s", 1_000, _stateless),
-    "L2": ("filter + with_columns at 100,000 events/s", 100_000, _stateless),
-    "L3": ("tumbling 1 s per key at 10,000 events/s (results)", 10_000, _tumbling),
+class Paced(NamedTuple):
+    """A latency workload: ``build`` fed by a Generator at ``rate`` events/s in real time."""
+
+    description: str
+    rate: int
+    build: Build
+    batch_interval: str | None = None
+    """The Generator's ``min_batch_interval`` (None: read whatever is due as soon as the loop is free)."""
+    checkpoint_every: str | None = None
+
+
+LATENCY: dict[str, Paced] = {
+    "L1": Paced("filter + with_columns at 1,000 events/s", 1_000, _stateless),
+    "L2": Paced("filter + with_columns at 100,000 events/s", 100_000, _stateless),
+    "L3": Paced("tumbling 1 s per key at 10,000 events/s (results)", 10_000, _tumbling),
+    "L4": Paced("filter + with_columns at 50,000 events/s", 50_000, _stateless),
+    "L4B": Paced("L4 read at most once a millisecond", 50_000, _stateless, batch_interval="1ms"),
+    "L5": Paced("L3 at 100,000 events/s, checkpoint every 1 s", 100_000, _tumbling, checkpoint_every="1s"),
 }
 
 
@@ -203,12 +218,25 @@ def run_reference(name: str, kind: str, events: int, keys: int) -> dict[str, obj
 
 
 def run_latency(name: str, seconds: float) -> dict[str, object]:
-    _, rate, build = LATENCY[name]
+    """Run latency workload ``name`` for ``seconds``: end-to-end p50/p99 at the sink and the cores
+    the process used meanwhile (its CPU time, every thread's, over the wall time)."""
+    paced = LATENCY[name]
     flow = rh.Flow(name)
     out = rh.io.Collect()
-    gen = rh.io.Generator(lambda i: {"key": i % 1000, "value": (i * 7919 % 1000) / 1000}, rate=rate, timestamp="ts")
-    build(flow.source(gen, time="ts")).sink(out)
-    flow.run(duration=f"{int(seconds * 1000)}ms")
+    # Only when set, so that the script also runs older code (A/B in one sitting).
+    interval: dict[str, Any] = {"min_batch_interval": paced.batch_interval} if paced.batch_interval else {}
+    gen = rh.io.Generator(
+        lambda i: {"key": i % 1000, "value": (i * 7919 % 1000) / 1000}, rate=paced.rate, timestamp="ts", **interval
+    )
+    paced.build(flow.source(gen, time="ts")).sink(out)
+    with tempfile.TemporaryDirectory(prefix="rheon-bench-ckpt-") as ckpt:
+        wall, cpu = time.perf_counter(), time.process_time()
+        flow.run(
+            duration=f"{int(seconds * 1000)}ms",
+            checkpoint_dir=ckpt if paced.checkpoint_every else None,
+            checkpoint_every=paced.checkpoint_every,
+        )
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stats = flow.metrics()
     assert stats is not None
     return {
@@ -218,6 +246,8 @@ def run_latency(name: str, seconds: float) -> dict[str, object]:
         "events_per_s": round(stats.events_per_s),
         "latency_p50_ms": round(stats.latency_p50_ms or float("nan"), 3),
         "latency_p99_ms": round(stats.latency_p99_ms or float("nan"), 3),
+        "cores": round(cpu / wall, 2),
+        "checkpoints": stats.checkpoints,
         "peak_mb": round(_rss_mb()),
     }
 
@@ -382,22 +412,28 @@ def _plain(args: argparse.Namespace, names: list[str]) -> None:
             runs.append(result)
         if not runs:
             continue
+        if name in LATENCY:  # the run with the median p99, and every run's p50/p99/cores
+            runs.sort(key=lambda r: r["latency_p99_ms"])
+            result = runs[len(runs) // 2]
+            each = ", ".join(f"{r['latency_p50_ms']:.2f}/{r['latency_p99_ms']:.2f}/{r['cores']:.2f}" for r in runs)
+            print(
+                f"{name:6} {LATENCY[name].description:48} {result['events_per_s']:>12,} ev/s  "
+                f"p50 {result['latency_p50_ms']:.3f} ms  p99 {result['latency_p99_ms']:.3f} ms  "
+                f"cores {result['cores']:.2f}  peak {result['peak_mb']:,} MB"
+                + (f"  checkpoints {result['checkpoints']}" if result.get("checkpoints") else "")
+                + (f"  [p50/p99 ms/cores per run: {each}]" if len(runs) > 1 else ""),
+                flush=True,
+            )
+            continue
         runs.sort(key=lambda r: r["events_per_s"])
         result = runs[len(runs) // 2]
         spread = f"  [{runs[0]['events_per_s']:,} .. {runs[-1]['events_per_s']:,}]" if len(runs) > 1 else ""
-        if name in LATENCY:
-            print(
-                f"{name:6} {LATENCY[name][0]:48} {result['events_per_s']:>12,} ev/s  "
-                f"p50 {result['latency_p50_ms']:.3f} ms  p99 {result['latency_p99_ms']:.3f} ms  "
-                f"peak {result['peak_mb']:,} MB"
-            )
-        else:
-            print(
-                f"{name:6} {WORKLOADS[name][0]:48} {result['events_per_s']:>12,} ev/s  "
-                f"{result['seconds']:7.3f} s  out {result['out_rows']:>9,}  "
-                f"peak {result['peak_mb']:,} MB (data {result['loaded_mb']:,} MB){spread}"
-                + (f"  checkpoints {result['checkpoints']}" if result.get("checkpoints") else "")
-            )
+        print(
+            f"{name:6} {WORKLOADS[name][0]:48} {result['events_per_s']:>12,} ev/s  "
+            f"{result['seconds']:7.3f} s  out {result['out_rows']:>9,}  "
+            f"peak {result['peak_mb']:,} MB (data {result['loaded_mb']:,} MB){spread}"
+            + (f"  checkpoints {result['checkpoints']}" if result.get("checkpoints") else "")
+        )
 
 
 def main() -> None:
