@@ -78,6 +78,17 @@ def check_limits(where: str, max_depth: int, max_fields: int) -> None:
 # -- the caps ----------------------------------------------------------------------------------------
 
 
+def _lines(values: Sequence[bytes | None]) -> bytes | None:
+    """The values joined into NDJSON, one per line; None if one is missing or empty or holds a newline.
+
+    Checked at C speed over the batch, not value by value.
+    """
+    if not values or not all(values):  # a tombstone (None) or an empty value
+        return None
+    ndjson = b"\n".join(values)  # type: ignore[arg-type]
+    return ndjson if ndjson.count(b"\n") == len(values) - 1 else None  # else a value holds a newline
+
+
 def _line_starts(a: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.flatnonzero(a == 10) + 1))
 
@@ -539,12 +550,11 @@ class JsonDecoder:
     def _objects(self, values: Sequence[bytes | None]) -> Decoded:
         frame: pl.DataFrame | None = None
         too_big: dict[int, str] | None = None
-        lines = [v for v in values if v and b"\n" not in v]
-        if lines and len(lines) == len(values):
-            ndjson = b"\n".join(lines)
+        ndjson = _lines(values)
+        if ndjson is not None:
             too_big = oversized(ndjson, self.max_depth, self.max_fields)
             if not too_big:
-                frame = self._fast(ndjson, len(lines))
+                frame = self._fast(ndjson, len(values))
         if frame is None:
             frame, index, bad = self._slow(values, too_big)
         else:
@@ -563,6 +573,8 @@ class JsonDecoder:
         try:
             if self.schema is not None:
                 frame = _read(ndjson, self.schema)
+            elif (known := self._known(ndjson)) is not None:
+                frame = known
             else:
                 inferred, text = self._infer(ndjson)
                 got = {n: pl.String() if n in text else t for n, t in inferred.schema.items()}
@@ -580,6 +592,28 @@ class JsonDecoder:
         except _FAILED:
             return None
         return frame if frame.height == count else None
+
+    def _known(self, ndjson: bytes) -> pl.DataFrame | None:
+        """The batch read with the types learned so far, if it fits them and has no other field.
+
+        Reading with types is several times faster than inferring them, but leaves out the fields
+        the types lack; so the read counts only if the batch has no more colons than the frame has
+        non-null values and colons in its texts. Each field of a message has its colon, and each
+        non-null value comes from a field, so no colon is left for a field the types lack. (A text
+        whose colon is written ``\\u003a``, or a field given as null, only sends the batch to
+        inference.) Flat types only: the fields of nested objects have colons too.
+        """
+        if not self.seen or any(contains(t, pl.Struct) for t in self.seen.values()):
+            return None
+        try:
+            frame = _read(ndjson, pl.Schema(self.seen))
+        except _FAILED:
+            return None  # inference tells what did not fit
+        colons = frame.height * frame.width - sum(frame.null_count().row(0))
+        text = [name for name, dtype in self.seen.items() if dtype == pl.String]
+        if text and b"\\u" not in ndjson:  # then the texts' colons are written as colons
+            colons += sum(frame.select(pl.col(text).str.count_matches(":", literal=True).sum()).row(0))
+        return frame if ndjson.count(b":") == colons else None
 
     def _infer(self, ndjson: bytes) -> tuple[pl.DataFrame, set[str]]:
         """The batch as Polars infers it; and the text columns already known, which it was told to read

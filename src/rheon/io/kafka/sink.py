@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence, Set
 from typing import Any
 
 import polars as pl
@@ -37,7 +38,7 @@ from rheon.core.errors import FlowError, SinkError
 from rheon.core.metrics import SinkHealth
 from rheon.io._reconnect import Reconnects
 from rheon.io.base import BuildContext, KeepsDeadLetters, Sink, SinkLogic
-from rheon.io.kafka.codec import encode_json
+from rheon.io.kafka.codec import encode_json, message_keys
 from rheon.io.kafka.source import _kafka, _list_topics
 
 __all__ = ["KafkaSink"]
@@ -49,6 +50,7 @@ _TIMEOUT_S = 30
 _STATS_MS = 1000  # how often librdkafka reports its statistics (its request retries, for the metrics)
 _KEY, _VALUE = "__rheon_key", "__rheon_value"  # the columns of staged, encoded messages
 _ENCODED = pl.Schema({_KEY: pl.Binary(), _VALUE: pl.Binary()})
+_NONE: frozenset[int] = frozenset()
 
 
 class _ReadBackIncomplete(Exception):
@@ -68,7 +70,8 @@ class KafkaSink(Sink):
     format
         ``"json"`` (each row a JSON object) or ``"bytes"`` (the ``value`` column as is).
     config
-        Extra librdkafka producer settings.
+        Extra librdkafka producer settings. They override rheon's, among them
+        ``delivery.report.only.error=True``: only a failed delivery calls back into Python.
     retries, retry_backoff
         When the broker cannot be reached while a checkpoint's transaction is prepared, try again
         up to ``retries`` times, waiting ``retry_backoff`` and then twice as long each time (up to
@@ -142,6 +145,8 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
             "logger": logging.getLogger("rheon.io.kafka.librdkafka"),
             "statistics.interval.ms": _STATS_MS,
             "stats_cb": self._statistics,
+            "on_delivery": self._delivered,
+            "delivery.report.only.error": True,  # no Python call per message delivered
             **cfg.config,
         }
         if self.transactional:
@@ -184,19 +189,23 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
     def _encoded(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The batch as messages (key and value bytes); rows that cannot be encoded go to the dead letters."""
         try:
-            messages = self._messages(frame)
+            keys, values = self._messages(frame)
         except (pl.exceptions.PolarsError, TypeError, ValueError):
-            messages = []
+            keys, values = [], []
             for i in range(frame.height):
                 row = frame.slice(i, 1)
                 try:
-                    messages += self._messages(row)
+                    row_keys, row_values = self._messages(row)
                 except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
                     reason = f"cannot encode the row as a Kafka message: {str(exc).splitlines()[0]}"
                     self.dead.append((reason, payloads_of(row.drop(CKPT, strict=False))[0]))
-        return pl.DataFrame({_KEY: [k for k, _ in messages], _VALUE: [v for _, v in messages]}, schema=_ENCODED)
+                    continue
+                keys += row_keys
+                values += row_values
+        return pl.DataFrame({_KEY: keys, _VALUE: values}, schema=_ENCODED)
 
-    def _messages(self, frame: pl.DataFrame) -> list[tuple[bytes | None, bytes]]:
+    def _messages(self, frame: pl.DataFrame) -> tuple[list[bytes | None], list[bytes]]:
+        """The batch's message keys and values, a column each."""
         if self.cfg.format == "bytes":
             if "value" not in frame.columns:
                 msg = f"{self.where}: format='bytes' needs a 'value' column (columns: {', '.join(frame.columns)})"
@@ -204,14 +213,7 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
             values = [v if isinstance(v, bytes) else str(v).encode() for v in frame.get_column("value").to_list()]
         else:
             values = encode_json(frame.drop(CKPT, strict=False))
-        keys: list[bytes | None]
-        if not self.cfg.key:
-            keys = [None] * frame.height
-        elif len(self.cfg.key) == 1:
-            keys = [None if k is None else str(k).encode() for k in frame.get_column(self.cfg.key[0]).to_list()]
-        else:
-            keys = [json.dumps(list(k), default=str).encode() for k in frame.select(self.cfg.key).iter_rows()]
-        return list(zip(keys, values, strict=True))
+        return message_keys(frame, self.cfg.key), values
 
     def _statistics(self, text: str) -> None:
         """librdkafka's statistics (every ``_STATS_MS``, served by ``poll``/``flush``): keep each
@@ -231,26 +233,46 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
         return SinkHealth(self.retries_done + sum(self.client_retries.values()))
 
     def _delivered(self, err: Any, msg: Any) -> None:
+        """The producer's delivery callback: called for failed deliveries only (``delivery.report.only.error``)."""
         if err is not None:
             self.errors.append(str(err))
 
     def _produce(
-        self, messages: list[tuple[bytes | None, bytes]], headers: list[list[tuple[str, bytes]]] | None
+        self, keys: Sequence[bytes | None], values: Sequence[bytes], tag: bytes | None = None, skip: Set[int] = _NONE
     ) -> None:
-        for i, (key, value) in enumerate(messages):
-            while True:
+        """Hand the messages to the producer, one ``produce`` call each and nothing else per message.
+
+        With ``tag``, each message carries the headers ``rheon-txn`` (the tag) and ``rheon-seq`` (its
+        index), and the indexes in ``skip`` are left out.
+        """
+        produce, topic = self.producer.produce, self.cfg.topic
+        if tag is None:
+            for key, value in zip(keys, values, strict=True):
                 try:
-                    self.producer.produce(
-                        self.cfg.topic,
-                        value=value,
-                        key=key,
-                        headers=headers[i] if headers else None,
-                        on_delivery=self._delivered,
-                    )
-                    break
+                    produce(topic, value, key)
                 except BufferError:
-                    self.producer.poll(0.05)  # the local queue is full: let it drain (backpressure)
+                    self._produce_when_room(key, value, None)
+        else:
+            txn = ("rheon-txn", tag)
+            for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+                if i in skip:
+                    continue
+                headers = [txn, ("rheon-seq", str(i).encode())]
+                try:
+                    produce(topic, value, key, headers=headers)
+                except BufferError:
+                    self._produce_when_room(key, value, headers)
         self.producer.poll(0)
+
+    def _produce_when_room(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+        """The local queue is full: let it drain (backpressure), then produce."""
+        while True:
+            self.producer.poll(0.05)
+            try:
+                self.producer.produce(self.cfg.topic, value, key, headers=headers)
+                return
+            except BufferError:
+                continue
 
     def _flush(self) -> None:
         left = self.producer.flush(_TIMEOUT_S)
@@ -267,7 +289,7 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
         if self.transactional:
             self.staged.append(self._encoded(frame))
         else:
-            self._produce(self._messages(frame), None)
+            self._produce(*self._messages(frame))
 
     @override
     def flush(self) -> None:
@@ -308,20 +330,23 @@ class _KafkaSinkLogic(KeepsDeadLetters, SinkLogic):
 
     def _transact(self, cid: int, frame: pl.DataFrame, skip: set[int]) -> None:
         """Write interval ``cid``'s messages (an encoded frame) in one transaction, but for those in ``skip``."""
-        messages = list(zip(frame.get_column(_KEY).to_list(), frame.get_column(_VALUE).to_list(), strict=True))
         tag = f"{self.txn_id}:{cid}".encode()
-        headers = [[("rheon-txn", tag), ("rheon-seq", str(i).encode())] for i in range(len(messages))]
-        keep = [i for i in range(len(messages)) if i not in skip]
         self.producer.begin_transaction()
         try:
-            self._produce([messages[i] for i in keep], [headers[i] for i in keep])
+            self._produce(frame.get_column(_KEY).to_list(), frame.get_column(_VALUE).to_list(), tag, skip)
             self._flush()
             self.producer.commit_transaction(_TIMEOUT_S)
         except Exception:
             with contextlib.suppress(self.kafka.KafkaException):
                 self.producer.abort_transaction(_TIMEOUT_S)
             raise
-        log.debug("kafka_committed sink=%s checkpoint=%d rows=%d skipped=%d", self.where, cid, len(keep), len(skip))
+        log.debug(
+            "kafka_committed sink=%s checkpoint=%d rows=%d skipped=%d",
+            self.where,
+            cid,
+            frame.height - len(skip),
+            len(skip),
+        )
 
     @override
     def state(self) -> tuple[dict[str, pl.DataFrame], dict[str, Any]] | None:

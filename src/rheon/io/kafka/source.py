@@ -17,7 +17,8 @@ from rheon.core.errors import FlowError, SourceError
 from rheon.core.extras import import_extra
 from rheon.io._json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FIELDS, JsonDecoder
 from rheon.io.base import BuildContext, KeepsDeadLetters, Source, SourceLogic
-from rheon.io.kafka.codec import Decoder, decoder_for, raw_payload
+from rheon.io.kafka.codec import Decoder, decoder_for, raw_payload, raw_payloads
+from rheon.io.kafka.messages import Columns, consume_columns
 
 __all__ = ["Kafka"]
 
@@ -85,7 +86,10 @@ class Kafka(Source):
     connect_timeout
         How long to wait for the brokers at start before failing with a clear error.
     config
-        Extra librdkafka settings, e.g. ``{"security.protocol": "SASL_SSL", ...}``.
+        Extra librdkafka settings, e.g. ``{"security.protocol": "SASL_SSL", ...}``. They override
+        rheon's, among them ``fetch.queue.backoff.ms=20``: with librdkafka's default (1 s), a
+        partition whose local queue had filled waited a second before its next fetch, which halved
+        the rate a backlog was read at.
 
     Watermarks are tracked per partition: the source's watermark is the minimum over its
     partitions, and a partition with no data for the flow source's ``idle_timeout`` stops
@@ -179,6 +183,7 @@ class _KafkaLogic(KeepsDeadLetters, SourceLogic):
             "auto.offset.reset": cfg.start,
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
+            "fetch.queue.backoff.ms": 20,
             "logger": logging.getLogger("rheon.io.kafka.librdkafka"),
             **cfg.config,
         }
@@ -243,52 +248,73 @@ class _KafkaLogic(KeepsDeadLetters, SourceLogic):
 
     @override
     def next_batch(self) -> pl.DataFrame | None:
-        messages = self.consumer.consume(num_messages=self.cfg.max_batch, timeout=0)
-        if not messages:
+        """The messages ready now (up to ``max_batch``) as one frame, built column by column: no
+        Python code runs per message (`rheon.io.kafka.messages`), the payloads are decoded in one
+        pass, and a position is the last offset read of each partition."""
+        single = self.cfg.topics[0]
+        batch, errors = consume_columns(
+            self.consumer,
+            self.kafka.Message,
+            self.cfg.max_batch,
+            topics=len(self.cfg.topics) > 1,
+            metadata=self.cfg.metadata,
+        )
+        self._report(errors)
+        if not len(batch):
             return None
-        good = []
-        values: list[bytes | None] = []
-        labels: list[str] = []
-        names = self.split_names
-        positions = self.positions
-        for m in messages:
-            error = m.error()
-            if error is not None:
-                if error.fatal():
-                    msg = f"{self.where}: fatal Kafka error: {error}"
-                    raise SourceError(msg)
-                log.warning("kafka_error source=%s error=%s", self.where, error)
-                continue
-            where = (m.topic(), m.partition())
-            label = names.get(where)
-            if label is None:
-                label = names[where] = _split(*where)
-            positions[label] = m.offset() + 1
-            good.append(m)
-            values.append(m.value())
-            labels.append(label)
-        if not good:
-            return None
-        frame, index, bad = self.decode(values)
+        ends = batch.ends(single)
+        for (topic, partition), offset in ends.items():
+            self.positions[self._label(topic, partition)] = offset + 1
+        frame, index, bad = self.decode(batch.values)
         for i, reason in bad:
-            m = good[i]
-            self.dead.append((f"{reason} ({m.topic()}[{m.partition()}]@{m.offset()})", raw_payload(m.value())))
+            where = f"{batch.topic(i, single)}[{batch.partitions[i]}]@{batch.offsets[i]}"
+            self.dead.append((f"{reason} ({where})", raw_payload(batch.values[i])))
         if not index:
             return pl.DataFrame()
-        everything = len(index) == len(good)
-        picked = good if everything else [good[i] for i in index]
-        extra: dict[str, pl.Series] = {
-            SPLIT_COL: pl.Series(SPLIT_COL, labels if everything else [labels[i] for i in index], dtype=pl.String)
-        }
+        # The rows' messages, unless one row per message: the JSON and bytes decoders give a message at
+        # most one row, in order; a decoder of the user's may give several, or none.
+        one_each = len(index) == len(batch) and (not callable(self.cfg.format) or index == list(range(len(batch))))
+        take = None if one_each else pl.Series(index, dtype=pl.UInt32)
+
+        def picked(series: pl.Series) -> pl.Series:
+            return series if take is None else series.gather(take)
+
+        extra = [picked(self._split_column(batch.topics, batch.partitions, list(ends)))]
         if self.cfg.metadata:
-            extra["_key"] = pl.Series("_key", [m.key() for m in picked], dtype=pl.Binary)
-            extra["_partition"] = pl.Series("_partition", [m.partition() for m in picked], dtype=pl.Int32)
-            extra["_offset"] = pl.Series("_offset", [m.offset() for m in picked], dtype=pl.Int64)
-            extra["_timestamp"] = pl.Series("_timestamp", [m.timestamp()[1] for m in picked], dtype=pl.Int64)
-            extra["_headers"] = pl.Series("_headers", [_headers_json(m.headers()) for m in picked], dtype=pl.String)
+            extra += [picked(column) for column in _metadata(batch)]
         if self.keep_raw:
-            extra[RAW_COL] = pl.Series(RAW_COL, [raw_payload(m.value()) for m in picked], dtype=pl.String)
-        return frame.with_columns(list(extra.values()))
+            extra.append(picked(raw_payloads(pl.Series(RAW_COL, batch.values, dtype=pl.Binary))))
+        return frame.with_columns(extra)
+
+    def _report(self, errors: list[Any]) -> None:
+        """Error events from the consumer: a fatal one fails the source, the others are logged."""
+        for m in errors:
+            error = m.error()
+            if error.fatal():
+                msg = f"{self.where}: fatal Kafka error: {error}"
+                raise SourceError(msg)
+            log.warning("kafka_error source=%s error=%s", self.where, error)
+
+    def _label(self, topic: str, partition: int) -> str:
+        """A partition's split name (``topic:partition``), made once."""
+        where = (topic, partition)
+        label = self.split_names.get(where)
+        if label is None:
+            label = self.split_names[where] = _split(topic, partition)
+        return label
+
+    def _split_column(
+        self, topics: list[str] | None, partitions: list[int], present: list[tuple[str, int]]
+    ) -> pl.Series:
+        """Each message's split name (``topic:partition``), mapped by Polars from its partition
+        number, or, with several topics, from the number of its (topic, partition) in ``present``."""
+        names = [self._label(topic, partition) for topic, partition in present]
+        if topics is None:
+            numbers = pl.Series(SPLIT_COL, partitions, dtype=pl.Int64)
+            return numbers.replace_strict([p for _, p in present], names, return_dtype=pl.String)
+        code = {pair: i for i, pair in enumerate(present)}
+        numbers = pl.Series(SPLIT_COL, [code[pair] for pair in zip(topics, partitions, strict=True)], dtype=pl.Int64)
+        return numbers.replace_strict(list(range(len(names))), names, return_dtype=pl.String)
 
     @override
     def done(self) -> bool:
@@ -353,6 +379,20 @@ class _KafkaLogic(KeepsDeadLetters, SourceLogic):
     @override
     def close(self) -> None:
         self.consumer.close()
+
+
+def _metadata(batch: Columns) -> list[pl.Series]:
+    """The ``_key``, ``_partition``, ``_offset``, ``_timestamp`` and ``_headers`` columns of a batch."""
+    headers = batch.headers
+    assert headers is not None  # read with metadata=True, as are the keys and timestamps
+    texts = [_headers_json(h) for h in headers] if any(headers) else [None] * len(batch)
+    return [
+        pl.Series("_key", batch.keys, dtype=pl.Binary),
+        pl.Series("_partition", batch.partitions, dtype=pl.Int32),
+        pl.Series("_offset", batch.offsets, dtype=pl.Int64),
+        pl.Series("_timestamp", batch.timestamps, dtype=pl.Int64),
+        pl.Series("_headers", texts, dtype=pl.String),
+    ]
 
 
 def _headers_json(headers: list[tuple[str, bytes | None]] | None) -> str | None:
