@@ -104,7 +104,8 @@ class SessionWindowOperator(WindowOperator):
             touched = part.get_column(GROUP).is_in(known.get_column(GROUP).implode())
             merged = self.merge_frame(pl.concat([known, part.filter(touched)], how="vertical_relaxed"), [GROUP])
             part = pl.concat([merged, part.filter(~touched)], how="vertical_relaxed")
-        return pl.concat([bounds[part.get_column(GROUP)], part.drop(GROUP)], how="horizontal")
+        of_part: pl.DataFrame = bounds[part.get_column(GROUP)]
+        return pl.concat([of_part, part.drop(GROUP)], how="horizontal")
 
     def _boundaries(
         self, spans: pl.DataFrame, starts: np.ndarray, ends: np.ndarray, records: int
@@ -117,16 +118,16 @@ class SessionWindowOperator(WindowOperator):
         width = int(ends.max()) - base + 1
         lines = key_lines(spans, self.keys, width)
         if lines is None:  # too wide to lay end to end: a running maximum per key
-            order = spans.select(pl.arg_sort_by([*self.keys, WS])).to_series()
-            ordered = spans[order].with_columns(pl.col(WE).cum_max().over(self.keys).alias("__reach"))
-            reach = ordered.get_column("__reach")
+            by_key = spans.select(pl.arg_sort_by([*self.keys, WS])).to_series()
+            ordered = spans[by_key].with_columns(pl.col(WE).cum_max().over(self.keys).alias("__reach"))
+            furthest = ordered.get_column("__reach")
             changed = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in self.keys])
-            opens = ordered.select(changed).to_series() | (ordered.get_column(WS) >= reach.shift(1))
-            opens = opens.fill_null(value=False).to_numpy()
-            opens[0] = True  # (a null key compares equal to the null shifted in)
-            first = np.flatnonzero(opens)
-            last = np.append(first[1:] - 1, len(order) - 1)
-            return order.to_numpy(), first, reach.to_numpy()[last]
+            starting = ordered.select(changed).to_series() | (ordered.get_column(WS) >= furthest.shift(1))
+            begins = starting.fill_null(value=False).to_numpy()
+            begins[0] = True  # (a null key compares equal to the null shifted in)
+            first = np.flatnonzero(begins)
+            last = np.append(first[1:] - 1, len(by_key) - 1)
+            return by_key.to_numpy(), first, furthest.to_numpy()[last]
         # Keys laid end to end on one line, so that one running maximum serves them all: key k's
         # intervals lie in [k * width, (k + 1) * width), past every earlier key's.
         order, on_line = argsort(lines + (starts - base))
