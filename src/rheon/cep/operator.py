@@ -22,13 +22,14 @@ from rheon.cep.lockstep import Carried, Found, Left, LockStep, Plan, eligible
 from rheon.cep.nfa import Attempt, KeyState, Matcher, Path, compile_pattern
 from rheon.cep.pattern import Pattern
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
+from rheon.core.collector import no_gc
 from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import dead_letter_frame, payload_of, payloads_of
 from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.core.metrics import StateSize
 from rheon.operators._keys import key_getter
-from rheon.operators._rows import frame_to_rows, no_gc
+from rheon.operators._rows import frame_to_rows
 from rheon.operators.base import DEAD, LATE, MAIN, Operator, Output, State
 from rheon.operators.ordered import late_behind_frontier, watermarks_before
 from rheon.operators.packed import Packing

@@ -9,9 +9,7 @@ truncates values whose type differs from the first rows.
 from __future__ import annotations
 
 import functools
-import gc
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import Any
 
@@ -21,31 +19,12 @@ from rheon.core.batch import WM_COL
 from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import payloads_of
 
-__all__ = ["ROW_CHUNK", "RowsOut", "frame_to_rows", "misfit_reason", "no_gc", "rows_to_frame"]
+__all__ = ["ROW_CHUNK", "RowsOut", "frame_to_rows", "misfit_reason", "rows_to_frame"]
 
 ROW_CHUNK = 2048
 """Rows turned into dicts at a time. Small chunks keep the dicts in the CPU caches and let
 Python reuse their memory: a Python ``filter`` then ``map`` runs at ~1.9M rows/s in chunks of
 2k rows against ~0.9M in chunks of 32k and more (``benchmarks/``, 2-core VM)."""
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a batch is processed row by row.
-
-    Turning a batch into a million dicts makes the collector run thousands of times and scan
-    every live dict: about 40% of the time of a Python ``map`` (measured in
-    ``benchmarks/``). Rows are plain dicts of scalars and hold no cycles; anything a user
-    function leaves in a cycle is collected once the batch is done.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @functools.lru_cache(maxsize=512)

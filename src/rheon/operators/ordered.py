@@ -27,12 +27,12 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
+from rheon.core.collector import no_gc
 from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import payloads_of
 from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._keys import NAN_KEY
-from rheon.operators._rows import no_gc
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend
 from rheon.state.service import KeyedService

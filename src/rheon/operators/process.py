@@ -25,11 +25,12 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, MIN_WM, WM_COL, Batch
+from rheon.core.collector import no_gc
 from rheon.core.deadletters import dead_letter_frame, payload_of
 from rheon.core.errors import FlowError
 from rheon.core.eventtime import TimeType, time_type_of
 from rheon.operators._keys import key_getter
-from rheon.operators._rows import frame_to_rows, misfit_reason, no_gc, rows_to_frame
+from rheon.operators._rows import frame_to_rows, misfit_reason, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend
 from rheon.state.keyed import ListState, MapState, StateKindError, StateKinds, ValueState

@@ -9,9 +9,10 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import WM_COL, Batch
+from rheon.core.collector import no_gc
 from rheon.core.deadletters import dead_letter_frame, payload_of
 from rheon.operators._keys import key_getter
-from rheon.operators._rows import ROW_CHUNK, RowsOut, frame_to_rows, no_gc, rows_to_frame
+from rheon.operators._rows import ROW_CHUNK, RowsOut, frame_to_rows, rows_to_frame
 from rheon.operators.base import DEAD, MAIN, Operator, Output, State
 from rheon.state.backends import KeyedStateBackend, MemoryBackend
 from rheon.state.inspect import keyed_frame

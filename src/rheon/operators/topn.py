@@ -28,10 +28,10 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import MIN_WM, WM_COL, Batch
+from rheon.core.collector import no_gc
 from rheon.core.columns import ColumnTypes
 from rheon.core.deadletters import payloads_of
 from rheon.core.eventtime import TimeType, time_type_of
-from rheon.operators._rows import no_gc
 from rheon.operators.base import LATE, MAIN, Operator, Output, State
 from rheon.operators.ordered import ORDER, SEQ, TIME, TRIGGER, OrderedKeyed, Released
 from rheon.state.backends import KeyedStateBackend

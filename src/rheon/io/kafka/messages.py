@@ -11,37 +11,12 @@ on, 0.46-0.49 s with it paused).
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Columns", "consume_columns", "paused_gc"]
+from rheon.core.collector import no_gc
 
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector in the block (if it is on; reference counting goes on).
-
-    For blocks that make many short-lived objects that cannot form cycles.
-
-    Examples
-    --------
-    >>> import gc
-    >>> with paused_gc():
-    ...     paused = not gc.isenabled()
-    >>> paused, gc.isenabled()
-    (True, True)
-    """
-    if not gc.isenabled():  # someone else turned it off: leave it so
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+__all__ = ["Columns", "consume_columns"]
 
 
 @dataclass
@@ -105,7 +80,7 @@ def consume_columns(
     >>> batch.offsets, batch.values, errors
     ([5, 6], [b'{}', b'{}'], [])
     """
-    with paused_gc():
+    with no_gc():
         messages = consumer.consume(num_messages=max_messages, timeout=0)
         errors: list[Any] = []
         if messages and any(map(message.error, messages)):
