@@ -486,9 +486,9 @@ class Executor:
                     splits = self._splits(task, now_ns)
                     pre = splits.assign(ticks, frame.get_column(SPLIT_COL), now_ns)
                     if task.needs_wm:
-                        frame = frame.with_columns(pre.alias(WM_COL))
+                        frame = _with_watermarks(frame, pre)
                 elif task.needs_wm:
-                    frame = frame.with_columns(task.tracker.assign(ticks).alias(WM_COL))
+                    frame = _with_watermarks(frame, task.tracker.assign(ticks))
                 else:
                     task.tracker.observe(ticks)
         elif frame.height:
@@ -857,3 +857,10 @@ class Executor:
             checkpoint_ms=self.coordinator.last_duration_ms if self.coordinator is not None else None,
             restore_ms=self.coordinator.restore_ms if self.coordinator is not None else None,
         )
+
+
+def _with_watermarks(frame: pl.DataFrame, marks: pl.Series) -> pl.DataFrame:
+    """``frame`` with the per-record watermarks as its hidden column: appended without a query
+    (a query costs ~0.1-0.25 ms per batch whatever its size, a large part of a small batch)."""
+    marks = marks.alias(WM_COL)
+    return frame.with_columns(marks) if WM_COL in frame.columns else frame.hstack([marks])
