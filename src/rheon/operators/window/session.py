@@ -17,6 +17,7 @@ import polars as pl
 from typing_extensions import override
 
 from rheon.core.batch import MAX_WM, WM_COL
+from rheon.core.frames import keep, pick, stack
 from rheon.core.metrics import StateSize
 from rheon.operators.dense import argsort
 from rheon.operators.packed import key_lines
@@ -97,15 +98,15 @@ class SessionWindowOperator(WindowOperator):
         session_of = np.empty(len(order), dtype=np.int64)
         session_of[order] = np.cumsum(number, out=number)
         bounds = spans[order[first]].with_columns(pl.Series(WE, session_ends, dtype=pl.Int64))
-        part = self.partial_frame(rows.with_columns(pl.Series(GROUP, session_of[:n])), [GROUP])
+        part = self.partial_frame(rows.hstack([pl.Series(GROUP, session_of[:n])]), [GROUP])
         if spans.height > n:
             assert known is not None
-            known = known.select(pl.Series(GROUP, session_of[n:]), *self.partial_cols)
-            touched = part.get_column(GROUP).is_in(known.get_column(GROUP).implode())
-            merged = self.merge_frame(pl.concat([known, part.filter(touched)], how="vertical_relaxed"), [GROUP])
-            part = pl.concat([merged, part.filter(~touched)], how="vertical_relaxed")
+            known = pl.DataFrame([pl.Series(GROUP, session_of[n:]), *pick(known, self.partial_cols).get_columns()])
+            touched = np.isin(part.get_column(GROUP).to_numpy(), session_of[n:])
+            merged = self.merge_frame(stack([known, keep(part, touched)]), [GROUP])
+            part = stack([merged, keep(part, ~touched)])
         of_part: pl.DataFrame = bounds[part.get_column(GROUP)]
-        return pl.concat([of_part, part.drop(GROUP)], how="horizontal")
+        return of_part.hstack(pick(part, self.partial_cols).get_columns())
 
     def _boundaries(
         self, spans: pl.DataFrame, starts: np.ndarray, ends: np.ndarray, records: int
