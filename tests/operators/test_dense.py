@@ -16,6 +16,7 @@ from rheon.operators import aggregations, exactsum
 from rheon.operators.dense import DenseGroups, Workspace
 from rheon.operators.packed import PACKED, Packing
 from rheon.operators.window import common
+from rheon.operators.window.panes import PaneWindowOperator
 from tests.reference import reference, run_engine
 
 INT_TYPES = [pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64]
@@ -288,7 +289,9 @@ FAST_AGGS = {
     lateness=st.sampled_from([0, 10]),
     batches=st.lists(st.integers(1, 25), min_size=1, max_size=2),
 )
-def test_windows_with_the_fast_paths_on_every_batch_give_reference_output(monkeypatch, rows, window, lateness, batches):
+def test_windows_with_the_fast_paths_on_every_batch_give_reference_output(
+    monkeypatch, pane_state, rows, window, lateness, batches
+):
     """With the size thresholds at 1, every batch is grouped by counting (or by the packed
     key) where it can be: results equal the reference and do not depend on batching."""
     for threshold in ("DENSE_MIN_ROWS", "PACK_SORT_MIN_ROWS", "PACK_GROUP_MIN_ROWS"):
@@ -328,6 +331,7 @@ def test_big_batches_take_the_fast_paths_and_match_the_reference(monkeypatch):
         return groups
 
     monkeypatch.setattr(common.DenseGroups, "of", counted)
+    monkeypatch.setattr(PaneWindowOperator, "ARRAYS", False)  # (state as arrays: tests/operators/test_pane_arrays.py)
     aggs = {"n": ("count", None), "total": ("sum", "f"), "avg": ("mean", "f")}
     for window in [("tumbling", 100, 100), ("sliding", 300, 100)]:
         expected = reference(rows, keys=["k"], time="ts", window=window, aggs=aggs, max_delay=30)

@@ -64,7 +64,7 @@ def test_matches_reference(window, lateness, batch_size):
 
 
 @pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
-def test_global_window_and_two_keys(window, batch_size):
+def test_global_window_and_two_keys(window, batch_size, pane_state):
     rows = _events(300, seed=3)
     for keys in ([], ["k", "u"]):
         expected = reference(rows, keys=keys, time="ts", window=window, aggs={"n": ("count", None)}, max_delay=40)
@@ -128,7 +128,7 @@ def test_property_any_batching_gives_reference_output(rows, window, max_delay, l
 
 
 @pytest.mark.parametrize("window", WINDOWS, ids=lambda w: f"{w[0]}{w[1]}-{w[2]}")
-def test_float_sums_are_bit_identical_at_any_batch_size(window):
+def test_float_sums_are_bit_identical_at_any_batch_size(window, pane_state):
     """Float sums and means are added exactly: every batching gives the same bits, within one
     unit in the last place of math.fsum (the exact sum, correctly rounded)."""
     rnd = random.Random(11)
@@ -216,6 +216,7 @@ def test_sliding_windows_take_the_running_sums_unless_sparse_in_time(monkeypatch
         return out
 
     monkeypatch.setattr(PaneWindowOperator, "_running_windows", spy)
+    monkeypatch.setattr(PaneWindowOperator, "ARRAYS", False)  # (the arrays merge panes by themselves)
     dense = _events(400, seed=5, nulls=False)
     sparse = [{**r, "ts": r["ts"] + (i % 5) * 1_000_000} for i, r in enumerate(_events(60, seed=6, nulls=False))]
     for rows, used in ((dense, True), (sparse, False)):

@@ -27,6 +27,13 @@ from typing_extensions import override
 
 from rheon.core.errors import FlowError, columns_hint, did_you_mean
 from rheon.operators import exactsum
+from rheon.operators.accumulators import (
+    Accumulator,
+    CountAccumulator,
+    ExactSumAccumulator,
+    ExtremeAccumulator,
+    IntSumAccumulator,
+)
 from rheon.operators.dense import DenseGroups, numpy_integer
 from rheon.operators.exactsum import Post
 
@@ -94,6 +101,16 @@ class Aggregation(ABC):
         :mod:`rheon.operators.dense`): the aggregated columns, one row per group in ``groups``'
         order, and the completing step; ``None`` (the default) when this aggregation or this
         frame cannot be done that way."""
+        return None
+
+    def accumulator(self, p: str, dtype: pl.DataType | None) -> Accumulator | None:
+        """This aggregation's partials held in NumPy arrays per group, for an input column of
+        type ``dtype`` (see :mod:`rheon.operators.accumulators`); ``None`` (the default) when
+        they cannot be.
+
+        >>> Count(None).accumulator("p", None)
+        CountAccumulator('p')
+        """
         return None
 
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:
@@ -210,6 +227,10 @@ class Count(Aggregation):
         return pl.DataFrame([pl.Series(p, counts, dtype=pl.Int64)]), None
 
     @override
+    def accumulator(self, p: str, dtype: pl.DataType | None) -> Accumulator | None:
+        return CountAccumulator(self.column, p)
+
+    @override
     def merges(self, p: str) -> list[pl.Expr]:
         return [pl.col(p).sum()]
 
@@ -265,6 +286,12 @@ class Sum(Aggregation):
             pl.Series(p + "_n", groups.present(series)),
         ]
         return pl.DataFrame(columns).cast({p + "_s": result or pl.Int64(), p + "_n": pl.Int64()}), None
+
+    @override
+    def accumulator(self, p: str, dtype: pl.DataType | None) -> Accumulator | None:
+        if dtype is None or not numpy_integer(dtype) or dtype == pl.UInt64 or self.result_dtype(dtype) != pl.Int64:
+            return None
+        return IntSumAccumulator(self.column, p)
 
     @override
     def merges(self, p: str) -> list[pl.Expr]:
@@ -337,6 +364,12 @@ class _Extreme(Aggregation):
         extremes = pl.Series(p, groups.extremes(filled.to_numpy(), smallest=self.smallest), dtype=dtype)
         frame = pl.DataFrame([extremes, pl.Series("present", groups.present(series))])
         return frame.select(pl.when(pl.col("present") > 0).then(pl.col(p)).alias(p)), None
+
+    @override
+    def accumulator(self, p: str, dtype: pl.DataType | None) -> Accumulator | None:
+        if dtype is None or not (numpy_integer(dtype) or dtype in (pl.Float32, pl.Float64)):
+            return None
+        return ExtremeAccumulator(self.column, p, dtype, smallest=self.smallest)
 
 
 @dataclass(frozen=True, repr=False)
@@ -415,6 +448,10 @@ class _ExactFloat(Aggregation):
     @override
     def running(self, partials: pl.DataFrame, p: str) -> tuple[list[str], Post | None] | None:
         return exactsum.running_plan(partials, p)
+
+    @override
+    def accumulator(self, p: str, dtype: pl.DataType | None) -> Accumulator | None:
+        return ExactSumAccumulator(self.column, p)
 
     @override
     def finish(self, merged: pl.DataFrame, p: str) -> pl.DataFrame:

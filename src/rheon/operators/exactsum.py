@@ -332,8 +332,8 @@ def finish(frame: pl.DataFrame, p: str) -> pl.DataFrame:
             exponent = exponent[:1]
         half = exponent // 2  # two factors, as _times_power_of_two: 2**exponent alone may not be a normal float
         total = q * np.ldexp(1.0, half) * np.ldexp(1.0, exponent - half)
-        if no_bin is not None:
-            total = np.where(no_bin, x, total)
+        if no_bin is not None:  # only zeros: 0.0 (never -0.0, which would depend on where batches split)
+            total = np.where(no_bin, x + 0.0, total)
         return frame.hstack([pl.Series(p + "_sum", total, dtype=pl.Float64)])
     return frame.with_columns(final(p).alias(p + "_sum"))
 
@@ -365,6 +365,6 @@ def final(p: str) -> pl.Expr:
         .then(pl.lit(None, pl.Float64))
         # An infinity or NaN among the values makes the float sum so, and decides the result.
         .when(~approx.is_finite() | pl.col(p + "_hi").is_null() | (hi - pl.col(p + "_lo") > 2))
-        .then(approx)
+        .then(approx + 0.0)  # (a sum of zeros is 0.0, as math.fsum gives it)
         .otherwise(exact)
     )

@@ -337,22 +337,26 @@ class WindowOperator(Operator):
             self._specialize({f: schema[a.column] for f, a in self.aggs.items() if a.column is not None})
         return frame, work
 
-    def _results(self, merged: pl.DataFrame) -> pl.DataFrame:
-        """``keys, WS, WE, aggs...`` (and ``WM`` if there): merged partials turned into results."""
+    def _results(self, merged: pl.DataFrame, *, present: bool = False) -> pl.DataFrame:
+        """``keys, WS, WE, aggs...`` (and ``WM`` if there): merged partials turned into results;
+        with ``present``, as :meth:`_present` gives them, in the same query."""
         for field, agg in self.aggs.items():
             merged = agg.finish(merged, self.prefix[field])
             self.failed += agg.take_errors()
+        if present:
+            return self._present(merged, self.final_exprs)
         extra = [pl.col(WM_COL)] if WM_COL in merged.columns else []
         return merged.select(*[pl.col(k) for k in self.keys], pl.col(WS), pl.col(WE), *self.final_exprs, *extra)
 
-    def _present(self, results: pl.DataFrame) -> pl.DataFrame:
-        """Result rows ``keys, window_start, window_end, aggs..., WM`` (bounds in the time type)."""
+    def _present(self, results: pl.DataFrame, aggs: Sequence[pl.Expr] = ()) -> pl.DataFrame:
+        """Result rows ``keys, window_start, window_end, aggs..., WM`` (bounds in the time type),
+        from results, or from finished partials and the aggregations' final expressions."""
         assert self.ttype is not None
         out = results.select(
             *[pl.col(k) for k in self.keys],
             self.ttype.from_ticks(pl.col(WS)).alias("window_start"),
             self.ttype.from_ticks(pl.col(WE)).alias("window_end"),
-            *[pl.col(f) for f in self.aggs],
+            *(aggs or [pl.col(f) for f in self.aggs]),
             pl.col(WM_COL),
         )
         if self.out_schema is None:
@@ -361,23 +365,26 @@ class WindowOperator(Operator):
 
     def finals(self, merged: pl.DataFrame) -> pl.DataFrame:
         """Result rows ``keys, window_start, window_end, aggs..., WM`` from merged partials."""
-        return self._present(self._results(merged))
+        return self._results(merged, present=True)
 
     def merge_frame(self, partials: pl.DataFrame, group: list[str], first: Sequence[pl.Expr] = ()) -> pl.DataFrame:
         """Partial rows merged per ``group``: ``group``, then ``first``, then ``partial_cols``."""
         plans = [agg.merge(partials, self.prefix[field]) for field, agg in self.aggs.items()]
         return self._grouped(partials, group, first, plans)
 
-    def fired(self, merged: pl.DataFrame, pre: pl.Series | None, lo: int) -> pl.DataFrame:
-        """:meth:`finals` of fired windows, in emission order (see :meth:`order`); the results
-        are computed first, so the sort moves a narrow frame, not the partials."""
+    def fired(self, merged: pl.DataFrame, pre: pl.Series | None, lo: int, *, ordered: bool = False) -> pl.DataFrame:
+        """:meth:`finals` of fired windows, in emission order (see :meth:`order`; ``ordered``:
+        they already are, and one query makes the results). To sort, the results are computed
+        first, so the sort moves a narrow frame, not the partials."""
+        if ordered:
+            return self.finals(self.order(merged, pre, lo, ordered=True))
         return self._present(self.order(self._results(merged), pre, lo))
 
     tiebreak: tuple[str, ...] = (WS,)
     """Columns that order windows ending together, before the keys (window start, unless the
     window size is fixed and the start adds nothing)."""
 
-    def order(self, windows: pl.DataFrame, pre: pl.Series | None, lo: int) -> pl.DataFrame:
+    def order(self, windows: pl.DataFrame, pre: pl.Series | None, lo: int, *, ordered: bool = False) -> pl.DataFrame:
         """Sort fired windows into emission order and give each the watermark before it.
 
         A window fires before the first record whose watermark has passed its end (position
@@ -386,11 +393,12 @@ class WindowOperator(Operator):
         already emission order. Downstream, a result carries the watermark that held before
         its position, as in Flink, where results precede the watermark that triggered them.
         """
-        by = [WE, *self.tiebreak, *self.keys]
-        packing = Packing.of(windows, by) if windows.height >= PACK_SORT_MIN_ROWS else None
-        windows = windows.sort(by if packing is None else packing.expr())
+        if not ordered:
+            by = [WE, *self.tiebreak, *self.keys]
+            packing = Packing.of(windows, by) if windows.height >= PACK_SORT_MIN_ROWS else None
+            windows = windows.sort(by if packing is None else packing.expr())
         if pre is None or len(pre) == 0 or windows.height == 0:
-            return windows.with_columns(pl.lit(lo, pl.Int64).alias(WM_COL))
+            return windows.hstack([pl.Series(WM_COL, np.full(windows.height, lo, dtype=np.int64))])
         # NumPy, without a query (they add up on small batches). The ends are sorted and many
         # windows share one, so only the distinct ends are looked up.
         marks = pre.to_numpy()

@@ -2,7 +2,9 @@
 
 Records are aggregated once into their pane (``gcd(size, every)`` wide) per key; when the
 watermark passes a window's end, the window's panes are combined into its result. State is one
-row of partial aggregates per (key, pane) that some open window still needs.
+row of partial aggregates per (key, pane) that some open window still needs: NumPy arrays per
+key slot when the key is one integer column (or none) and every aggregation can be held so
+(:mod:`rheon.operators.window.arrays`), else a Polars frame merged by group-bys.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from rheon.core.frames import keep, pick, stack
 from rheon.core.metrics import StateSize
 from rheon.operators.dense import argsort
 from rheon.operators.packed import key_lines
+from rheon.operators.window.arrays import PaneArrays
 from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 
@@ -37,29 +40,72 @@ class PaneWindowOperator(WindowOperator):
     """
 
     tiebreak = ()  # windows of one size: the end fixes the start
+    ARRAYS = True
+    """Whether state is held as arrays where it can be (tests and benchmarks compare both forms)."""
 
     @override
     def _init_state(self) -> None:
         self.geo: PaneGeometry | None = None
         self.panes: pl.DataFrame | None = None
+        """The state as a frame (when ``arrays`` cannot hold it)."""
+        self.arrays: PaneArrays | None = None
+        """The state as arrays (see the module's docstring)."""
+        self.arrays_fit = self.ARRAYS
+        """Whether the keys and aggregations can be held as arrays at all."""
+        self.retry_in = 0
+        """Merges into the frame before the next try to hold the state as arrays."""
+        self.retry_every = 32
         self.pending = RecordBuffer()
 
     @override
     def _state_frames(self) -> dict[str, pl.DataFrame]:
         self._flush()
-        return {"panes": self.panes} if self.panes is not None else {}
+        panes = self.arrays.frame() if self.arrays is not None else self.panes
+        return {"panes": panes} if panes is not None else {}
 
     @override
     def _load_frames(self, frames: dict[str, pl.DataFrame]) -> None:
         self.panes = frames.get("panes")
+        self._to_arrays()
 
     @override
     def state_size(self) -> StateSize:
         """Panes held (one per key and pane) and their bytes."""
+        if self.arrays is not None:
+            return StateSize(self.arrays.rows, self.arrays.nbytes)
         panes = self.panes
         if panes is None:
             return StateSize(0, 0)
         return StateSize(panes.height, int(panes.estimated_size()))
+
+    def _to_arrays(self) -> bool:
+        """Hold the state as arrays from now on if it can be (``self.arrays`` then set)."""
+        if self.arrays is not None:
+            return True
+        if not self.arrays_fit or self.geo is None or self.input_types is None or len(self.keys) > 1:
+            self.arrays_fit = self.arrays_fit and len(self.keys) <= 1
+            return False
+        accumulators = []
+        for field, agg in self.aggs.items():
+            accumulator = agg.accumulator(self.prefix[field], self.input_types.get(field))
+            if accumulator is None:
+                self.arrays_fit = False
+                return False
+            accumulators.append(accumulator)
+        arrays = PaneArrays(self.keys[0] if self.keys else None, accumulators, self.geo)
+        if self.panes is not None and not arrays.load(self.panes):
+            return False
+        self.arrays, self.panes = arrays, None
+        return True
+
+    def _to_frame(self) -> None:
+        """Hold the state as a frame (a batch the arrays cannot hold came)."""
+        assert self.arrays is not None
+        self.panes, self.arrays = self.arrays.frame(), None
+        # Tried again later, less often each time: a batch that does not fit (many keys with
+        # few records each) is often followed by more like it.
+        self.retry_every = min(2 * self.retry_every, 4096)
+        self.retry_in = self.retry_every
 
     @override
     def _resolved(self) -> None:
@@ -81,6 +127,16 @@ class PaneWindowOperator(WindowOperator):
         rows = self.pending.take()
         if rows is None:
             return
+        if self.arrays is None and self.arrays_fit:
+            # Back to arrays once the frame's panes can be (a declined batch's have expired).
+            self.retry_in -= 1
+            if self.retry_in <= 0:
+                self.retry_in = self.retry_every
+                self._to_arrays()
+        if self.arrays is not None:
+            if self.arrays.add(rows):
+                return
+            self._to_frame()
         group = [*self.keys, PANE]
         part = self.partial_frame(rows, group, steps={PANE: self.geo.pane} if self.geo is not None else None)
         state = self.panes
@@ -196,6 +252,10 @@ class PaneWindowOperator(WindowOperator):
             return None  # no window ends, and no window's lateness runs out, in (lo, hi]
         self._flush()
         g = self.geo
+        if self.arrays is not None:
+            wins = self.arrays.windows(lo, hi)
+            self.arrays.expire(hi, self.ticks_lateness)
+            return self.fired(wins, pre, lo, ordered=True) if wins is not None else None
         panes = self.panes
         if g is None or panes is None or panes.height == 0:
             return None
@@ -279,14 +339,22 @@ class PaneWindowOperator(WindowOperator):
         self._flush()
         lateness = self.ticks_lateness
         g = self.geo
-        if lateness == 0 or g is None or self.panes is None:
+        if lateness == 0 or g is None or (self.panes is None and self.arrays is None):
             return None
         first = int(row.select(g.first_start(pl.col(PANE))).item())
         last = int(row.select(g.last_start(pl.col(PANE))).item())
         starts = [s for s in range(first, last + 1, g.every) if pre_i - lateness < s + g.size <= pre_i]
         if not starts:
             return None
+        if self.arrays is not None:
+            key = row.get_column(self.keys[0])[0] if self.keys else None
+            ends = {s + g.size for s in starts}
+            found = self.arrays.windows(pre_i - lateness, pre_i, ends, key)
+            if found is None or found.height == 0:
+                return None
+            return self.finals(found.hstack([pl.Series(WM_COL, [pre_i] * found.height, dtype=pl.Int64)]))
         panes = self.panes
+        assert panes is not None
         for k in self.keys:
             panes = panes.filter(pl.col(k).eq_missing(row.get_column(k)[0]))
         panes = panes.filter((pl.col(PANE) >= min(starts)) & (pl.col(PANE) < max(starts) + g.size))
