@@ -238,3 +238,26 @@ def test_a_sum_of_negative_zeros_is_zero_at_any_batching():
             rows = _run(frame, rh.tumbling("10ms"), arrays=arrays, batch=batch)
             zeros = [row for row in rows if row[0] == 0]
             assert [math.copysign(1, row[5]) for row in zeros] == [1.0, 1.0], (arrays, batch, zeros)
+
+
+def test_arrays_that_would_be_mostly_empty_give_way_to_the_frame(monkeypatch):
+    """Two keys 60,000 apart, eight records per millisecond, in batches of one millisecond:
+    each batch fits (one pane of 60,001 slots), but the fifty panes a window holds would take
+    60,001 slots per field each, for two keys. The state goes to the frame instead, and the rows
+    are the frame's."""
+    declined: list[bool] = []
+    add = PaneArrays.add
+
+    def spy(self, rows):
+        declined.append(not add(self, rows))
+        return not declined[-1]
+
+    monkeypatch.setattr(PaneArrays, "add", spy)
+    n = 800
+    frame = pl.DataFrame(
+        {"ts": np.arange(n) // 8, "k": np.arange(n) % 2 * 60_000, "f": np.ones(n), "v": np.ones(n, dtype=np.int64)}
+    )
+    window = rh.sliding("50ms", every="1ms")
+    _same(_run(frame, window, arrays=True, batch=8), _run(frame, window, arrays=False, batch=8))
+    assert declined[0] is False, "the first batch fits"
+    assert True in declined

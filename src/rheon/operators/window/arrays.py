@@ -124,6 +124,9 @@ class PaneArrays:
         size = panes * self.cap
         if size > SPARSE * n + MIN_GRID:
             return False
+        cells = (len(self.panes) + panes) * self.cap
+        if cells > MIN_GRID and cells > SPARSE * (self.rows + n) + MIN_GRID:
+            return False  # mostly empty arrays: keys far apart, each with few panes
         index = self.space.array("index", n, np.int64)
         np.subtract(pane, first, out=index)
         if g.pane != 1:
