@@ -206,12 +206,13 @@ class PaneArrays:
         # (a big batch fires a hundred windows at once).
         lined: Fields = {}
         for name in names:
-            pieces = [fields.get(name) for _, fields in parts]
-            if any(piece is None for piece in pieces):  # a field (an exact sum's bin) only some panes have
-                dtype = next(piece.dtype for piece in pieces if piece is not None)
+            found = [fields.get(name) for _, fields in parts]
+            dtype = next(piece.dtype for piece in found if piece is not None)
+            fill = None
+            if any(piece is None for piece in found):  # a field (an exact sum's bin) only some panes have
                 fill = np.full(cap, identity(self.how[name], dtype), dtype=dtype)
-                pieces = [fill if piece is None else piece for piece in pieces]
-            lined[name] = np.concatenate(pieces) if len(pieces) != 1 else pieces[0]  # type: ignore[arg-type]
+            pieces: list[np.ndarray] = [piece if piece is not None else fill for piece in found]  # type: ignore[misc]
+            lined[name] = np.concatenate(pieces) if len(pieces) != 1 else pieces[0]
         at = np.flatnonzero(lined[ROWS])
         gathered = {name: values[at] for name, values in lined.items()}
         ends = np.array([end for end, _ in parts], dtype=np.int64)[at // cap]
