@@ -9,9 +9,12 @@ flow's progress: on a loaded machine start-up (``import rheon``) alone takes sec
 started with the process says nothing about how far the flow has got.
 
 With CHAOS_KILL_P=p (and CHAOS_SEED), the process SIGKILLs itself with probability p at points
-inside the checkpoint protocol: halfway through writing one of the checkpoint's files, after
-they are written but before the atomic rename, right after the rename, and between the renames
-of a sink's commit. That makes sure
+inside the checkpoint protocol: halfway through writing one of the checkpoint's files
+(``mid-checkpoint-file``), after they are written but before the atomic rename
+(``before-checkpoint-rename``), right after the rename (``after-checkpoint-rename``), and between
+the renames of a sink's commit (``in-sink-commit``). With CHAOS_KILL_AT=WHERE:N it SIGKILLs itself
+the N-th time it reaches point WHERE, so that a test can place a crash at a chosen moment rather
+than hope that chance puts one there. Before dying it prints ``dying WHERE``. That makes sure
 crashes hit the moments that are hardest to get right, not only the quiet ones.
 """
 
@@ -21,6 +24,7 @@ import os
 import random
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
 import rheon as rh
@@ -33,17 +37,25 @@ from rheon.runtime.checkpointing import CheckpointCoordinator
 
 def _install_crash_points() -> None:
     p = float(os.environ.get("CHAOS_KILL_P", "0"))
-    if p <= 0:
+    at = os.environ.get("CHAOS_KILL_AT", "")
+    if p <= 0 and not at:
         return
     rnd = random.Random(int(os.environ.get("CHAOS_SEED", "0")))
+    planned_where, _, planned_nth = at.rpartition(":")
+    reached: Counter[str] = Counter()
 
     def die(where: str) -> None:
         sys.stdout.write(f"dying {where}\n")
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def due(where: str) -> bool:
+        reached[where] += 1
+        by_chance = p > 0 and rnd.random() < p
+        return by_chance or (where == planned_where and reached[where] == int(planned_nth))
+
     def maybe_die(where: str) -> None:
-        if rnd.random() < p:
+        if due(where):
             die(where)
 
     real_fsync_dir = checkpoints_module._fsync_dir
@@ -51,11 +63,13 @@ def _install_crash_points() -> None:
     real_rename = filesink_module._FileSinkLogic._rename
 
     def fsync_dir(path: Path) -> None:
-        maybe_die("in-checkpoint-write")
+        # Called for the checkpoint's temporary directory before its rename, then for the parent.
+        temporary = path.name.startswith(checkpoints_module._TMP)
+        maybe_die("before-checkpoint-rename" if temporary else "after-checkpoint-rename")
         real_fsync_dir(path)
 
     def write_file(path: Path, data: bytes) -> None:
-        if rnd.random() < p:
+        if due("mid-checkpoint-file"):
             with open(path, "wb") as fh:  # half a file on disk, then the crash
                 fh.write(data[: len(data) // 2])
                 fh.flush()

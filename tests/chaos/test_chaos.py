@@ -3,9 +3,13 @@ row, that of an uninterrupted run (nothing missing, nothing duplicated). The flo
 three kinds, a keyed reduce, a process function with timers, an interval join and a CEP pattern
 with a quantifier and ``within`` (its matches and its timed-out partial matches).
 
-The default run kills a flow over 400k events 10 times; ``pytest -m slow`` runs the long
-version (3M events, 30 kills). Kills come from outside at random moments and from inside the
-checkpoint protocol (see flow_under_test.py).
+The default run kills a flow over 100k events 5 times: its first run from outside at a random
+moment, the four others inside the checkpoint protocol, one at each of its four moments (see
+flow_under_test.py). ``pytest -m slow`` runs the long version (3M events, 30 kills: every third
+run, from the first, from outside, the others inside). A run that dies inside the protocol does
+so at the moment next in turn, drawn at random within the run's first two checkpoints, so that
+even the short run surely crashes at each moment. The uninterrupted reference run goes on
+meanwhile, on the other core.
 
 Kills are timed by the progress the flow reports (a line after each checkpoint), never by a
 timer started with the process: on a loaded machine ``import rheon`` alone took 2.7-5 s, so every
@@ -15,6 +19,7 @@ a few batches further whatever the machine's speed, and the input outlasts all t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -24,7 +29,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -58,14 +65,24 @@ def make_input(directory: Path, events: int, files: int, seed: int) -> str:
     return str(directory / "*.jsonl")
 
 
-def run_flow(input_glob: str, out: Path, ckpt: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(FLOW), input_glob, str(out), str(ckpt)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
+def run_flow(
+    input_glob: str, out: Path, ckpt: Path, env: dict[str, str] | None = None, *, output: Path | None = None
+) -> subprocess.Popen[str]:
+    """Start the flow; its stdout and stderr go to pipes, or to ``output``.out and .err."""
+    pipes: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    if output is not None:
+        pipes = {"stdout": output.with_suffix(".out").open("w"), "stderr": output.with_suffix(".err").open("w")}
+    try:
+        return subprocess.Popen(
+            [sys.executable, str(FLOW), input_glob, str(out), str(ckpt)],
+            text=True,
+            env={**os.environ, **(env or {})},
+            **pipes,
+        )
+    finally:
+        if output is not None:
+            for handle in pipes.values():
+                handle.close()
 
 
 class Child:
@@ -77,6 +94,7 @@ class Child:
     def __init__(self, input_glob: str, out: Path, ckpt: Path, env: dict[str, str]) -> None:
         self.proc = run_flow(input_glob, out, ckpt, env)
         self.lines: queue.Queue[str | None] = queue.Queue()
+        self.checkpoint_times: list[float] = []  # when wait_for_checkpoints saw each one
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.readers = [
@@ -106,8 +124,15 @@ class Child:
                 pytest.fail(f"the flow reported {seen} checkpoints in {self.STARTUP_TIMEOUT_S} s, expected {count}")
             if line is None:
                 return False
-            seen += line.startswith("checkpointed ")
+            if line.startswith("checkpointed "):
+                seen += 1
+                self.checkpoint_times.append(time.monotonic())
         return True
+
+    def batch_seconds(self, default: float) -> float:
+        """The shortest time between two checkpoints seen (a batch and its checkpoint), else ``default``."""
+        times = self.checkpoint_times
+        return min((b - a for a, b in itertools.pairwise(times)), default=default)
 
     def finish(self, timeout_s: float = 600) -> tuple[int, str, str]:
         returncode = self.proc.wait(timeout=timeout_s)
@@ -127,56 +152,83 @@ def committed(out: Path) -> dict[str, pl.DataFrame]:
     return result
 
 
-def chaos(tmp_path: Path, *, events: int, files: int, kills: int, seed: int) -> None:
+# The moments inside the checkpoint protocol where planned runs die, each with the range its
+# occurrence is drawn from: within a run's first two checkpoints (one writes 15 files, fsyncs its
+# directory once before and the parent once after the rename, and its commit renames 8 sink files).
+PLANNED = {
+    "mid-checkpoint-file": 30,
+    "before-checkpoint-rename": 2,
+    "after-checkpoint-rename": 2,
+    "in-sink-commit": 16,
+}
+
+
+def chaos(tmp_path: Path, *, events: int, files: int, kills: int, seed: int, outside_every: int = 3) -> None:
+    """Kill the flow ``kills`` times: from outside every ``outside_every``-th run, from the first;
+    inside the checkpoint protocol the others. Then finish it and compare with a run not killed."""
     input_glob = make_input(tmp_path / "in", events, files, seed)
-    reference = run_flow(input_glob, tmp_path / "ref", tmp_path / "ref-ckpt")
-    _, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err
-    expected = committed(tmp_path / "ref")
-    assert all(frame.height for frame in expected.values())
+    # The uninterrupted run, on the other core while this one drives the kills.
+    reference = run_flow(input_glob, tmp_path / "ref", tmp_path / "ref-ckpt", output=tmp_path / "reference")
 
     rnd = random.Random(seed)
     out_dir, ckpt = tmp_path / "out", tmp_path / "ckpt"
-    killed = inside = 0
+    killed = outside = planned_runs = 0
+    inside: Counter[str] = Counter()  # kills at each moment of the checkpoint protocol
     attempts = 0
+    batch_s = 0.15  # how long a batch and its checkpoint take, as last measured
     while killed < kills:
         attempts += 1
         assert attempts <= kills * 3, "the flow keeps finishing before it can be killed; use more events"
-        # Every third run dies inside the checkpoint protocol far more often, so that some kills
-        # surely land there; the others are mostly killed from outside at a random moment.
-        kill_p = "0.2" if attempts % 3 == 0 else "0.012"
-        env = {"CHAOS_KILL_P": kill_p, "CHAOS_SEED": str(rnd.randrange(10**9)), "CHAOS_EVERY": "0ms"}
+        planned = None
+        if (attempts - 1) % outside_every:  # dies at a chosen moment inside the checkpoint protocol
+            planned = list(PLANNED)[planned_runs % len(PLANNED)]
+            planned_runs += 1
+            at = f"{planned}:{rnd.randint(1, PLANNED[planned])}"
+            env = {"CHAOS_KILL_AT": at, "CHAOS_SEED": str(rnd.randrange(10**9)), "CHAOS_EVERY": "0ms"}
+        else:  # killed from outside at a random moment
+            env = {"CHAOS_SEED": str(rnd.randrange(10**9)), "CHAOS_EVERY": "0ms"}
         child = Child(input_glob, out_dir, ckpt, env)
         # Kill once this run has taken 1-3 checkpoints (one per batch), at a random moment of the
-        # batch or checkpoint that follows: the offset picks the moment, it waits for nothing.
-        if child.wait_for_checkpoints(rnd.randint(1, 3)):
-            time.sleep(rnd.uniform(0.0, 0.15))
+        # batch or checkpoint that follows: the offset picks the moment, it waits for nothing. It
+        # is drawn within the time a batch takes here, so that however fast the machine, a run
+        # gets at most a batch further and the input outlasts the kills.
+        if planned is None and child.wait_for_checkpoints(rnd.randint(1, 3)):
+            batch_s = child.batch_seconds(default=batch_s)
+            time.sleep(rnd.uniform(0.0, batch_s))
             child.proc.send_signal(signal.SIGKILL)
         returncode, stdout, stderr = child.finish(timeout_s=120)
         # Checkpoints are written atomically: a crash never leaves one that verification rejects.
         assert "checkpoint_damaged" not in stderr, stderr
         if returncode == -signal.SIGKILL:
             killed += 1
-            inside += "dying" in stdout
+            if planned is not None:
+                assert f"dying {planned}\n" in stdout, f"the run planned to die at {at} did not: {stdout[-2000:]}"
+                inside[planned] += 1
+            else:
+                outside += 1
         else:
             assert returncode == 0, stderr
             assert "restored_from=None" not in stdout or attempts == 1, stdout
             pytest.fail(f"the flow finished after {killed} kills; it must be killed {kills} times")
-    assert inside >= 2, f"only {inside} of {killed} kills landed inside the checkpoint protocol"
+    assert sorted(inside) == sorted(PLANNED), f"kills inside the checkpoint protocol: {dict(inside)}"
+    assert outside >= 1, f"none of the {killed} kills came from outside"
     final = run_flow(input_glob, out_dir, ckpt)
     stdout, stderr = final.communicate(timeout=600)
     assert final.returncode == 0, stderr
     assert "checkpoint_damaged" not in stderr, stderr
     assert "restored_from=None" not in stdout
+    assert reference.wait(timeout=600) == 0, (tmp_path / "reference.err").read_text()
+    expected = committed(tmp_path / "ref")
+    assert all(frame.height for frame in expected.values())
     got = committed(out_dir)
     for name, frame in expected.items():
         assert got[name].height == frame.height, f"{name}: {got[name].height} rows, expected {frame.height}"
         assert got[name].equals(frame), f"{name}: rows differ"
-    print(f"{killed} kills ({inside} inside the checkpoint protocol); final: {stdout.strip().splitlines()[-1]}")
+    print(f"{killed} kills ({outside} from outside, inside: {dict(inside)}); final: {stdout.strip().splitlines()[-1]}")
 
 
 def test_sigkill_many_times_then_output_equals_uninterrupted_run(tmp_path):
-    chaos(tmp_path, events=400_000, files=4, kills=10, seed=1)
+    chaos(tmp_path, events=100_000, files=4, kills=5, seed=1, outside_every=5)
 
 
 @pytest.mark.slow

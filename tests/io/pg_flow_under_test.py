@@ -21,6 +21,11 @@ each point of the commit protocol (``PG_CHAOS_COMMIT_P`` at each ``COMMIT``, def
   through is followed by a SIGKILL half of the time: the moment (a rewritten transaction
   committed, the next checkpoint not taken) where a transaction id kept in the checkpoint used to
   double the rows.
+
+With ``PG_CHAOS_AT=<what>:<n>`` (``<what>`` one of the faults at a ``COMMIT`` above) it injects
+that fault at the ``COMMIT`` of the ``n``-th checkpoint this run commits, and SIGKILLs itself
+(``after-recommit``) once the next commit has gone through: a test places the dangerous moment
+deliberately rather than by chance.
 """
 
 from __future__ import annotations
@@ -95,12 +100,16 @@ def install_faults(dsn: str, app_name: str, proxy: CommitCutProxy) -> None:
     from rheon.io.postgres import _PostgresLogic
 
     p = float(os.environ.get("PG_CHAOS_P", "0"))
-    if p <= 0:
+    planned_fault, _, planned_nth = os.environ.get("PG_CHAOS_AT", "").rpartition(":")
+    if p <= 0 and not planned_fault:
         return
     commit_p = float(os.environ.get("PG_CHAOS_COMMIT_P", str(p)))
     rnd = random.Random(int(os.environ.get("PG_CHAOS_SEED", "0")))
     admin = psycopg.connect(dsn, autocommit=True)  # straight to the server, not through the proxy
     after_fault = [False]
+    checkpoint_commits = [0]
+    planned_due = [False]  # the planned fault hits this checkpoint's COMMIT
+    planned_done = [False]  # ... and the SIGKILL comes after the next commit that goes through
 
     def sigkill(where: str) -> None:
         say(f"fault sigkill {where}")
@@ -124,10 +133,16 @@ def install_faults(dsn: str, app_name: str, proxy: CommitCutProxy) -> None:
         if self is admin:
             real_commit(self)
             return
-        if rnd.random() < commit_p:
+        by_chance = rnd.random() < commit_p
+        what = None
+        if planned_due[0]:
+            planned_due[0], planned_done[0] = False, True
+            what = planned_fault
+        elif by_chance:
             what = rnd.choice(
                 ["sigkill", "terminate", "drop-commit", "drop-commit-half-open", "lose-reply", "lose-reply-half-open"]
             )
+        if what is not None:
             if what == "sigkill":
                 sigkill("before-commit")
             elif what == "terminate":
@@ -139,11 +154,21 @@ def install_faults(dsn: str, app_name: str, proxy: CommitCutProxy) -> None:
         real_commit(self)
         if after_fault[0]:
             after_fault[0] = False
-            if rnd.random() < 0.5:
+            if rnd.random() < 0.5 or planned_done[0]:
                 sigkill("after-recommit")
         maybe("after-commit", end=False)
 
     psycopg.Connection.commit = commit  # type: ignore[method-assign]
+
+    real_checkpoint_commit = _PostgresLogic.commit
+
+    def checkpoint_commit(self: _PostgresLogic, checkpoint_id: int) -> None:
+        checkpoint_commits[0] += 1
+        planned_due[0] = bool(planned_fault) and checkpoint_commits[0] == int(planned_nth)
+        real_checkpoint_commit(self, checkpoint_id)
+        planned_due[0] = False
+
+    _PostgresLogic.commit = checkpoint_commit  # type: ignore[method-assign]
 
     def around(name: str, *, before: bool = True, after: bool = True) -> None:
         real = getattr(_PostgresLogic, name)

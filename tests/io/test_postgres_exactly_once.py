@@ -5,7 +5,12 @@ any moment of the commit protocol, against a real server (RHEON_TEST_POSTGRES, d
 First each dangerous moment on its own, in this process; then chaos: a child process
 (``pg_flow_under_test.py``) is killed again and again, its database session ended and its
 connection cut at random points of the commit protocol, and the table must hold each row exactly
-once. The default chaos run is short; ``pytest -m slow`` runs the long version (>= 50 SIGKILLs).
+once. The default chaos run is short (150 rows; >= 2 SIGKILLs and >= 2 sessions ended or cut): its
+first two runs each get a fault placed deliberately at a checkpoint's ``COMMIT`` (the reply lost
+after the server committed; the connection cut before the ``COMMIT`` reached the server, the
+session left open), then a SIGKILL once the next commit has gone through, before the next
+checkpoint; the runs after them fault at random. ``pytest -m slow`` runs the long version
+(>= 30 SIGKILLs, >= 60 sessions ended or cut, all random).
 """
 
 from __future__ import annotations
@@ -249,10 +254,26 @@ def _lines(stream, out: queue.Queue) -> None:
     out.put(None)
 
 
-def chaos(dsn: str, tmp_path: Path, *, mode: str, sigkills: int, session_kills: int, n: int, seed: int) -> Counter:
+# For each of the first runs, a fault at the COMMIT of its n-th checkpoint, then a SIGKILL after the
+# next commit that goes through (PG_CHAOS_AT in pg_flow_under_test.py), and no random fault.
+PLAN = ("lose-reply:2", "drop-commit-half-open:1")
+
+
+def chaos(
+    dsn: str,
+    tmp_path: Path,
+    *,
+    mode: str,
+    sigkills: int,
+    session_kills: int,
+    n: int,
+    seed: int,
+    plan: tuple[str, ...] = (),
+) -> Counter:
     """Run the child flow again and again until it has been SIGKILLed ``sigkills`` times and its
     session ended or cut ``session_kills`` times; each time the child finishes, check its table
-    (each row once, none missing) and start over with a new one."""
+    (each row once, none missing) and start over with a new one. The first runs follow ``plan``
+    (see ``PLAN``), the others fault at random."""
     rnd = random.Random(seed)
     stats: Counter = Counter()
     expected = (
@@ -268,6 +289,7 @@ def chaos(dsn: str, tmp_path: Path, *, mode: str, sigkills: int, session_kills: 
         try:
             for runs in range(1, 200):
                 assert runs < 150, "the child keeps dying before it finishes"
+                planned = plan[stats["runs"]] if stats["runs"] < len(plan) else None
                 stats["runs"] += 1
                 env = {
                     **os.environ,
@@ -276,8 +298,12 @@ def chaos(dsn: str, tmp_path: Path, *, mode: str, sigkills: int, session_kills: 
                     "PG_CHAOS_SEED": str(rnd.randrange(10**9)),
                     "PYTHONPATH": str(ROOT),
                 }
-                # 40% of the runs are SIGKILLed from here, after a random number of committed checkpoints.
-                kill_at = rnd.randint(1, 12) if rnd.random() < 0.4 else None
+                if planned is not None:
+                    env.update({"PG_CHAOS_P": "0", "PG_CHAOS_COMMIT_P": "0", "PG_CHAOS_AT": planned})
+                    kill_at = None
+                else:
+                    # 40% of the runs are SIGKILLed from here, after a random number of committed checkpoints.
+                    kill_at = rnd.randint(1, 12) if rnd.random() < 0.4 else None
                 err_path = tmp_path / f"stderr-{stats['runs']}.txt"
                 with err_path.open("w") as err:
                     proc = subprocess.Popen(
@@ -290,20 +316,22 @@ def chaos(dsn: str, tmp_path: Path, *, mode: str, sigkills: int, session_kills: 
                     )
                     lines: queue.Queue = queue.Queue()
                     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
-                    committed, done = 0, None
+                    committed, done, faults = 0, None, []
                     while True:
                         line = lines.get(timeout=LINE_TIMEOUT_S)
                         if line is None:
                             break
                         what = line.split()
                         if what[0] == "fault":
+                            faults.append(line)
                             stats["sigkill" if what[1] == "sigkill" else "session"] += 1
                             stats[f"{what[1]} {what[2]}"] += 1
                         elif what[0] == "done":
                             done = line
                         elif what[0] == "committed":
                             committed += 1
-                            if rnd.random() < 0.1:  # end the session at a random moment after this commit
+                            # End the session at a random moment after this commit (not in a planned run).
+                            if planned is None and rnd.random() < 0.1:
                                 time.sleep(rnd.uniform(0, 0.02))
                                 ended = terminate(dsn, f"rheon {flow_name}/out")
                                 stats["session"] += ended
@@ -315,6 +343,9 @@ def chaos(dsn: str, tmp_path: Path, *, mode: str, sigkills: int, session_kills: 
                                 stats["sigkill"] += 1
                                 stats["sigkill from outside"] += 1
                     proc.wait(timeout=LINE_TIMEOUT_S)
+                if planned is not None:
+                    wanted = [f"fault {planned.split(':')[0]} at-commit", "fault sigkill after-recommit"]
+                    assert faults == wanted, f"run {runs}: planned {wanted}, got {faults}"
                 if proc.returncode == -signal.SIGKILL:
                     continue
                 assert proc.returncode == 0, err_path.read_text()[-3000:]
@@ -336,7 +367,7 @@ def chaos(dsn: str, tmp_path: Path, *, mode: str, sigkills: int, session_kills: 
 
 @pytest.mark.parametrize("mode", ["append", "upsert"])
 def test_chaos_kills_sessions_and_processes_and_no_row_is_lost_or_doubled(dsn, tmp_path, mode):
-    stats = chaos(dsn, tmp_path, mode=mode, sigkills=4, session_kills=5, n=1000, seed=10 + (mode == "upsert"))
+    stats = chaos(dsn, tmp_path, mode=mode, sigkills=2, session_kills=2, n=150, seed=10 + (mode == "upsert"), plan=PLAN)
     assert stats["duplicates"] == stats["missing"] == 0
 
 

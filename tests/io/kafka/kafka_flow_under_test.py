@@ -14,12 +14,17 @@ with a last checkpoint) once its source has read up to them. It prints:
 
 With ``KAFKA_CHAOS_P=p`` (and ``KAFKA_CHAOS_SEED``) the process SIGKILLs itself with probability p
 at each point of the sink's commit protocol, printing ``fault sigkill <where>`` just before: before
-and after ``pre_commit``; inside the transaction, while its rows are being sent and once they are
-all delivered;
-just before and just after ``commit_transaction``; after the whole commit; before recovery, after
-recovery has read back what is visible, and after it wrote the rest. After a transaction written
-by recovery commits, it SIGKILLs itself half of the time (``after-recovery-commit``): checkpoint
-``n`` still lists rows that are now visible, and the next recovery must not write them again.
+and after ``pre_commit`` (``before-pre-commit``, ``after-pre-commit``); inside the transaction,
+while its rows are being sent and once they are all delivered (``in-transaction-sending``,
+``in-transaction-sent``); just before and just after ``commit_transaction``
+(``before-commit-transaction``, ``after-commit-transaction``); after the whole commit
+(``after-commit``); before recovery, after recovery has read back what is visible, and after it
+wrote the rest (``before-recover``, ``after-read-back``, ``after-recover``). After a transaction
+written by recovery commits, it SIGKILLs itself half of the time (``after-recovery-commit``):
+checkpoint ``n`` still lists rows that are now visible, and the next recovery must not write them
+again. With ``KAFKA_CHAOS_AT=<where>:<n>`` it SIGKILLs itself the ``n``-th time it reaches point
+``<where>`` (a transaction's points are reached once per transaction, recovery's included), so
+that the parent can place a crash at a chosen moment.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import random
 import signal
 import sys
+from collections import Counter
 from typing import Any
 
 
@@ -58,13 +64,16 @@ def install_faults() -> None:
 
     p = float(os.environ.get("KAFKA_CHAOS_P", "0"))
     rnd = random.Random(int(os.environ.get("KAFKA_CHAOS_SEED", "0")))
+    planned_where, _, planned_nth = os.environ.get("KAFKA_CHAOS_AT", "").rpartition(":")
+    reached: Counter[str] = Counter()
 
     def sigkill(where: str) -> None:
         say(f"fault sigkill {where}")
         os.kill(os.getpid(), signal.SIGKILL)
 
     def maybe(where: str) -> None:
-        if p > 0 and rnd.random() < p:
+        reached[where] += 1
+        if (p > 0 and rnd.random() < p) or (where == planned_where and reached[where] == int(planned_nth)):
             sigkill(where)
 
     real_init = _KafkaSinkLogic.__init__
