@@ -162,6 +162,20 @@ class PaneArrays:
         ``False``, with nothing changed, if they cannot be held as arrays."""
         if frame.height == 0:
             return True
+        # As :meth:`add` would decline them: panes of mostly empty arrays (checked first, as
+        # loading costs a few queries; a frame of many keys with few records each is tried often).
+        pane = frame.get_column(PANE)
+        span = 1
+        if self.key is not None:
+            keys = frame.get_column(self.key)
+            low, high = keys.min(), keys.max()
+            if not isinstance(low, int) or not isinstance(high, int):
+                return False
+            span = (
+                max(high, self.base + self.cap - 1 if self.cap else high) - min(low, self.base if self.cap else low) + 1
+            )
+        if span * pane.n_unique() > SPARSE * frame.height + MIN_GRID:
+            return False
         loaded = [accumulator.load(frame) for accumulator in self.accumulators]
         if any(fields is None for fields in loaded):
             return False
@@ -175,14 +189,14 @@ class PaneArrays:
             slots = series.to_numpy().astype(np.int64) - self.base
         else:
             slots = np.zeros(frame.height, dtype=np.int64)
-        pane = frame.get_column(PANE).to_numpy()
+        starts = pane.to_numpy()
         values: dict[str, np.ndarray] = {ROWS: np.ones(frame.height, dtype=np.int64)}
         for accumulator, fields in zip(self.accumulators, loaded, strict=True):
             assert fields is not None
             values.update(fields)
             self.how.update({name: accumulator.combines(name) for name in fields})
-        for start in np.unique(pane).tolist():
-            mine = pane == start
+        for start in np.unique(starts).tolist():
+            mine = starts == start
             fields = self.panes.setdefault(start, {})
             for name, column in values.items():
                 array = fields.get(name)
