@@ -141,6 +141,9 @@ class WindowOperator(Operator):
         """The columns buffered and aggregated, in one order and with fixed types (records of one
         stream may come with fields in any order, missing, extra or of drifting types)."""
         self.out_schema: pl.Schema | None = None
+        self.no_results: pl.DataFrame | None = None
+        """An empty frame of ``out_schema``, made once: most small batches fire nothing, and
+        building it took ~0.1 ms, a third of a one-record batch's cost."""
         self.space = Workspace()  # scratch arrays for dense grouping
         self._init_state()
         if self.ttype is not None:
@@ -434,7 +437,9 @@ class WindowOperator(Operator):
         if results:
             main = pl.concat(results, how="vertical_relaxed") if len(results) > 1 else results[0]
         else:
-            main = pl.DataFrame(schema=self.out_schema) if self.out_schema is not None else pl.DataFrame()
+            if self.no_results is None and self.out_schema is not None:
+                self.no_results = pl.DataFrame(schema=self.out_schema)
+            main = self.no_results if self.no_results is not None else pl.DataFrame()
         outputs.insert(
             0,
             (MAIN, Batch(main, watermark=batch.watermark, ingest_ns=batch.ingest_ns, idle=batch.idle, end=batch.end)),
