@@ -131,6 +131,8 @@ def test_property_any_batching_gives_reference_output(rows, window, max_delay, l
 def test_float_sums_are_bit_identical_at_any_batch_size(window, pane_state):
     """Float sums and means are added exactly: every batching gives the same bits, within one
     unit in the last place of math.fsum (the exact sum, correctly rounded)."""
+    if window[0] == "session" and pane_state == "frame":
+        pytest.skip("sessions have one form of state: the arrays run covers them")
     rnd = random.Random(11)
     rows = [
         {
