@@ -34,13 +34,12 @@ import polars as pl
 
 from rheon.operators.accumulators import Accumulator, Combine, Fields, Grid, combine, identity
 from rheon.operators.dense import Workspace, numpy_integer
+from rheon.operators.window.common import WE, WS
 from rheon.time.windows import PaneGeometry
 
 __all__ = ["PaneArrays"]
 
-PANE = "__pane"
-WS = "__ws"
-WE = "__we"
+PANE = "__pane"  # each record's pane start (the pane windows' helper column)
 ROWS = "__rows"  # records per key and pane: a key has a row in a pane's frame when it is not 0
 MAX_SLOTS = 1 << 18  # keys further apart than this take the Polars path (the arrays would be mostly empty)
 SPARSE = 4  # a batch whose (pane, key) grid is more than 4x its records...

@@ -18,13 +18,11 @@ from rheon.core.frames import keep, pick, stack
 from rheon.core.metrics import StateSize
 from rheon.operators.dense import argsort
 from rheon.operators.packed import key_lines
-from rheon.operators.window.arrays import PaneArrays
+from rheon.operators.window.arrays import PANE, PaneArrays
 from rheon.operators.window.common import WE, WS, RecordBuffer, WindowOperator
 from rheon.time.windows import PaneGeometry, Sliding, Tumbling
 
 __all__ = ["PaneWindowOperator"]
-
-PANE = "__pane"
 
 
 class PaneWindowOperator(WindowOperator):
@@ -50,7 +48,7 @@ class PaneWindowOperator(WindowOperator):
         """The state as a frame (when ``arrays`` cannot hold it)."""
         self.arrays: PaneArrays | None = None
         """The state as arrays (see the module's docstring)."""
-        self.arrays_fit = self.ARRAYS
+        self.arrays_fit = self.ARRAYS and len(self.keys) <= 1
         """Whether the keys and aggregations can be held as arrays at all."""
         self.retry_in = 0
         """Merges into the frame before the next try to hold the state as arrays."""
@@ -82,8 +80,7 @@ class PaneWindowOperator(WindowOperator):
         """Hold the state as arrays from now on if it can be (``self.arrays`` then set)."""
         if self.arrays is not None:
             return True
-        if not self.arrays_fit or self.geo is None or self.input_types is None or len(self.keys) > 1:
-            self.arrays_fit = self.arrays_fit and len(self.keys) <= 1
+        if not self.arrays_fit or self.geo is None or self.input_types is None:
             return False
         accumulators = []
         for field, agg in self.aggs.items():
